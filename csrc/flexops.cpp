@@ -1,0 +1,39 @@
+// Every flexops op schema, declared once. Implementations register per dispatch key in
+// csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; the Triton and reference backends register from Python
+// (flexops/ops/<op>.py), which also adds autograd and the fake (meta) kernels.
+#include <torch/library.h>
+
+TORCH_LIBRARY(flexops, m) {
+  // y_b = conv(x_b, sum_i alpha_bi W_i) + sum_i alpha_bi b_i; alpha is [p] (shared) or [B, p].
+  m.def(
+      "tunable_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor alpha, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt groups) -> Tensor");
+  // Gradients of tunable_conv2d for (input, weight, bias, alpha); bias's is empty when bias is None.
+  m.def(
+      "tunable_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, "
+      "Tensor alpha, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt groups) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // The same forward, run by the fused Triton kernel (flexops/triton/tunable_conv2d.py).
+  m.def(
+      "tunable_conv2d_triton(Tensor input, Tensor weight, Tensor? bias, Tensor alpha, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt groups) -> Tensor");
+
+  // torchvision.ops.deform_conv2d semantics; groups = input.size(1) / weight.size(1),
+  // offset groups = offset.size(1) / (2 * kh * kw); mask None is DCNv1.
+  m.def(
+      "deform_conv2d(Tensor input, Tensor offset, Tensor weight, Tensor? bias, Tensor? mask, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
+  // Gradients for (input, offset, weight, mask); mask's is empty when mask is None. The bias
+  // gradient is grad_output summed over (0, 2, 3) and is left to the caller.
+  m.def(
+      "deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, "
+      "Tensor? mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "deform_conv2d_triton(Tensor input, Tensor offset, Tensor weight, Tensor? bias, Tensor? mask, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
+  m.def(
+      "deform_conv2d_backward_triton(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, "
+      "Tensor? mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}

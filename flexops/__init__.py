@@ -1,0 +1,12 @@
+"""flexops: fused kernels for controllable and flexible image restoration.
+
+Layers: TunableConv2d, TunableLinear, TunableParameter. Functional ops: flexops.ops. Backend choice:
+flexops.backends. FLOP counting: flexops.flops. Model zoo: flexops.models.
+"""
+
+from flexops import _C  # noqa: F401  (loading the library registers the flexops ops)
+from flexops import backends, flops, ops
+from flexops.nn import TunableConv2d, TunableLinear, TunableParameter
+
+__version__ = "0.1.0"
+__all__ = ["TunableConv2d", "TunableLinear", "TunableParameter", "backends", "flops", "ops"]

@@ -1,0 +1,126 @@
+"""Tunable layers (Maggioni et al., CVPR 2023): each holds p sets of parameters and blends them
+with alpha, computed from the user's interactive parameters omega.
+
+mode "mlp": alpha = Linear(p, p)(omega), no activation; mode "linear": alpha = omega. omega is [p]
+(one setting for the whole batch) or [B, p] (one per sample).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from flexops.ops.tunable_conv2d import tunable_conv2d
+
+MODES = ("mlp", "linear")
+
+
+class _Tunable(nn.Module):
+    """Holds the omega -> alpha map shared by the tunable layers."""
+
+    def __init__(self, num_params, mode):
+        super().__init__()
+        if not isinstance(num_params, int) or num_params < 1:
+            raise ValueError(f"num_params must be a positive int, got {num_params!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.num_params = num_params
+        self.mode = mode
+        self.mlp = nn.Linear(num_params, num_params) if mode == "mlp" else None
+
+    def alpha(self, omega):
+        if not isinstance(omega, torch.Tensor) or omega.dim() not in (1, 2) or omega.shape[-1] != self.num_params:
+            shape = tuple(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
+            raise ValueError(f"omega must be [p] or [B, p] with p = {self.num_params}, got {shape}")
+        return omega if self.mlp is None else self.mlp(omega)
+
+    def extra_repr(self):
+        return f"num_params={self.num_params}, mode={self.mode!r}"
+
+
+class TunableConv2d(_Tunable):
+    """Conv2d with p kernels blended by alpha(omega): forward(x, omega)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, num_params, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, mode="mlp"):
+        super().__init__(num_params, mode)
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (kh, kw)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.weight = nn.Parameter(torch.empty(num_params, out_channels, in_channels // groups, kh, kw))
+        self.bias = nn.Parameter(torch.empty(num_params, out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # Each of the p kernels is initialised as nn.Conv2d initialises its one.
+        fan_in = self.weight[0, 0].numel()
+        for i in range(self.num_params):
+            nn.init.kaiming_uniform_(self.weight[i], a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x, omega):
+        return tunable_conv2d(x, self.weight, self.bias, self.alpha(omega), self.stride, self.padding,
+                              self.dilation, self.groups)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}, {super().extra_repr()}")
+
+
+class TunableParameter(_Tunable):
+    """A tensor blended from p tensors: forward(omega) -> [*shape] or [B, *shape]."""
+
+    def __init__(self, shape, num_params, mode="mlp", init=nn.init.zeros_):
+        super().__init__(num_params, mode)
+        self.shape = tuple(shape)
+        self.weight = nn.Parameter(torch.empty(num_params, *self.shape))
+        for i in range(num_params):
+            init(self.weight[i])
+
+    def forward(self, omega):
+        alpha = self.alpha(omega)
+        return (alpha @ self.weight.flatten(1)).unflatten(-1, self.shape)
+
+
+class TunableLinear(_Tunable):
+    """Linear with p weight matrices blended by alpha(omega): forward(x, omega).
+
+    x is [..., in_features]; with per-sample omega [B, p], x's first dimension is the batch.
+    """
+
+    def __init__(self, in_features, out_features, num_params, bias=True, mode="mlp"):
+        super().__init__(num_params, mode)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(num_params, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(num_params, out_features)) if bias else None
+        bound = 1 / math.sqrt(in_features)
+        for i in range(num_params):
+            nn.init.kaiming_uniform_(self.weight[i], a=math.sqrt(5))
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x, omega):
+        alpha = self.alpha(omega)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x must end in in_features={self.in_features}, got shape {tuple(x.shape)}")
+        weight = torch.einsum("...p,poi->...oi", alpha, self.weight)
+        bias = None if self.bias is None else alpha @ self.bias
+        if alpha.dim() == 1:
+            return torch.nn.functional.linear(x, weight, bias)
+        if x.shape[0] != alpha.shape[0]:
+            raise ValueError(f"per-sample omega has {alpha.shape[0]} rows but x has batch {x.shape[0]}")
+        flat = x.reshape(x.shape[0], -1, self.in_features)
+        y = torch.bmm(flat, weight.transpose(1, 2))
+        if bias is not None:
+            y = y + bias[:, None, :]
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {super().extra_repr()}")

@@ -1,0 +1,117 @@
+"""tunable_conv2d: p kernels blended by alpha, then one convolution.
+
+y_b = conv2d(x_b, sum_i alpha_bi W_i) + sum_i alpha_bi b_i (Maggioni et al., "Tunable Convolutions
+with Parametric Multi-Loss Optimization", CVPR 2023).
+"""
+
+import torch
+
+from flexops import backends, reference
+from flexops.ops import _args
+
+
+def tunable_conv2d(input, weight, bias, alpha, stride=1, padding=0, dilation=1, groups=1):
+    """Tunable 2-D convolution.
+
+    Args:
+        input: [B, Cin, H, W].
+        weight: [p, Cout, Cin / groups, kh, kw], the p kernels.
+        bias: [p, Cout] or None.
+        alpha: [p] shared by the batch, or [B, p] one row per sample.
+        stride, padding, dilation: int or (h, w) pair, as torch.nn.functional.conv2d.
+        groups: int, as torch.nn.functional.conv2d.
+
+    Returns:
+        [B, Cout, Ho, Wo].
+    """
+    stride = _args.pair(stride, "stride", 1)
+    padding = _args.pair(padding, "padding", 0)
+    dilation = _args.pair(dilation, "dilation", 1)
+    _check(input, weight, bias, alpha, stride, padding, dilation, groups)
+    backend = backends.choose("tunable_conv2d", input.device, input.dtype)
+    if backend == "reference":
+        return reference.tunable_conv2d(input, weight, bias, alpha, stride, padding, dilation, groups)
+    op = torch.ops.flexops.tunable_conv2d_triton if backend == "triton" else torch.ops.flexops.tunable_conv2d
+    return op(input, weight, bias, alpha, stride, padding, dilation, groups)
+
+
+def _check(input, weight, bias, alpha, stride, padding, dilation, groups):
+    _args.check_tensor("input", input, 4)
+    _args.check_floating("input", input)
+    _args.check_tensor("weight", weight, 5, like=input)
+    _args.check_tensor("alpha", alpha, None, like=input)
+    p, cout, cin_per_group, kh, kw = weight.shape
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if input.shape[1] % groups or cout % groups:
+        raise ValueError(
+            f"groups={groups} must divide input channels ({input.shape[1]}) and output channels ({cout})"
+        )
+    if cin_per_group * groups != input.shape[1]:
+        raise ValueError(
+            f"weight must be [p, Cout, Cin/groups, kh, kw] = [p, {cout}, {input.shape[1] // groups}, kh, kw] "
+            f"for input of {input.shape[1]} channels and groups={groups}; got {tuple(weight.shape)}"
+        )
+    if p < 1:
+        raise ValueError("weight must hold at least one kernel (p >= 1)")
+    if alpha.shape not in ((p,), (input.shape[0], p)):
+        raise ValueError(
+            f"alpha must be [p] = [{p}] or [B, p] = [{input.shape[0]}, {p}]; got {tuple(alpha.shape)}"
+        )
+    if bias is not None:
+        _args.check_tensor("bias", bias, 2, like=input)
+        if bias.shape != (p, cout):
+            raise ValueError(f"bias must be [p, Cout] = [{p}, {cout}] or None; got {tuple(bias.shape)}")
+    _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+
+
+def _output_like(input, weight, alpha, stride, padding, dilation):
+    size = _args.conv_output_size(input.shape[2:], weight.shape[3:], stride, padding, dilation)
+    return _args.new_output(input, (input.shape[0], weight.shape[1], *size))
+
+
+@torch.library.register_fake("flexops::tunable_conv2d")
+def _fake(input, weight, bias, alpha, stride, padding, dilation, groups):
+    return _output_like(input, weight, alpha, stride, padding, dilation)
+
+
+torch.library.register_fake("flexops::tunable_conv2d_triton")(_fake)
+
+
+@torch.library.register_fake("flexops::tunable_conv2d_backward")
+def _fake_backward(grad_output, input, weight, bias, alpha, stride, padding, dilation, groups):
+    grad_input = _args.new_output(input, input.shape)
+    grad_bias = weight.new_empty(0) if bias is None else torch.empty_like(bias, memory_format=torch.contiguous_format)
+    return (
+        grad_input,
+        torch.empty_like(weight, memory_format=torch.contiguous_format),
+        grad_bias,
+        torch.empty_like(alpha, memory_format=torch.contiguous_format),
+    )
+
+
+@torch.library.register_kernel("flexops::tunable_conv2d_triton", ("cpu", "cuda"))
+def _triton(input, weight, bias, alpha, stride, padding, dilation, groups):
+    from flexops.triton import tunable_conv2d as kernels
+
+    return kernels.tunable_conv2d(input, weight, bias, alpha, stride, padding, dilation, groups)
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, alpha, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight, bias, alpha)
+    ctx.conv = (stride, padding, dilation, groups)
+
+
+def _backward(ctx, grad_output):
+    input, weight, bias, alpha = ctx.saved_tensors
+    grad_input, grad_weight, grad_bias, grad_alpha = torch.ops.flexops.tunable_conv2d_backward(
+        grad_output, input, weight, bias, alpha, *ctx.conv
+    )
+    return grad_input, grad_weight, None if bias is None else grad_bias, grad_alpha, None, None, None, None
+
+
+# The Triton forward kernel shares the platform backward: gradients of the blended kernel through
+# cuDNN / oneDNN convolution backward, projected onto the p kernels and alpha.
+for _name in ("flexops::tunable_conv2d", "flexops::tunable_conv2d_triton"):
+    torch.library.register_autograd(_name, _backward, setup_context=_setup_context)

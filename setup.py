@@ -1,0 +1,75 @@
+"""Build flexops and its compiled extension flexops._C.
+
+The C++ CPU kernels (csrc/cpu) are always built. The CUDA kernels (csrc/cuda) are built when torch
+was built with CUDA and a CUDA toolkit is found; FLEXOPS_CUDA=0/1 forces them off/on.
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (default here: 8.0;9.0, to bound build time).
+"""
+
+import glob
+import os
+
+
+def find_cuda_home():
+    # torch guesses CUDA_HOME as the directory above the first `nvcc` on PATH; here that is
+    # /usr/local/bin/nvcc, whose parent has no lib64 to link against. Prefer the standard toolkit
+    # location when the user has not chosen one.
+    if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and os.path.isdir("/usr/local/cuda"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+find_cuda_home()
+
+from setuptools import find_packages, setup  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
+def want_cuda():
+    forced = os.environ.get("FLEXOPS_CUDA")
+    available = cpp_extension.CUDA_HOME is not None and __import__("torch").version.cuda is not None
+    if forced == "1" and not available:
+        raise RuntimeError(
+            "FLEXOPS_CUDA=1 but CUDA kernels cannot be built: "
+            f"torch.version.cuda={__import__('torch').version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME}"
+        )
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced is not None:
+        raise RuntimeError(f"FLEXOPS_CUDA must be 0 or 1, got {forced!r}")
+    return available
+
+
+def extension():
+    sources = ["csrc/flexops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    define_macros = []
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    include_dirs = [os.path.abspath("csrc")]
+    if want_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+        print(f"flexops: building CUDA kernels for TORCH_CUDA_ARCH_LIST={archs}")
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        define_macros.append(("FLEXOPS_CUDA_ARCHS", f'"{archs}"'))
+        extra_compile_args["nvcc"] = ["-O3"]
+        ext_class = cpp_extension.CUDAExtension
+    else:
+        print("flexops: building without CUDA kernels")
+        ext_class = cpp_extension.CppExtension
+    return ext_class(
+        name="flexops._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args=extra_compile_args,
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    packages=find_packages(include=["flexops", "flexops.*"])
+    + ["flexops.models"] + [f"flexops.models.{p}" for p in find_packages("models")],
+    package_dir={"flexops.models": "models"},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)

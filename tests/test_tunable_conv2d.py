@@ -1,0 +1,178 @@
+"""tunable_conv2d: every backend against the reference, gradients, opcheck, compile, errors."""
+
+import random
+
+import pytest
+import torch
+
+import flexops
+from flexops import backends, reference
+from flexops.ops import tunable_conv2d
+
+from shapes import case_id, layout, random_conv_cases
+
+CPU_CASES = random_conv_cases(40, seed=1)
+# The Triton interpreter costs about 1 ms per program: small images, few channels.
+TRITON_CASES = random_conv_cases(10, seed=2, max_channels=4, max_size=6, max_batch=2)
+
+
+def make_args(case, dtype, shared, with_bias, p, requires_grad=False):
+    kh, kw = case["kernel"]
+    x = torch.randn(case["batch"], case["in_channels"], case["height"], case["width"], dtype=dtype)
+    weight = torch.randn(p, case["out_channels"], case["in_channels"] // case["groups"], kh, kw, dtype=dtype)
+    bias = torch.randn(p, case["out_channels"], dtype=dtype) if with_bias else None
+    alpha = torch.randn(p, dtype=dtype) if shared else torch.randn(case["batch"], p, dtype=dtype)
+    x = layout(x, case["layout"])
+    tensors = [x, weight, bias, alpha]
+    if requires_grad:
+        for t in tensors:
+            if t is not None:
+                t.requires_grad_(True)
+    conv = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    return tensors, conv
+
+
+def variant(case):
+    """Per-case p, alpha kind and bias, drawn from the case so each case is reproducible."""
+    rng = random.Random(case_id(case))
+    return rng.randint(1, 6), rng.random() < 0.5, rng.random() < 0.7
+
+
+def check_against_reference(backend, case, dtype, atol, rtol):
+    p, shared, with_bias = variant(case)
+    (x, weight, bias, alpha), conv = make_args(case, dtype, shared, with_bias, p, requires_grad=True)
+    with backends.use(backend):
+        out = tunable_conv2d(x, weight, bias, alpha, *conv)
+    expected = reference.tunable_conv2d(x, weight, bias, alpha, *conv)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=atol, rtol=rtol)
+
+    grad = torch.randn_like(expected)
+    inputs = [t for t in (x, weight, bias, alpha) if t is not None]
+    got = torch.autograd.grad(out, inputs, grad, allow_unused=True)
+    want = torch.autograd.grad(expected, inputs, grad, allow_unused=True)
+    for g, w, t in zip(got, want, inputs):
+        if w is None:  # the input does not reach the output (batch 0)
+            assert g is None or bool((g == 0).all())
+        else:
+            torch.testing.assert_close(g, w, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=case_id)
+def test_cpu_matches_reference(case):
+    check_against_reference("cpu", case, torch.float64, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("case", CPU_CASES[:10], ids=case_id)
+def test_cpu_float32_matches_reference(case):
+    check_against_reference("cpu", case, torch.float32, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=case_id)
+def test_triton_matches_reference(case):
+    check_against_reference("triton", case, torch.float32, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_float16():
+    case = dict(batch=2, in_channels=4, out_channels=3, groups=1, kernel=(3, 3), height=5, width=6,
+                stride=(1, 1), padding=(1, 1), dilation=(1, 1), layout="contiguous")
+    (x, weight, bias, alpha), conv = make_args(case, torch.float16, False, True, 3)
+    with backends.use("triton"):
+        out = tunable_conv2d(x, weight, bias, alpha, *conv)
+    expected = reference.tunable_conv2d(x.double(), weight.double(), bias.double(), alpha.double(), *conv)
+    torch.testing.assert_close(out.double(), expected, atol=5e-2, rtol=5e-3)
+
+
+def test_output_layout_follows_input():
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    weight, alpha = torch.randn(2, 4, 4, 3, 3), torch.randn(2, 2)
+    for backend in ("cpu", "triton"):
+        with backends.use(backend):
+            out = tunable_conv2d(x, weight, None, alpha, padding=1)
+        assert out.is_contiguous(memory_format=torch.channels_last), backend
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_sample"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_gradcheck(shared, with_bias):
+    case = dict(batch=2, in_channels=4, out_channels=4, groups=2, kernel=(3, 2), height=5, width=4,
+                stride=(2, 1), padding=(1, 0), dilation=(1, 2), layout="strided")
+    tensors, conv = make_args(case, torch.float64, shared, with_bias, 3, requires_grad=True)
+    with backends.use("cpu"):
+        assert torch.autograd.gradcheck(lambda *t: tunable_conv2d(*t, *conv), tensors)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_sample"])
+def test_opcheck(shared):
+    case = dict(batch=2, in_channels=4, out_channels=2, groups=2, kernel=(3, 3), height=5, width=5,
+                stride=(1, 2), padding=(1, 1), dilation=(1, 1), layout="contiguous")
+    (x, weight, bias, alpha), conv = make_args(case, torch.float32, shared, True, 2, requires_grad=True)
+    torch.library.opcheck(torch.ops.flexops.tunable_conv2d.default, (x, weight, bias, alpha, *conv))
+    torch.library.opcheck(torch.ops.flexops.tunable_conv2d_triton.default, (x, weight, bias, alpha, *conv))
+    grad = torch.randn(2, 2, 5, 3)
+    args = (grad, x.detach(), weight.detach(), bias.detach(), alpha.detach(), *conv)
+    torch.library.opcheck(torch.ops.flexops.tunable_conv2d_backward.default, args)
+    torch.library.opcheck(torch.ops.flexops.tunable_conv2d_backward.default, (*args[:3], None, *args[4:]))
+
+
+def test_compile_fullgraph():
+    torch._dynamo.reset()
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = flexops.TunableConv2d(3, 8, 3, num_params=2, padding=1)
+            self.b = flexops.TunableConv2d(8, 3, 3, num_params=2, padding=1, mode="linear")
+
+        def forward(self, x, omega):
+            return self.b(torch.relu(self.a(x, omega)), omega)
+
+    net = Net()
+    x, omega = torch.randn(2, 3, 8, 8), torch.tensor([0.3, 0.7])
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, omega), net(x, omega))
+    compiled(x, omega).sum().backward()
+    assert net.a.weight.grad is not None and net.a.mlp.weight.grad is not None
+
+
+def test_batch_zero_per_sample():
+    x = torch.randn(0, 4, 6, 6, requires_grad=True)
+    weight = torch.randn(3, 5, 4, 3, 3, requires_grad=True)
+    alpha = torch.randn(0, 3, requires_grad=True)
+    out = tunable_conv2d(x, weight, None, alpha, padding=1)
+    assert out.shape == (0, 5, 6, 6)
+    out.sum().backward()
+    assert weight.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(x=torch.randn(2, 5, 8, 8)), "weight must be"),
+        (dict(alpha=torch.randn(4)), "alpha must be"),
+        (dict(alpha=torch.randn(3, 3)), "alpha must be"),
+        (dict(bias=torch.randn(3, 5)), "bias must be"),
+        (dict(weight=torch.randn(3, 6, 4, 3)), "weight must have 5 dimensions"),
+        (dict(x=torch.randn(4, 8, 8)), "input must have 4 dimensions"),
+        (dict(alpha=torch.randn(3, dtype=torch.float64)), "alpha has dtype"),
+        (dict(x=torch.randn(2, 4, 8, 8, device="meta")), "is on"),
+        (dict(groups=3), "groups=3 must divide"),
+        (dict(padding=-1), "padding must be >= 0"),
+        (dict(x=torch.randn(2, 4, 2, 2)), "smaller than the dilated kernel"),
+    ],
+)
+def test_bad_input(change, message):
+    args = dict(x=torch.randn(2, 4, 8, 8), weight=torch.randn(3, 6, 4, 3, 3), bias=torch.randn(3, 6),
+                alpha=torch.randn(3), groups=1, padding=0)
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        tunable_conv2d(args["x"], args["weight"], args["bias"], args["alpha"], padding=args["padding"],
+                       groups=args["groups"])
+
+
+def test_forced_backend_that_cannot_run():
+    x, weight, alpha = torch.randn(1, 2, 4, 4), torch.randn(2, 2, 2, 3, 3), torch.randn(2)
+    with backends.use("cuda"), pytest.raises(backends.BackendUnavailable, match="forced backend 'cuda'"):
+        tunable_conv2d(x, weight, None, alpha)
+    with backends.use("triton"), pytest.raises(backends.BackendUnavailable, match="dtype torch.float64"):
+        tunable_conv2d(x.double(), weight.double(), None, alpha.double())

@@ -1,0 +1,94 @@
+"""TunableConv2d, TunableLinear, TunableParameter: alpha maps, per-sample omega, FLOP counts."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flexops
+from flexops import TunableConv2d, TunableLinear, TunableParameter
+from flexops.flops import count
+
+
+def test_conv_linear_mode_equals_blended_conv():
+    layer = TunableConv2d(4, 6, 3, num_params=3, padding=1, mode="linear")
+    x, omega = torch.randn(2, 4, 7, 7), torch.tensor([0.2, 0.5, 0.3])
+    blended_w = torch.einsum("p,p...->...", omega, layer.weight)
+    expected = F.conv2d(x, blended_w, omega @ layer.bias, padding=1)
+    torch.testing.assert_close(layer(x, omega), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_one_hot_omega_selects_a_kernel():
+    layer = TunableConv2d(3, 5, (3, 2), num_params=4, stride=2, mode="linear")
+    x = torch.randn(3, 3, 9, 8)
+    for i in range(4):
+        omega = F.one_hot(torch.tensor(i), 4).float()
+        expected = F.conv2d(x, layer.weight[i], layer.bias[i], stride=2)
+        torch.testing.assert_close(layer(x, omega), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_mlp_mode_and_per_sample_omega():
+    layer = TunableConv2d(4, 4, 3, num_params=2, padding=1, groups=2)
+    x, omega = torch.randn(3, 4, 6, 6), torch.rand(3, 2)
+    out = layer(x, omega)
+    alpha = layer.mlp(omega)
+    for b in range(3):
+        torch.testing.assert_close(out[b : b + 1], layer(x[b : b + 1], omega[b]), atol=1e-5, rtol=1e-5)
+        w = torch.einsum("p,p...->...", alpha[b], layer.weight)
+        torch.testing.assert_close(out[b : b + 1], F.conv2d(x[b : b + 1], w, alpha[b] @ layer.bias, padding=1, groups=2),
+                                   atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert layer.mlp.weight.grad is not None and layer.weight.grad is not None
+
+
+def test_conv_initialisation_matches_conv2d_scale():
+    layer = TunableConv2d(16, 16, 3, num_params=2)
+    bound = 1 / (16 * 9) ** 0.5
+    assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
+    assert not torch.equal(layer.weight[0], layer.weight[1])
+
+
+def test_omega_errors():
+    layer = TunableConv2d(2, 2, 3, num_params=2)
+    with pytest.raises(ValueError, match="omega must be"):
+        layer(torch.randn(1, 2, 5, 5), torch.randn(3))
+    with pytest.raises(ValueError, match="mode must be"):
+        TunableConv2d(2, 2, 3, num_params=2, mode="affine")
+    with pytest.raises(ValueError, match="num_params"):
+        TunableLinear(2, 2, num_params=0)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_linear(per_sample):
+    layer = TunableLinear(5, 3, num_params=2, mode="linear")
+    x = torch.randn(4, 7, 5)
+    omega = torch.rand(4, 2) if per_sample else torch.rand(2)
+    out = layer(x, omega)
+    rows = omega if per_sample else omega.expand(4, 2)
+    for b in range(4):
+        w = torch.einsum("p,poi->oi", rows[b], layer.weight)
+        torch.testing.assert_close(out[b], F.linear(x[b], w, rows[b] @ layer.bias), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="in_features"):
+        layer(torch.randn(4, 6), omega)
+
+
+def test_parameter():
+    param = TunableParameter((3, 4), num_params=2, mode="linear", init=torch.nn.init.normal_)
+    omega = torch.tensor([0.25, 0.75])
+    torch.testing.assert_close(param(omega), 0.25 * param.weight[0] + 0.75 * param.weight[1])
+    assert param(torch.rand(5, 2)).shape == (5, 3, 4)
+
+
+def test_flop_count_of_tunable_conv():
+    layer = TunableConv2d(8, 16, 3, num_params=3, padding=1, bias=False, mode="linear")
+    x, omega = torch.randn(1, 8, 10, 10), torch.rand(3)
+    conv_macs = 16 * 10 * 10 * 8 * 9
+    blend_macs = 3 * 16 * 8 * 9
+    assert count(layer, x, omega) == conv_macs + blend_macs
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        layer(x, omega)
+    assert counter.get_total_flops() == 2 * (conv_macs + blend_macs)
+
+
+def test_public_import():
+    assert flexops.TunableConv2d is TunableConv2d
+    assert callable(flexops.ops.tunable_conv2d)
