@@ -40,6 +40,15 @@ def want_cuda():
     return available
 
 
+def cuda_include_dirs():
+    # pip's CUDA 13 torch keeps some toolkit headers that its own headers include (cusparse.h, ...)
+    # in the nvidia/cu* wheels beside it; a minimal toolkit may not have them.
+    import torch
+
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    return sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+
+
 def extension():
     sources = ["csrc/flexops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     define_macros = []
@@ -52,6 +61,7 @@ def extension():
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("FLEXOPS_CUDA_ARCHS", f'"{archs}"'))
         extra_compile_args["nvcc"] = ["-O3"]
+        include_dirs += cuda_include_dirs()
         ext_class = cpp_extension.CUDAExtension
     else:
         print("flexops: building without CUDA kernels")

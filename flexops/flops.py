@@ -21,10 +21,21 @@ def tunable_conv2d_macs(input_shape, weight_shape, bias_shape, alpha_shape, out_
     return math.prod(out_shape) * per_output + rows * p * kernel_numel
 
 
+def deform_conv2d_macs(input_shape, offset_shape, weight_shape, bias_shape, mask_shape, out_shape):
+    """The convolution over sampled columns, plus building them: 4 MACs per bilinear sample (one
+    per corner) and 1 more when a mask scales it."""
+    batch, in_channels = input_shape[:2]
+    points = math.prod(weight_shape[2:])
+    samples = batch * in_channels * points * math.prod(out_shape[2:])
+    return math.prod(out_shape) * math.prod(weight_shape[1:]) + samples * (4 + (mask_shape is not None))
+
+
 # op name -> (number of leading tensor arguments the formula takes, MAC formula)
 _MACS = {
     "tunable_conv2d": (4, tunable_conv2d_macs),
     "tunable_conv2d_triton": (4, tunable_conv2d_macs),
+    "deform_conv2d": (5, deform_conv2d_macs),
+    "deform_conv2d_triton": (5, deform_conv2d_macs),
 }
 
 

@@ -1,5 +1,6 @@
 """nn.Modules built on the flexops ops."""
 
+from flexops.nn.deform_conv import DeformConv2d, ModulatedDeformConv2d
 from flexops.nn.tunable import TunableConv2d, TunableLinear, TunableParameter
 
-__all__ = ["TunableConv2d", "TunableLinear", "TunableParameter"]
+__all__ = ["DeformConv2d", "ModulatedDeformConv2d", "TunableConv2d", "TunableLinear", "TunableParameter"]

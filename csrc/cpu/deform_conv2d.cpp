@@ -1,0 +1,662 @@
+// CPU kernels of flexops::deform_conv2d and its backward (torchvision.ops.deform_conv2d semantics).
+//
+// The input is read in NHWC so that the channels of an offset group lie side by side: the four
+// bilinear corners of a sampling point and their weights are computed once per (output pixel,
+// kernel point, offset group) and applied to all of the group's channels in one vectorised loop.
+// Columns are built for a tile of output pixels at a time, sized to stay in L2, then multiplied by
+// the weight reordered to [Cout, kh, kw, Cin/groups], one GEMM per tile and conv group. Tiles run
+// in parallel with single-threaded GEMMs inside, and every sum runs in an order fixed by the shape,
+// so no result depends on the thread count and a sample's results do not depend on its batch.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "common/bilinear.h"
+#include "common/bilinear_grad.h"
+#include "common/layout.h"
+
+namespace flexops {
+namespace {
+
+using at::Tensor;
+
+// Bytes of per-tile buffers a tile may use: about half an L2, so they are still cached when the
+// GEMM reads them.
+constexpr int64_t kTileBytes = 256 << 10;
+// Backward: tiles in flight at once. Each needs its own grad_weight partial, so fewer when the
+// weight is large. Fixed (not the thread count) because it sets grad_weight's summation order.
+constexpr int64_t kMaxSlots = 16;
+constexpr int64_t kPartialBytes = 64 << 20;
+// Backward scatter: fewest channels one thread takes, to keep its loops vectorised.
+constexpr int64_t kScatterGrain = 16;
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Output pixels per tile: as many as fit kTileBytes, within bounds that keep the GEMM efficient.
+int64_t tile_pixels(int64_t bytes_per_pixel) {
+  return std::clamp<int64_t>(kTileBytes / bytes_per_pixel, 16, 1024);
+}
+
+struct Shape {
+  int64_t batch, in_channels, height, width;
+  int64_t out_channels, kernel_h, kernel_w, kernel_points;
+  int64_t groups, group_in, group_out;  // channels per conv group
+  int64_t offset_groups, offset_group_in;
+  int64_t out_h, out_w, out_pixels;
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int64_t row;        // one row of columns: kernel_points * in_channels
+  int64_t group_row;  // the part of a row one conv group multiplies: kernel_points * group_in
+};
+
+Shape make_shape(const char* op, const Tensor& input, const Tensor& offset, const Tensor& weight,
+                 const std::optional<Tensor>& mask, at::IntArrayRef stride,
+                 at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be [B, Cin, H, W], got ", input.sizes());
+  TORCH_CHECK(weight.dim() == 4, op, ": weight must be [Cout, Cin/groups, kh, kw], got ",
+              weight.sizes());
+  TORCH_CHECK(offset.dim() == 4, op, ": offset must be [B, 2*offset_groups*kh*kw, Ho, Wo], got ",
+              offset.sizes());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
+              ": stride, padding and dilation must have 2 elements each");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0 &&
+                  padding[0] >= 0 && padding[1] >= 0,
+              op, ": stride and dilation must be positive and padding non-negative, got stride ",
+              stride, ", padding ", padding, ", dilation ", dilation);
+  TORCH_CHECK(input.is_cpu() && offset.is_cpu() && weight.is_cpu(), op,
+              ": input, offset and weight must be CPU tensors");
+  TORCH_CHECK(offset.scalar_type() == input.scalar_type() &&
+                  weight.scalar_type() == input.scalar_type(),
+              op, ": offset (", offset.scalar_type(), ") and weight (", weight.scalar_type(),
+              ") must have input's dtype ", input.scalar_type());
+
+  Shape s;
+  s.batch = input.size(0);
+  s.in_channels = input.size(1);
+  s.height = input.size(2);
+  s.width = input.size(3);
+  s.out_channels = weight.size(0);
+  s.group_in = weight.size(1);
+  s.kernel_h = weight.size(2);
+  s.kernel_w = weight.size(3);
+  s.kernel_points = s.kernel_h * s.kernel_w;
+  TORCH_CHECK(s.group_in > 0 && s.in_channels % s.group_in == 0, op, ": weight.size(1) (",
+              s.group_in, ") must divide the input channels (", s.in_channels, ")");
+  s.groups = s.in_channels / s.group_in;
+  TORCH_CHECK(s.out_channels % s.groups == 0, op, ": weight.size(0) (", s.out_channels,
+              ") must be divisible by groups (", s.groups, ")");
+  s.group_out = s.out_channels / s.groups;
+  TORCH_CHECK(s.kernel_points > 0 && offset.size(1) > 0 &&
+                  offset.size(1) % (2 * s.kernel_points) == 0,
+              op, ": offset.size(1) (", offset.size(1), ") must be a positive multiple of ",
+              "2*kh*kw (", 2 * s.kernel_points, ")");
+  s.offset_groups = offset.size(1) / (2 * s.kernel_points);
+  TORCH_CHECK(s.in_channels % s.offset_groups == 0, op, ": offset groups (", s.offset_groups,
+              ") must divide the input channels (", s.in_channels, ")");
+  s.offset_group_in = s.in_channels / s.offset_groups;
+
+  s.stride_h = stride[0];
+  s.stride_w = stride[1];
+  s.pad_h = padding[0];
+  s.pad_w = padding[1];
+  s.dil_h = dilation[0];
+  s.dil_w = dilation[1];
+  s.out_h = (s.height + 2 * s.pad_h - (s.dil_h * (s.kernel_h - 1) + 1)) / s.stride_h + 1;
+  s.out_w = (s.width + 2 * s.pad_w - (s.dil_w * (s.kernel_w - 1) + 1)) / s.stride_w + 1;
+  TORCH_CHECK(s.out_h > 0 && s.out_w > 0, op, ": the dilated kernel does not fit the padded ",
+              "input (output would be ", s.out_h, "x", s.out_w, ")");
+  s.out_pixels = s.out_h * s.out_w;
+  TORCH_CHECK(offset.sizes() == at::IntArrayRef({s.batch, offset.size(1), s.out_h, s.out_w}), op,
+              ": offset must be [", s.batch, ", ", offset.size(1), ", ", s.out_h, ", ", s.out_w,
+              "], got ", offset.sizes());
+  if (mask) {
+    TORCH_CHECK(mask->is_cpu() && mask->scalar_type() == input.scalar_type(), op,
+                ": mask must be a CPU tensor with input's dtype ", input.scalar_type());
+    TORCH_CHECK(mask->sizes() == at::IntArrayRef({s.batch, s.offset_groups * s.kernel_points,
+                                                  s.out_h, s.out_w}),
+                op, ": mask must be [", s.batch, ", ", s.offset_groups * s.kernel_points, ", ",
+                s.out_h, ", ", s.out_w, "], got ", mask->sizes());
+  }
+  s.row = s.kernel_points * s.in_channels;
+  s.group_row = s.kernel_points * s.group_in;
+  return s;
+}
+
+// A [B, C, Ho, Wo] tensor accessed through its strides, whatever its layout.
+template <typename T>
+struct Strided {
+  T* data = nullptr;
+  int64_t sb = 0, sc = 0, sy = 0, sx = 0;
+
+  Strided() = default;
+  explicit Strided(const Tensor& t)
+      : data(static_cast<T*>(t.data_ptr())),
+        sb(t.stride(0)), sc(t.stride(1)), sy(t.stride(2)), sx(t.stride(3)) {}
+  T& at(int64_t b, int64_t c, int64_t y, int64_t x) const {
+    return data[b * sb + c * sc + y * sy + x * sx];
+  }
+};
+
+// Copies a [B, C, H, W] tensor into `dst` of the same sizes and another layout, in 16x16 blocks
+// of (x, c) so both sides move in cache-line runs; ATen's copy is slow for NCHW <-> NHWC.
+template <typename scalar_t>
+void relayout(const Tensor& src, const Tensor& dst) {
+  constexpr int64_t kBlock = 16;
+  const Strided<const scalar_t> from(src);
+  const Strided<scalar_t> to(dst);
+  const int64_t channels = src.size(1), height = src.size(2), width = src.size(3);
+  at::parallel_for(0, src.size(0) * height, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / height, y = row % height;
+      for (int64_t x0 = 0; x0 < width; x0 += kBlock) {
+        for (int64_t c0 = 0; c0 < channels; c0 += kBlock) {
+          const int64_t x1 = std::min(width, x0 + kBlock), c1 = std::min(channels, c0 + kBlock);
+          for (int64_t c = c0; c < c1; ++c) {
+            for (int64_t x = x0; x < x1; ++x) {
+              to.at(b, c, y, x) = from.at(b, c, y, x);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// `t` as a packed NHWC buffer: t itself when it already is one.
+template <typename scalar_t>
+Tensor to_nhwc(const Tensor& t) {
+  if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return t;
+  }
+  Tensor nhwc = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  relayout<scalar_t>(t, nhwc);
+  return nhwc;
+}
+
+// Where each output pixel samples: offsets and mask (mask.data null: DCNv1, a mask of 1).
+template <typename scalar_t>
+struct Sampler {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Shape& s;
+  Strided<const scalar_t> offset, mask;
+
+  // The sampling point (y, x) of output pixel (oy, ox), kernel point k, offset group og; its mask.
+  void point(int64_t b, int64_t oy, int64_t ox, int64_t k, int64_t og, acc_t& y, acc_t& x,
+             acc_t& m) const {
+    const int64_t i = k / s.kernel_w, j = k % s.kernel_w;
+    const int64_t channel = (og * s.kernel_points + k) * 2;
+    y = acc_t(oy * s.stride_h - s.pad_h + i * s.dil_h) + acc_t(offset.at(b, channel, oy, ox));
+    x = acc_t(ox * s.stride_w - s.pad_w + j * s.dil_w) + acc_t(offset.at(b, channel + 1, oy, ox));
+    m = mask.data ? acc_t(mask.at(b, og * s.kernel_points + k, oy, ox)) : acc_t(1);
+  }
+};
+
+// A run of input channels inside one offset group and one conv group: what the channel loops
+// vectorise over. Channel c of kernel point k sits at `column + k * group_in + c` of a row of
+// columns, whose layout is [groups][kernel_points][group_in].
+struct ChannelRun {
+  int64_t begin, end, offset_group, column;
+};
+
+// The runs covering channels [begin, end), in channel order (so those of an offset group are
+// consecutive).
+std::vector<ChannelRun> channel_runs(const Shape& s, int64_t begin, int64_t end) {
+  std::vector<ChannelRun> runs;
+  for (int64_t c = begin; c < end;) {
+    const int64_t og = c / s.offset_group_in, g = c / s.group_in;
+    const int64_t stop = std::min({end, (og + 1) * s.offset_group_in, (g + 1) * s.group_in});
+    runs.push_back({c, stop, og, g * (s.group_row - s.group_in)});
+    c = stop;
+  }
+  return runs;
+}
+
+// The four corners of a sampling point as rows of the NHWC input (`zeros` for a corner outside)
+// and their weights.
+template <typename scalar_t>
+struct CornerRows {
+  const scalar_t* row[4];
+  scalar_t weight[4];
+};
+
+template <typename scalar_t, typename acc_t>
+CornerRows<scalar_t> corner_rows(const BilinearCorners<acc_t>& c, const acc_t* weight,
+                                 const scalar_t* image, const scalar_t* zeros, int64_t channels) {
+  CornerRows<scalar_t> r;
+  for (int q = 0; q < 4; ++q) {
+    r.row[q] = c.index[q] >= 0 ? image + c.index[q] * channels : zeros;
+    r.weight[q] = scalar_t(weight[q]);
+  }
+  return r;
+}
+
+// The channel loops below are plain loops over restrict pointers: the compiler vectorises them at
+// -O3 for whatever instruction set the build targets.
+
+// dst[c] = sum_q weight[q] * row[q][c] for c in [begin, end).
+template <typename scalar_t>
+void blend(scalar_t* __restrict dst, const CornerRows<scalar_t>& r, int64_t begin, int64_t end) {
+  const scalar_t* __restrict r0 = r.row[0];
+  const scalar_t* __restrict r1 = r.row[1];
+  const scalar_t* __restrict r2 = r.row[2];
+  const scalar_t* __restrict r3 = r.row[3];
+  const scalar_t w0 = r.weight[0], w1 = r.weight[1], w2 = r.weight[2], w3 = r.weight[3];
+  for (int64_t c = begin; c < end; ++c) {
+    dst[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
+  }
+}
+
+// dst[c] += weight * src[c] for c in [begin, end).
+template <typename scalar_t>
+void axpy(scalar_t* __restrict dst, const scalar_t* __restrict src, scalar_t weight,
+          int64_t begin, int64_t end) {
+  for (int64_t c = begin; c < end; ++c) {
+    dst[c] += weight * src[c];
+  }
+}
+
+// Sums over a sampling point's channels that the offset and mask gradients need, given the
+// column gradients g: sum g * dvalue/dy, sum g * dvalue/dx and sum g * value (value unmasked).
+// Channel c of a run adds to lane (c - begin) % kLanes, so the sums vectorise yet keep one order.
+template <typename scalar_t>
+struct GradSums {
+  static constexpr int kLanes = 8;
+  scalar_t dy[kLanes] = {}, dx[kLanes] = {}, value[kLanes] = {};
+
+  static scalar_t total(const scalar_t (&lanes)[kLanes]) {
+    scalar_t sum = 0;
+    for (int l = 0; l < kLanes; ++l) {
+      sum += lanes[l];
+    }
+    return sum;
+  }
+};
+
+// Backward over one run of channels of one sampling point: writes mask * value to the columns
+// (for grad_weight) and adds to the sums for the offset and mask gradients.
+template <typename scalar_t>
+void sample_backward(const CornerRows<scalar_t>& r, const scalar_t dy_w[4], const scalar_t dx_w[4],
+                     scalar_t mask, const scalar_t* __restrict grad_col, scalar_t* __restrict col,
+                     int64_t begin, int64_t end, GradSums<scalar_t>& sums) {
+  constexpr int kLanes = GradSums<scalar_t>::kLanes;
+  const scalar_t* __restrict r0 = r.row[0];
+  const scalar_t* __restrict r1 = r.row[1];
+  const scalar_t* __restrict r2 = r.row[2];
+  const scalar_t* __restrict r3 = r.row[3];
+  const scalar_t w0 = r.weight[0], w1 = r.weight[1], w2 = r.weight[2], w3 = r.weight[3];
+  const scalar_t y0 = dy_w[0], y1 = dy_w[1], y2 = dy_w[2], y3 = dy_w[3];
+  const scalar_t x0 = dx_w[0], x1 = dx_w[1], x2 = dx_w[2], x3 = dx_w[3];
+  auto step = [&](int64_t c, int l) {
+    const scalar_t v0 = r0[c], v1 = r1[c], v2 = r2[c], v3 = r3[c], g = grad_col[c];
+    const scalar_t value = w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3;
+    col[c] = mask * value;
+    sums.dy[l] += g * (y0 * v0 + y1 * v1 + y2 * v2 + y3 * v3);
+    sums.dx[l] += g * (x0 * v0 + x1 * v1 + x2 * v2 + x3 * v3);
+    sums.value[l] += g * value;
+  };
+  int64_t c = begin;
+  for (; c + kLanes <= end; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      step(c + l, l);
+    }
+  }
+  for (int l = 0; c < end; ++c, ++l) {
+    step(c, l);
+  }
+}
+
+// A row-major matrix over raw memory with strides (row_stride, col_stride). Worker threads pass
+// these to BLAS: they carry none of the caller's autograd or inference-mode state.
+template <typename scalar_t>
+Tensor matrix(const scalar_t* data, int64_t rows, int64_t cols, int64_t row_stride,
+              int64_t col_stride = 1) {
+  return at::from_blob(const_cast<scalar_t*>(data), {rows, cols}, {row_stride, col_stride},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
+}
+
+// The weight as [Cout, kernel_points * group_in] rows matching the columns' layout.
+Tensor weight_rows(const Tensor& weight) {
+  return weight.permute({0, 2, 3, 1}).contiguous();
+}
+
+// Forward: output[b, co, oy, ox] = bias[co] + columns(b, pixel) . weight_rows[co] per conv group.
+template <typename scalar_t>
+void forward_kernel(const Shape& s, const scalar_t* input, const Sampler<scalar_t>& sampler,
+                    const scalar_t* weight, const scalar_t* bias, Strided<scalar_t> output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t tile = tile_pixels(s.row * sizeof(scalar_t));
+  const int64_t tiles_per_image = ceil_div(s.out_pixels, tile);
+  const std::vector<ChannelRun> runs = channel_runs(s, 0, s.in_channels);
+  const std::vector<scalar_t> zeros(s.in_channels, scalar_t(0));
+  const int64_t image_size = s.height * s.width * s.in_channels;
+  // One output pixel's step in `output`: Ho*Wo-strided NCHW and channels-last both flatten (oy, ox).
+  const int64_t pixel_stride = output.sx;
+
+  at::parallel_for(0, s.batch * tiles_per_image, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const Tensor buffer = at::empty({tile * s.row}, at::CppTypeToScalarType<scalar_t>::value);
+    scalar_t* columns = buffer.data_ptr<scalar_t>();
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / tiles_per_image, first = (t % tiles_per_image) * tile;
+      const int64_t count = std::min(tile, s.out_pixels - first);
+      const scalar_t* image = input + b * image_size;
+
+      for (int64_t p = 0; p < count; ++p) {
+        const int64_t oy = (first + p) / s.out_w, ox = (first + p) % s.out_w;
+        scalar_t* row = columns + p * s.row;
+        for (int64_t k = 0; k < s.kernel_points; ++k) {
+          for (size_t r = 0; r < runs.size();) {
+            const int64_t og = runs[r].offset_group;
+            acc_t y, x, m;
+            sampler.point(b, oy, ox, k, og, y, x, m);
+            BilinearCorners<acc_t> corners;
+            if (!bilinear_corners(y, x, int(s.height), int(s.width), corners)) {
+              corners = BilinearCorners<acc_t>{{-1, -1, -1, -1}, {}, {}, {}};
+            }
+            const acc_t weight[4] = {m * corners.weight[0], m * corners.weight[1],
+                                     m * corners.weight[2], m * corners.weight[3]};
+            const auto rows = corner_rows(corners, weight, image, zeros.data(), s.in_channels);
+            for (; r < runs.size() && runs[r].offset_group == og; ++r) {
+              blend(row + runs[r].column + k * s.group_in, rows, runs[r].begin, runs[r].end);
+            }
+          }
+        }
+      }
+
+      scalar_t* out = &output.at(b, 0, 0, 0) + first * pixel_stride;
+      for (int64_t g = 0; g < s.groups; ++g) {
+        Tensor out_g = matrix(out + g * s.group_out * output.sc, count, s.group_out, pixel_stride,
+                              output.sc);
+        const Tensor columns_g = matrix(columns + g * s.group_row, count, s.group_row, s.row);
+        const Tensor weight_g =
+            matrix(weight + g * s.group_out * s.group_row, s.group_out, s.group_row, s.group_row);
+        if (bias) {
+          for (int64_t p = 0; p < count; ++p) {
+            for (int64_t co = g * s.group_out; co < (g + 1) * s.group_out; ++co) {
+              out[p * pixel_stride + co * output.sc] = bias[co];
+            }
+          }
+          at::addmm_out(out_g, out_g, columns_g, weight_g.t());
+        } else {
+          at::mm_out(out_g, columns_g, weight_g.t());
+        }
+      }
+    }
+  });
+}
+
+// One sampling point as the backward scatter needs it: corner pixels (-1 outside) and their
+// weights times the mask.
+template <typename acc_t>
+struct Taps {
+  int index[4];
+  acc_t weight[4];
+};
+
+// Backward. Tiles go in waves of `slots`: first each tile of the wave, in parallel, computes its
+// column gradients (one GEMM per group), the offset and mask gradients (local to its pixels) and
+// its grad_weight term, added to the partial of its slot; then grad_input gets the column
+// gradients scattered through the bilinear weights, each thread owning a disjoint set of
+// (sample, channel), adding in tile and pixel order. So every sum has a fixed order.
+template <typename scalar_t>
+void backward_kernel(const Shape& s, const scalar_t* input, const Sampler<scalar_t>& sampler,
+                     Strided<const scalar_t> grad_output, const scalar_t* weight,
+                     scalar_t* grad_input, Strided<scalar_t> grad_offset,
+                     Strided<scalar_t> grad_mask, scalar_t* grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t taps_per_pixel = s.kernel_points * s.offset_groups;
+  const int64_t tile = tile_pixels(2 * s.row * sizeof(scalar_t) +
+                                   taps_per_pixel * sizeof(Taps<acc_t>) +
+                                   s.out_channels * sizeof(scalar_t));
+  const int64_t tiles_per_image = ceil_div(s.out_pixels, tile);
+  const int64_t total_tiles = s.batch * tiles_per_image;
+  const int64_t weight_size = s.out_channels * s.group_row;
+  const int64_t slots = std::clamp<int64_t>(
+      kPartialBytes / std::max<int64_t>(1, weight_size * sizeof(scalar_t)), 1, kMaxSlots);
+  const int64_t used_slots = std::min(slots, total_tiles);
+
+  const auto dtype = at::CppTypeToScalarType<scalar_t>::value;
+  const Tensor grad_out_buffer = at::empty({used_slots * tile * s.out_channels}, dtype);
+  const Tensor grad_columns_buffer = at::empty({used_slots * tile * s.row}, dtype);
+  const Tensor columns_buffer = at::empty({used_slots * tile * s.row}, dtype);
+  const Tensor partials = at::zeros({used_slots, weight_size}, dtype);
+  std::vector<Taps<acc_t>> taps(used_slots * tile * taps_per_pixel);
+
+  const std::vector<ChannelRun> runs = channel_runs(s, 0, s.in_channels);
+  const std::vector<scalar_t> zeros(s.in_channels, scalar_t(0));
+  const int64_t image_size = s.height * s.width * s.in_channels;
+
+  // Phase 1 for global tile t in slot `slot`.
+  auto tile_gradients = [&](int64_t t, int64_t slot) {
+    const int64_t b = t / tiles_per_image, first = (t % tiles_per_image) * tile;
+    const int64_t count = std::min(tile, s.out_pixels - first);
+    const scalar_t* image = input + b * image_size;
+    scalar_t* grad_out = grad_out_buffer.data_ptr<scalar_t>() + slot * tile * s.out_channels;
+    scalar_t* grad_columns = grad_columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
+    scalar_t* columns = columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
+    Taps<acc_t>* tile_taps = taps.data() + slot * tile * taps_per_pixel;
+
+    // grad_output rows of the tile, copied so BLAS always sees the same aligned operand.
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t oy = (first + p) / s.out_w, ox = (first + p) % s.out_w;
+      for (int64_t co = 0; co < s.out_channels; ++co) {
+        grad_out[p * s.out_channels + co] = grad_output.at(b, co, oy, ox);
+      }
+    }
+    for (int64_t g = 0; g < s.groups; ++g) {
+      Tensor grad_columns_g = matrix(grad_columns + g * s.group_row, count, s.group_row, s.row);
+      at::mm_out(grad_columns_g,
+                 matrix(grad_out + g * s.group_out, count, s.group_out, s.out_channels),
+                 matrix(weight + g * s.group_out * s.group_row, s.group_out, s.group_row,
+                        s.group_row));
+    }
+
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t oy = (first + p) / s.out_w, ox = (first + p) % s.out_w;
+      for (int64_t k = 0; k < s.kernel_points; ++k) {
+        for (size_t r = 0; r < runs.size();) {
+          const int64_t og = runs[r].offset_group;
+          acc_t y, x, m;
+          sampler.point(b, oy, ox, k, og, y, x, m);
+          BilinearCorners<acc_t> corners;
+          if (!bilinear_corners_grad(y, x, int(s.height), int(s.width), corners)) {
+            corners = BilinearCorners<acc_t>{{-1, -1, -1, -1}, {}, {}, {}};
+          }
+          const auto rows = corner_rows(corners, corners.weight, image, zeros.data(),
+                                        s.in_channels);
+          scalar_t dy_w[4], dx_w[4];
+          Taps<acc_t>& tap = tile_taps[p * taps_per_pixel + og * s.kernel_points + k];
+          for (int q = 0; q < 4; ++q) {
+            dy_w[q] = scalar_t(corners.dweight_dy[q]);
+            dx_w[q] = scalar_t(corners.dweight_dx[q]);
+            tap.index[q] = corners.index[q];
+            tap.weight[q] = m * corners.weight[q];
+          }
+          GradSums<scalar_t> sums;
+          for (; r < runs.size() && runs[r].offset_group == og; ++r) {
+            const int64_t column = p * s.row + runs[r].column + k * s.group_in;
+            sample_backward(rows, dy_w, dx_w, scalar_t(m), grad_columns + column,
+                            columns + column, runs[r].begin, runs[r].end, sums);
+          }
+          const int64_t channel = (og * s.kernel_points + k) * 2;
+          grad_offset.at(b, channel, oy, ox) = m * sums.total(sums.dy);
+          grad_offset.at(b, channel + 1, oy, ox) = m * sums.total(sums.dx);
+          if (grad_mask.data) {
+            grad_mask.at(b, og * s.kernel_points + k, oy, ox) =
+                sums.total(sums.value);
+          }
+        }
+      }
+    }
+
+    scalar_t* partial = partials.data_ptr<scalar_t>() + slot * weight_size;
+    for (int64_t g = 0; g < s.groups; ++g) {
+      Tensor partial_g =
+          matrix(partial + g * s.group_out * s.group_row, s.group_out, s.group_row, s.group_row);
+      at::addmm_out(partial_g, partial_g,
+                    matrix(grad_out + g * s.group_out, count, s.group_out, s.out_channels).t(),
+                    matrix(columns + g * s.group_row, count, s.group_row, s.row));
+    }
+  };
+
+  // Phase 2 for global tile t in slot `slot`: channels [begin, end) of its sample's grad_input.
+  auto scatter = [&](int64_t t, int64_t slot, const std::vector<ChannelRun>& own) {
+    const int64_t b = t / tiles_per_image, first = (t % tiles_per_image) * tile;
+    const int64_t count = std::min(tile, s.out_pixels - first);
+    scalar_t* image = grad_input + b * image_size;
+    const scalar_t* grad_columns = grad_columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
+    const Taps<acc_t>* tile_taps = taps.data() + slot * tile * taps_per_pixel;
+    for (int64_t p = 0; p < count; ++p) {
+      for (int64_t k = 0; k < s.kernel_points; ++k) {
+        for (size_t r = 0; r < own.size();) {
+          const int64_t og = own[r].offset_group;
+          const Taps<acc_t>& tap = tile_taps[p * taps_per_pixel + og * s.kernel_points + k];
+          const size_t og_end = r;
+          size_t stop = r;
+          while (stop < own.size() && own[stop].offset_group == og) {
+            ++stop;
+          }
+          for (int q = 0; q < 4; ++q) {
+            if (tap.index[q] < 0) {
+              continue;
+            }
+            scalar_t* dst = image + tap.index[q] * s.in_channels;
+            for (size_t i = og_end; i < stop; ++i) {
+              axpy(dst, grad_columns + p * s.row + own[i].column + k * s.group_in,
+                   scalar_t(tap.weight[q]), own[i].begin, own[i].end);
+            }
+          }
+          r = stop;
+        }
+      }
+    }
+  };
+
+  for (int64_t wave = 0; wave < total_tiles; wave += slots) {
+    const int64_t wave_end = std::min(total_tiles, wave + slots);
+    at::parallel_for(wave, wave_end, 1, [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      for (int64_t t = begin; t < end; ++t) {
+        tile_gradients(t, t - wave);
+      }
+    });
+    // Items are (sample, channel) of the samples this wave touches.
+    const int64_t first_sample = wave / tiles_per_image;
+    const int64_t samples = (wave_end - 1) / tiles_per_image - first_sample + 1;
+    at::parallel_for(0, samples * s.in_channels, kScatterGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end;) {
+        const int64_t b = first_sample + item / s.in_channels, c0 = item % s.in_channels;
+        const int64_t c1 = std::min(s.in_channels, c0 + (end - item));
+        const std::vector<ChannelRun> own = channel_runs(s, c0, c1);
+        const int64_t t_end = std::min(wave_end, (b + 1) * tiles_per_image);
+        for (int64_t t = std::max(wave, b * tiles_per_image); t < t_end; ++t) {
+          scatter(t, t - wave, own);
+        }
+        item += c1 - c0;
+      }
+    });
+  }
+
+  // grad_weight: the slot partials summed in slot order.
+  for (int64_t slot = 0; slot < used_slots; ++slot) {
+    const scalar_t* partial = partials.data_ptr<scalar_t>() + slot * weight_size;
+    for (int64_t i = 0; i < weight_size; ++i) {
+      grad_weight[i] = slot == 0 ? partial[i] : grad_weight[i] + partial[i];
+    }
+  }
+}
+
+Tensor deform_conv2d_cpu(const Tensor& input, const Tensor& offset, const Tensor& weight,
+                         const std::optional<Tensor>& bias, const std::optional<Tensor>& mask,
+                         at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation) {
+  const Shape s = make_shape("deform_conv2d", input, offset, weight, mask, stride, padding, dilation);
+  if (bias) {
+    TORCH_CHECK(bias->is_cpu() && bias->scalar_type() == input.scalar_type(),
+                "deform_conv2d: bias must be a CPU tensor with input's dtype ",
+                input.scalar_type());
+    TORCH_CHECK(bias->sizes() == at::IntArrayRef({s.out_channels}),
+                "deform_conv2d: bias must be [", s.out_channels, "], got ", bias->sizes());
+  }
+  Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
+                            input.options().memory_format(output_memory_format(input)));
+  if (output.numel() == 0) {
+    return output;
+  }
+  const Tensor rows = weight_rows(weight);
+  const Tensor bias_ = bias ? bias->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d", [&] {
+    const Tensor image = to_nhwc<scalar_t>(input);
+    const Sampler<scalar_t> sampler{
+        s, Strided<const scalar_t>(offset),
+        mask ? Strided<const scalar_t>(*mask) : Strided<const scalar_t>()};
+    forward_kernel<scalar_t>(s, image.const_data_ptr<scalar_t>(), sampler,
+                             rows.const_data_ptr<scalar_t>(),
+                             bias ? bias_.const_data_ptr<scalar_t>() : nullptr,
+                             Strided<scalar_t>(output));
+  });
+  return output;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> deform_conv2d_backward_cpu(
+    const Tensor& grad_output, const Tensor& input, const Tensor& offset, const Tensor& weight,
+    const std::optional<Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  const Shape s =
+      make_shape("deform_conv2d_backward", input, offset, weight, mask, stride, padding, dilation);
+  TORCH_CHECK(grad_output.is_cpu() && grad_output.scalar_type() == input.scalar_type() &&
+                  grad_output.sizes() ==
+                      at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
+              "deform_conv2d_backward: grad_output must be [", s.batch, ", ", s.out_channels,
+              ", ", s.out_h, ", ", s.out_w, "] on CPU with input's dtype, got ",
+              grad_output.sizes(), " ", grad_output.scalar_type());
+
+  // Layouts as the CUDA kernels return them (the fake kernels describe these): grad_input as
+  // output_memory_format(input) says, the others contiguous. grad_input is accumulated in NHWC.
+  const Tensor grad_input_nhwc =
+      at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast))
+          .zero_();
+  Tensor grad_input = grad_input_nhwc;
+  Tensor grad_offset = at::empty(offset.sizes(), offset.options());
+  Tensor grad_mask =
+      mask ? at::empty(mask->sizes(), mask->options()) : at::empty({0}, input.options());
+  Tensor grad_weight_rows =
+      at::zeros({s.out_channels, s.kernel_h, s.kernel_w, s.group_in}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward", [&] {
+    if (s.batch > 0) {
+      const Tensor image = to_nhwc<scalar_t>(input);
+      const Tensor rows = weight_rows(weight);
+      const Sampler<scalar_t> sampler{
+          s, Strided<const scalar_t>(offset),
+          mask ? Strided<const scalar_t>(*mask) : Strided<const scalar_t>()};
+      backward_kernel<scalar_t>(
+          s, image.const_data_ptr<scalar_t>(), sampler, Strided<const scalar_t>(grad_output),
+          rows.const_data_ptr<scalar_t>(), grad_input_nhwc.data_ptr<scalar_t>(),
+          Strided<scalar_t>(grad_offset),
+          mask ? Strided<scalar_t>(grad_mask) : Strided<scalar_t>(),
+          grad_weight_rows.data_ptr<scalar_t>());
+    }
+    if (output_memory_format(input) != at::MemoryFormat::ChannelsLast) {
+      grad_input = at::empty(input.sizes(), input.options());
+      relayout<scalar_t>(grad_input_nhwc, grad_input);
+    }
+  });
+  return {grad_input, grad_offset, grad_weight_rows.permute({0, 3, 1, 2}).contiguous(),
+          grad_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(flexops, CPU, m) {
+  m.impl("deform_conv2d", &deform_conv2d_cpu);
+  m.impl("deform_conv2d_backward", &deform_conv2d_backward_cpu);
+}
+
+}  // namespace flexops

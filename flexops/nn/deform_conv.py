@@ -1,0 +1,69 @@
+"""Deformable convolution layers on flexops.ops.deform_conv2d.
+
+DeformConv2d takes offset and mask from the caller, as torchvision.ops.DeformConv2d does.
+ModulatedDeformConv2d predicts them from its own input (the DCNv2 "pack" layer of IR-NAS's search
+space): a convolution with the layer's geometry outputs 2*og*kh*kw offsets and og*kh*kw mask logits.
+That convolution starts at zero and the mask is 2*sigmoid(logit), so a fresh layer has zero offsets
+and mask 1: it is exactly a plain convolution, and training moves it away from one.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from flexops.ops.deform_conv2d import deform_conv2d
+
+
+class DeformConv2d(nn.Module):
+    """forward(input, offset, mask=None); the parameters of torchvision.ops.DeformConv2d."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.weight[0].numel())
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input, offset, mask=None):
+        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}")
+
+
+class ModulatedDeformConv2d(DeformConv2d):
+    """DCNv2 that predicts its offsets and mask from its input: forward(input)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 offset_groups=1, bias=True):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        if in_channels % offset_groups:
+            raise ValueError(f"offset_groups={offset_groups} must divide in_channels={in_channels}")
+        self.offset_groups = offset_groups
+        points = self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = nn.Conv2d(in_channels, 3 * offset_groups * points, self.kernel_size, self.stride,
+                                     self.padding, self.dilation)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, input):
+        prediction = self.conv_offset(input)
+        num_offsets = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
+        offset, logits = prediction[:, :num_offsets], prediction[:, num_offsets:]
+        return super().forward(input, offset, 2 * torch.sigmoid(logits))
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, offset_groups={self.offset_groups}"

@@ -1,0 +1,137 @@
+"""deform_conv2d: modulated deformable convolution (DCNv2; DCNv1 when mask is None).
+
+Exactly torchvision.ops.deform_conv2d's signature, layouts and numerics: offset [B, 2*og*kh*kw, Ho, Wo]
+holds (dy, dx) pairs per offset group and kernel point, mask [B, og*kh*kw, Ho, Wo] scales each
+sample, sampling is bilinear with zeros outside the image, groups come from weight's shape.
+"""
+
+import torch
+
+from flexops import backends, reference
+from flexops.ops import _args
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Deformable 2-D convolution.
+
+    Args:
+        input: [B, Cin, H, W].
+        offset: [B, 2 * offset_groups * kh * kw, Ho, Wo], (dy, dx) per offset group and kernel point.
+        weight: [Cout, Cin / groups, kh, kw].
+        bias: [Cout] or None.
+        stride, padding, dilation: int or (h, w) pair.
+        mask: [B, offset_groups * kh * kw, Ho, Wo] or None (DCNv1).
+
+    Returns:
+        [B, Cout, Ho, Wo].
+    """
+    stride = _args.pair(stride, "stride", 1)
+    padding = _args.pair(padding, "padding", 0)
+    dilation = _args.pair(dilation, "dilation", 1)
+    _check(input, offset, weight, bias, mask, stride, padding, dilation)
+    backend = backends.choose("deform_conv2d", input.device, input.dtype)
+    if backend == "reference":
+        return reference.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+    op = torch.ops.flexops.deform_conv2d_triton if backend == "triton" else torch.ops.flexops.deform_conv2d
+    return op(input, offset, weight, bias, mask, stride, padding, dilation)
+
+
+def _check(input, offset, weight, bias, mask, stride, padding, dilation):
+    _args.check_tensor("input", input, 4)
+    _args.check_floating("input", input)
+    _args.check_tensor("weight", weight, 4, like=input)
+    _args.check_tensor("offset", offset, 4, like=input)
+    batch, in_channels = input.shape[:2]
+    out_channels, cin_per_group, kh, kw = weight.shape
+    if cin_per_group == 0 or in_channels % cin_per_group:
+        raise ValueError(
+            f"weight's second dimension ({cin_per_group}) must divide input channels ({in_channels}): "
+            "weight is [Cout, Cin / groups, kh, kw]"
+        )
+    groups = in_channels // cin_per_group
+    if out_channels % groups:
+        raise ValueError(f"output channels ({out_channels}) must be divisible by groups ({groups})")
+    out_size = _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+    points = kh * kw
+    if offset.shape[1] % (2 * points) or offset.shape[1] == 0:
+        raise ValueError(
+            f"offset must have 2 * offset_groups * kh * kw channels (a multiple of {2 * points}); "
+            f"got {offset.shape[1]}"
+        )
+    offset_groups = offset.shape[1] // (2 * points)
+    if in_channels % offset_groups:
+        raise ValueError(f"offset groups ({offset_groups}) must divide input channels ({in_channels})")
+    expected = (batch, 2 * offset_groups * points, *out_size)
+    if tuple(offset.shape) != expected:
+        raise ValueError(f"offset must be [B, 2*og*kh*kw, Ho, Wo] = {list(expected)}; got {list(offset.shape)}")
+    if mask is not None:
+        _args.check_tensor("mask", mask, 4, like=input)
+        expected = (batch, offset_groups * points, *out_size)
+        if tuple(mask.shape) != expected:
+            raise ValueError(f"mask must be [B, og*kh*kw, Ho, Wo] = {list(expected)}; got {list(mask.shape)}")
+    if bias is not None:
+        _args.check_tensor("bias", bias, 1, like=input)
+        if bias.shape[0] != out_channels:
+            raise ValueError(f"bias must be [Cout] = [{out_channels}]; got {list(bias.shape)}")
+
+
+def _contiguous_like(t):
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("flexops::deform_conv2d")
+def _fake(input, offset, weight, bias, mask, stride, padding, dilation):
+    return _args.new_output(input, (input.shape[0], weight.shape[0], *offset.shape[2:]))
+
+
+@torch.library.register_fake("flexops::deform_conv2d_backward")
+def _fake_backward(grad_output, input, offset, weight, mask, stride, padding, dilation):
+    grad_mask = input.new_empty(0) if mask is None else _contiguous_like(mask)
+    return _args.new_output(input, input.shape), _contiguous_like(offset), _contiguous_like(weight), grad_mask
+
+
+torch.library.register_fake("flexops::deform_conv2d_triton")(_fake)
+torch.library.register_fake("flexops::deform_conv2d_backward_triton")(_fake_backward)
+
+
+@torch.library.register_kernel("flexops::deform_conv2d_triton", ("cpu", "cuda"))
+def _triton_forward(input, offset, weight, bias, mask, stride, padding, dilation):
+    from flexops.triton import deform_conv2d as kernels
+
+    return kernels.deform_conv2d_forward(input, offset, weight, bias, mask, stride, padding, dilation)
+
+
+@torch.library.register_kernel("flexops::deform_conv2d_backward_triton", ("cpu", "cuda"))
+def _triton_backward(grad_output, input, offset, weight, mask, stride, padding, dilation):
+    from flexops.triton import deform_conv2d as kernels
+
+    return kernels.deform_conv2d_backward(grad_output, input, offset, weight, mask, stride, padding, dilation)
+
+
+def _setup_context(ctx, inputs, output):
+    input, offset, weight, bias, mask, stride, padding, dilation = inputs
+    ctx.save_for_backward(input, offset, weight, mask)
+    ctx.has_bias = bias is not None
+    ctx.conv = (stride, padding, dilation)
+
+
+def _autograd(backward_op):
+    def backward(ctx, grad_output):
+        input, offset, weight, mask = ctx.saved_tensors
+        grad_input, grad_offset, grad_weight, grad_mask = backward_op(
+            grad_output, input, offset, weight, mask, *ctx.conv
+        )
+        grad_bias = grad_output.sum((0, 2, 3)) if ctx.has_bias else None
+        return grad_input, grad_offset, grad_weight, grad_bias, None if mask is None else grad_mask, None, None, None
+
+    return backward
+
+
+torch.library.register_autograd(
+    "flexops::deform_conv2d", _autograd(torch.ops.flexops.deform_conv2d_backward), setup_context=_setup_context
+)
+torch.library.register_autograd(
+    "flexops::deform_conv2d_triton",
+    _autograd(torch.ops.flexops.deform_conv2d_backward_triton),
+    setup_context=_setup_context,
+)
