@@ -36,4 +36,20 @@ TORCH_LIBRARY(flexops, m) {
       "deform_conv2d_backward_triton(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, "
       "Tensor? mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Per-task channel-masked convolution (TASNet): in_mask bool [Mi, Cin], out_mask bool [Mo, Cout],
+  // each row shared (1) or per task (M); input batch 1 or M, or any batch when M = 1. Inactive
+  // input channels count as zero; inactive output channels are exactly zero, bias included.
+  m.def(
+      "masked_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor in_mask, Tensor out_mask, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
+  // Gradients for (input, weight, bias); bias's is empty when bias is None. Masks get none.
+  m.def(
+      "masked_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, "
+      "Tensor in_mask, Tensor out_mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) "
+      "-> (Tensor, Tensor, Tensor)");
+  // The same forward, one launch for all tasks (flexops/triton/masked_conv2d.py).
+  m.def(
+      "masked_conv2d_triton(Tensor input, Tensor weight, Tensor? bias, Tensor in_mask, "
+      "Tensor out_mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
 }

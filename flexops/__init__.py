@@ -1,17 +1,26 @@
 """flexops: fused kernels for controllable and flexible image restoration.
 
-Layers: TunableConv2d, TunableLinear, TunableParameter, DeformConv2d, ModulatedDeformConv2d.
+Layers: TunableConv2d, TunableLinear, TunableParameter, DeformConv2d, ModulatedDeformConv2d,
+MaskedConv2d.
 Functional ops: flexops.ops. Backend choice: flexops.backends. FLOP counting: flexops.flops.
 Model zoo: flexops.models.
 """
 
 from flexops import _C  # noqa: F401  (loading the library registers the flexops ops)
 from flexops import backends, flops, ops
-from flexops.nn import DeformConv2d, ModulatedDeformConv2d, TunableConv2d, TunableLinear, TunableParameter
+from flexops.nn import (
+    DeformConv2d,
+    MaskedConv2d,
+    ModulatedDeformConv2d,
+    TunableConv2d,
+    TunableLinear,
+    TunableParameter,
+)
 
 __version__ = "0.1.0"
 __all__ = [
     "DeformConv2d",
+    "MaskedConv2d",
     "ModulatedDeformConv2d",
     "TunableConv2d",
     "TunableLinear",

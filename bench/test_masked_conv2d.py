@@ -1,0 +1,62 @@
+"""Per-task channel-masked convolution (TASNet, Kim et al., ICCV 2021): M task vectors share one
+1x64x128x128 feature map and each keeps its own random fraction d of the 64 input and 64 output
+channels of a 3x3 convolution.
+
+Baselines measured in the same run: one dense convolution over all channels per task (what the
+CResMD supernet pays, M of them) and the reference (mask, dense convolution over the M broadcast
+maps, mask). The ideal speedup over the dense convolutions is 1 / (d_in * d_out).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flexops
+from flexops import reference
+from harness import compare, note, record
+
+CHANNELS, SIZE = 64, 128
+DENSITIES = (0.125, 0.25, 0.5, 1.0)
+TASKS = (1, 27)
+
+
+def random_masks(tasks, channels, density, generator):
+    """[tasks, channels] bool, each row with exactly density * channels active channels."""
+    keep = round(density * channels)
+    mask = torch.zeros(tasks, channels, dtype=torch.bool)
+    for row in mask:
+        row[torch.randperm(channels, generator=generator)[:keep]] = True
+    return mask
+
+
+@pytest.mark.parametrize("density", DENSITIES, ids=lambda d: f"d{int(100 * d)}")
+@pytest.mark.parametrize("tasks", TASKS, ids=lambda m: f"M{m}")
+def test_masked_conv2d(benchmark, tasks, density):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, CHANNELS, SIZE, SIZE)
+    layer = flexops.MaskedConv2d(CHANNELS, CHANNELS, 3, padding=1)
+    in_mask = random_masks(tasks, CHANNELS, density, generator)
+    out_mask = random_masks(tasks, CHANNELS, density, generator)
+
+    def dense():
+        return [F.conv2d(x, layer.weight, layer.bias, padding=1) for _ in range(tasks)]
+
+    fns = {
+        "masked": lambda: layer(x, in_mask, out_mask),
+        "dense": dense,
+        "reference": lambda: reference.masked_conv2d(x, layer.weight, layer.bias, in_mask, out_mask,
+                                                     (1, 1), (1, 1), (1, 1)),
+    }
+    best = compare(benchmark, fns)
+    threads = torch.get_num_threads()
+    table = f"masked conv 64->64 3x3 on a shared 1x64x{SIZE}x{SIZE} map, M tasks, CPU ({threads} threads)"
+    note(table, "d = fraction of input and of output channels kept per task (random per task); "
+                "speedup = time of M dense convs over all channels / masked; ideal = 1 / (d_in * d_out); "
+                "best of interleaved rounds")
+    row = f"M={tasks:<2} d_in=d_out={100 * density:g}%"
+    record(table, row, "masked ms", f"{1e3 * best['masked']:.1f}")
+    record(table, row, "dense ms", f"{1e3 * best['dense']:.1f}")
+    record(table, row, "reference ms", f"{1e3 * best['reference']:.1f}")
+    record(table, row, "vs dense", f"{best['dense'] / best['masked']:.1f}x")
+    record(table, row, "ideal", f"{1 / density ** 2:.0f}x")
+    record(table, row, "vs reference", f"{best['reference'] / best['masked']:.1f}x")
