@@ -18,12 +18,9 @@ struct BilinearCorners {
   T dweight_dx[4];
 };
 
-// Returns false when the point lies wholly outside (it then samples 0 and has zero gradient).
+// Fills c for the point (y, x), whose in-range test the caller has made.
 template <typename T>
-FLEXOPS_HOST_DEVICE bool bilinear_corners(T y, T x, int height, int width, BilinearCorners<T>& c) {
-  if (!(y > T(-1) && y < T(height) && x > T(-1) && x < T(width))) {
-    return false;
-  }
+FLEXOPS_HOST_DEVICE void fill_corners(T y, T x, int height, int width, BilinearCorners<T>& c) {
   const int y0 = static_cast<int>(floor(y));
   const int x0 = static_cast<int>(floor(x));
   const int y1 = y0 + 1;
@@ -43,6 +40,15 @@ FLEXOPS_HOST_DEVICE bool bilinear_corners(T y, T x, int height, int width, Bilin
     c.dweight_dy[k] = inside[k] ? dweight_dy[k] : T(0);
     c.dweight_dx[k] = inside[k] ? dweight_dx[k] : T(0);
   }
+}
+
+// Returns false when the point lies wholly outside (it then samples 0 and has zero gradient).
+template <typename T>
+FLEXOPS_HOST_DEVICE bool bilinear_corners(T y, T x, int height, int width, BilinearCorners<T>& c) {
+  if (!(y > T(-1) && y < T(height) && x > T(-1) && x < T(width))) {
+    return false;
+  }
+  fill_corners(y, x, height, width, c);
   return true;
 }
 

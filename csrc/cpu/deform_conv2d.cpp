@@ -26,9 +26,9 @@ namespace {
 
 using at::Tensor;
 
-// Bytes of per-tile buffers a tile may use: about half an L2, so they are still cached when the
-// GEMM reads them.
-constexpr int64_t kTileBytes = 256 << 10;
+// Bytes of per-tile buffers a tile may use: about an L2, so they are still cached when the GEMM
+// reads them. (Measured here: 256 KiB to 2 MiB all do about as well; 128 KiB is slower.)
+constexpr int64_t kTileBytes = 512 << 10;
 // Backward: tiles in flight at once. Each needs its own grad_weight partial, so fewer when the
 // weight is large. Fixed (not the thread count) because it sets grad_weight's summation order.
 constexpr int64_t kMaxSlots = 16;
@@ -144,24 +144,30 @@ struct Strided {
   }
 };
 
-// Copies a [B, C, H, W] tensor into `dst` of the same sizes and another layout, in 16x16 blocks
-// of (x, c) so both sides move in cache-line runs; ATen's copy is slow for NCHW <-> NHWC.
+// Copies a [B, C, H, W] tensor into `dst` of the same sizes and another layout (ATen's copy is
+// slow for NCHW <-> NHWC). It goes a block of image rows at a time, channel by channel: each
+// channel plane is then read or written in long runs, while the other side's block stays in cache.
+// (Going across channel planes element by element thrashes cache sets: they lie a power of two
+// apart.)
 template <typename scalar_t>
 void relayout(const Tensor& src, const Tensor& dst) {
-  constexpr int64_t kBlock = 16;
+  constexpr int64_t kBlockBytes = 256 << 10;
   const Strided<const scalar_t> from(src);
   const Strided<scalar_t> to(dst);
   const int64_t channels = src.size(1), height = src.size(2), width = src.size(3);
-  at::parallel_for(0, src.size(0) * height, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / height, y = row % height;
-      for (int64_t x0 = 0; x0 < width; x0 += kBlock) {
-        for (int64_t c0 = 0; c0 < channels; c0 += kBlock) {
-          const int64_t x1 = std::min(width, x0 + kBlock), c1 = std::min(channels, c0 + kBlock);
-          for (int64_t c = c0; c < c1; ++c) {
-            for (int64_t x = x0; x < x1; ++x) {
-              to.at(b, c, y, x) = from.at(b, c, y, x);
-            }
+  const int64_t rows = std::clamp<int64_t>(
+      kBlockBytes / std::max<int64_t>(1, width * channels * sizeof(scalar_t)), 1, height);
+  const int64_t blocks = ceil_div(height, rows);
+  at::parallel_for(0, src.size(0) * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t b = block / blocks, y0 = (block % blocks) * rows;
+      const int64_t y1 = std::min(height, y0 + rows);
+      for (int64_t c = 0; c < channels; ++c) {
+        for (int64_t y = y0; y < y1; ++y) {
+          const scalar_t* in = &from.at(b, c, y, 0);
+          scalar_t* out = &to.at(b, c, y, 0);
+          for (int64_t x = 0; x < width; ++x) {
+            out[x * to.sx] = in[x * from.sx];
           }
         }
       }
@@ -180,23 +186,65 @@ Tensor to_nhwc(const Tensor& t) {
   return nhwc;
 }
 
-// Where each output pixel samples: offsets and mask (mask.data null: DCNv1, a mask of 1).
-template <typename scalar_t>
-struct Sampler {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Shape& s;
-  Strided<const scalar_t> offset, mask;
-
-  // The sampling point (y, x) of output pixel (oy, ox), kernel point k, offset group og; its mask.
-  void point(int64_t b, int64_t oy, int64_t ox, int64_t k, int64_t og, acc_t& y, acc_t& x,
-             acc_t& m) const {
-    const int64_t i = k / s.kernel_w, j = k % s.kernel_w;
-    const int64_t channel = (og * s.kernel_points + k) * 2;
-    y = acc_t(oy * s.stride_h - s.pad_h + i * s.dil_h) + acc_t(offset.at(b, channel, oy, ox));
-    x = acc_t(ox * s.stride_w - s.pad_w + j * s.dil_w) + acc_t(offset.at(b, channel + 1, oy, ox));
-    m = mask.data ? acc_t(mask.at(b, og * s.kernel_points + k, oy, ox)) : acc_t(1);
-  }
+// A tile: output pixels [first, first + count) of sample b, in row-major (oy, ox) order.
+struct Tile {
+  int64_t b, first, count;
 };
+
+Tile tile_at(int64_t t, int64_t tiles_per_image, int64_t tile_size, int64_t out_pixels) {
+  const int64_t first = (t % tiles_per_image) * tile_size;
+  return {t / tiles_per_image, first, std::min(tile_size, out_pixels - first)};
+}
+
+// A tile of a [B, C, Ho, Wo] tensor whose pixels flatten to one stride (see flat_pixels) is a
+// [count, C] matrix with strides (sx, sc). These copy it from and to a [count, C] buffer, looping
+// along pixels when channels are planes: NCHW planes lie a power of two apart, and going across
+// them element by element thrashes cache sets.
+template <typename T>
+void load_tile(const Strided<const T>& src, const Tile& tile, int64_t channels, T* dst) {
+  const T* from = src.data + tile.b * src.sb + tile.first * src.sx;
+  if (src.sx < src.sc) {
+    for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t p = 0; p < tile.count; ++p) {
+        dst[p * channels + c] = from[c * src.sc + p * src.sx];
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < tile.count; ++p) {
+      for (int64_t c = 0; c < channels; ++c) {
+        dst[p * channels + c] = from[p * src.sx + c * src.sc];
+      }
+    }
+  }
+}
+
+template <typename T>
+void store_tile(const T* src, const Tile& tile, int64_t channels, const Strided<T>& dst) {
+  T* to = dst.data + tile.b * dst.sb + tile.first * dst.sx;
+  if (dst.sx < dst.sc) {
+    for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t p = 0; p < tile.count; ++p) {
+        to[c * dst.sc + p * dst.sx] = src[p * channels + c];
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < tile.count; ++p) {
+      for (int64_t c = 0; c < channels; ++c) {
+        to[p * dst.sx + c * dst.sc] = src[p * channels + c];
+      }
+    }
+  }
+}
+
+// Whether pixel (y, x) of a [B, C, H, W] tensor sits at (y * W + x) * stride(3), as in any dense
+// layout; the tile copies need it.
+bool flat_pixels(const Tensor& t) {
+  return t.size(2) == 1 || t.stride(2) == t.size(3) * t.stride(3);
+}
+
+Tensor with_flat_pixels(const Tensor& t) {
+  return flat_pixels(t) ? t : t.contiguous();
+}
 
 // A run of input channels inside one offset group and one conv group: what the channel loops
 // vectorise over. Channel c of kernel point k sits at `column + k * group_in + c` of a row of
@@ -216,6 +264,37 @@ std::vector<ChannelRun> channel_runs(const Shape& s, int64_t begin, int64_t end)
     c = stop;
   }
   return runs;
+}
+
+// Calls visit(p, k, runs_begin, runs_end, y, x, m) for each tile pixel p, kernel point k and
+// offset group (in that order) with the group's sampling point (y, x), its mask m, and the runs
+// [runs_begin, runs_end) of the group's channels. `offsets` is the tile's [count, 2*og*kh*kw]
+// offsets, `masks` its [count, og*kh*kw] mask or null.
+template <typename scalar_t, typename F>
+void for_each_sampling_point(const Shape& s, const Tile& tile, const scalar_t* offsets,
+                             const scalar_t* masks, const std::vector<ChannelRun>& runs,
+                             const F& visit) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t points = s.offset_groups * s.kernel_points;  // sampling points per pixel
+  for (int64_t p = 0; p < tile.count; ++p) {
+    const int64_t oy = (tile.first + p) / s.out_w, ox = (tile.first + p) % s.out_w;
+    for (int64_t k = 0; k < s.kernel_points; ++k) {
+      const int64_t base_y = oy * s.stride_h - s.pad_h + (k / s.kernel_w) * s.dil_h;
+      const int64_t base_x = ox * s.stride_w - s.pad_w + (k % s.kernel_w) * s.dil_w;
+      for (size_t r = 0; r < runs.size();) {
+        const int64_t point = runs[r].offset_group * s.kernel_points + k;
+        const acc_t y = acc_t(base_y) + acc_t(offsets[p * 2 * points + 2 * point]);
+        const acc_t x = acc_t(base_x) + acc_t(offsets[p * 2 * points + 2 * point + 1]);
+        const acc_t m = masks ? acc_t(masks[p * points + point]) : acc_t(1);
+        size_t stop = r + 1;
+        while (stop < runs.size() && runs[stop].offset_group == runs[r].offset_group) {
+          ++stop;
+        }
+        visit(p, k, r, stop, y, x, m);
+        r = stop;
+      }
+    }
+  }
 }
 
 // The four corners of a sampling point as rows of the NHWC input (`zeros` for a corner outside)
@@ -242,7 +321,7 @@ CornerRows<scalar_t> corner_rows(const BilinearCorners<acc_t>& c, const acc_t* w
 
 // dst[c] = sum_q weight[q] * row[q][c] for c in [begin, end).
 template <typename scalar_t>
-void blend(scalar_t* __restrict dst, const CornerRows<scalar_t>& r, int64_t begin, int64_t end) {
+__attribute__((noinline)) void blend(scalar_t* __restrict dst, const CornerRows<scalar_t>& r, int64_t begin, int64_t end) {
   const scalar_t* __restrict r0 = r.row[0];
   const scalar_t* __restrict r1 = r.row[1];
   const scalar_t* __restrict r2 = r.row[2];
@@ -255,7 +334,7 @@ void blend(scalar_t* __restrict dst, const CornerRows<scalar_t>& r, int64_t begi
 
 // dst[c] += weight * src[c] for c in [begin, end).
 template <typename scalar_t>
-void axpy(scalar_t* __restrict dst, const scalar_t* __restrict src, scalar_t weight,
+__attribute__((noinline)) void axpy(scalar_t* __restrict dst, const scalar_t* __restrict src, scalar_t weight,
           int64_t begin, int64_t end) {
   for (int64_t c = begin; c < end; ++c) {
     dst[c] += weight * src[c];
@@ -282,7 +361,7 @@ struct GradSums {
 // Backward over one run of channels of one sampling point: writes mask * value to the columns
 // (for grad_weight) and adds to the sums for the offset and mask gradients.
 template <typename scalar_t>
-void sample_backward(const CornerRows<scalar_t>& r, const scalar_t dy_w[4], const scalar_t dx_w[4],
+__attribute__((noinline)) void sample_backward(const CornerRows<scalar_t>& r, const scalar_t dy_w[4], const scalar_t dx_w[4],
                      scalar_t mask, const scalar_t* __restrict grad_col, scalar_t* __restrict col,
                      int64_t begin, int64_t end, GradSums<scalar_t>& sums) {
   constexpr int kLanes = GradSums<scalar_t>::kLanes;
@@ -312,12 +391,11 @@ void sample_backward(const CornerRows<scalar_t>& r, const scalar_t dy_w[4], cons
   }
 }
 
-// A row-major matrix over raw memory with strides (row_stride, col_stride). Worker threads pass
-// these to BLAS: they carry none of the caller's autograd or inference-mode state.
+// A row-major matrix over raw memory with strides (row_stride, 1). Worker threads pass these to
+// BLAS: they carry none of the caller's autograd or inference-mode state.
 template <typename scalar_t>
-Tensor matrix(const scalar_t* data, int64_t rows, int64_t cols, int64_t row_stride,
-              int64_t col_stride = 1) {
-  return at::from_blob(const_cast<scalar_t*>(data), {rows, cols}, {row_stride, col_stride},
+Tensor matrix(const scalar_t* data, int64_t rows, int64_t cols, int64_t row_stride) {
+  return at::from_blob(const_cast<scalar_t*>(data), {rows, cols}, {row_stride, 1},
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
 }
 
@@ -326,68 +404,68 @@ Tensor weight_rows(const Tensor& weight) {
   return weight.permute({0, 2, 3, 1}).contiguous();
 }
 
-// Forward: output[b, co, oy, ox] = bias[co] + columns(b, pixel) . weight_rows[co] per conv group.
+// Forward, per tile: columns [count, row] from the input, then per conv group
+// result[p, co] = bias[co] + columns_g[p] . weight_rows[co], stored into the output.
 template <typename scalar_t>
-void forward_kernel(const Shape& s, const scalar_t* input, const Sampler<scalar_t>& sampler,
-                    const scalar_t* weight, const scalar_t* bias, Strided<scalar_t> output) {
+void forward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar_t> offset,
+                    Strided<const scalar_t> mask, const scalar_t* weight, const scalar_t* bias,
+                    Strided<scalar_t> output) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t tile = tile_pixels(s.row * sizeof(scalar_t));
+  const int64_t points = s.offset_groups * s.kernel_points;
+  const int64_t tile = tile_pixels((s.row + s.out_channels + 3 * points) * sizeof(scalar_t));
   const int64_t tiles_per_image = ceil_div(s.out_pixels, tile);
   const std::vector<ChannelRun> runs = channel_runs(s, 0, s.in_channels);
   const std::vector<scalar_t> zeros(s.in_channels, scalar_t(0));
   const int64_t image_size = s.height * s.width * s.in_channels;
-  // One output pixel's step in `output`: Ho*Wo-strided NCHW and channels-last both flatten (oy, ox).
-  const int64_t pixel_stride = output.sx;
 
   at::parallel_for(0, s.batch * tiles_per_image, 1, [&](int64_t begin, int64_t end) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    const Tensor buffer = at::empty({tile * s.row}, at::CppTypeToScalarType<scalar_t>::value);
+    // One tile's buffers. From the ATen allocator, so GEMM operands are equally aligned every time.
+    const Tensor buffer = at::empty({tile * (s.row + s.out_channels + 3 * points)},
+                                    at::CppTypeToScalarType<scalar_t>::value);
     scalar_t* columns = buffer.data_ptr<scalar_t>();
+    scalar_t* result = columns + tile * s.row;
+    scalar_t* offsets = result + tile * s.out_channels;
+    scalar_t* masks = offsets + tile * 2 * points;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / tiles_per_image, first = (t % tiles_per_image) * tile;
-      const int64_t count = std::min(tile, s.out_pixels - first);
-      const scalar_t* image = input + b * image_size;
-
-      for (int64_t p = 0; p < count; ++p) {
-        const int64_t oy = (first + p) / s.out_w, ox = (first + p) % s.out_w;
-        scalar_t* row = columns + p * s.row;
-        for (int64_t k = 0; k < s.kernel_points; ++k) {
-          for (size_t r = 0; r < runs.size();) {
-            const int64_t og = runs[r].offset_group;
-            acc_t y, x, m;
-            sampler.point(b, oy, ox, k, og, y, x, m);
+      const Tile tl = tile_at(t, tiles_per_image, tile, s.out_pixels);
+      const scalar_t* image = input + tl.b * image_size;
+      load_tile(offset, tl, 2 * points, offsets);
+      if (mask.data) {
+        load_tile(mask, tl, points, masks);
+      }
+      for_each_sampling_point(
+          s, tl, offsets, mask.data ? masks : nullptr, runs,
+          [&](int64_t p, int64_t k, size_t r0, size_t r1, acc_t y, acc_t x, acc_t m) {
             BilinearCorners<acc_t> corners;
             if (!bilinear_corners(y, x, int(s.height), int(s.width), corners)) {
               corners = BilinearCorners<acc_t>{{-1, -1, -1, -1}, {}, {}, {}};
             }
-            const acc_t weight[4] = {m * corners.weight[0], m * corners.weight[1],
-                                     m * corners.weight[2], m * corners.weight[3]};
-            const auto rows = corner_rows(corners, weight, image, zeros.data(), s.in_channels);
-            for (; r < runs.size() && runs[r].offset_group == og; ++r) {
-              blend(row + runs[r].column + k * s.group_in, rows, runs[r].begin, runs[r].end);
+            const acc_t weights[4] = {m * corners.weight[0], m * corners.weight[1],
+                                      m * corners.weight[2], m * corners.weight[3]};
+            const auto rows = corner_rows(corners, weights, image, zeros.data(), s.in_channels);
+            for (size_t r = r0; r < r1; ++r) {
+              blend(columns + p * s.row + runs[r].column + k * s.group_in, rows, runs[r].begin,
+                    runs[r].end);
             }
-          }
-        }
-      }
+          });
 
-      scalar_t* out = &output.at(b, 0, 0, 0) + first * pixel_stride;
       for (int64_t g = 0; g < s.groups; ++g) {
-        Tensor out_g = matrix(out + g * s.group_out * output.sc, count, s.group_out, pixel_stride,
-                              output.sc);
-        const Tensor columns_g = matrix(columns + g * s.group_row, count, s.group_row, s.row);
+        Tensor result_g = matrix(result + g * s.group_out, tl.count, s.group_out, s.out_channels);
+        const Tensor columns_g = matrix(columns + g * s.group_row, tl.count, s.group_row, s.row);
         const Tensor weight_g =
             matrix(weight + g * s.group_out * s.group_row, s.group_out, s.group_row, s.group_row);
         if (bias) {
-          for (int64_t p = 0; p < count; ++p) {
-            for (int64_t co = g * s.group_out; co < (g + 1) * s.group_out; ++co) {
-              out[p * pixel_stride + co * output.sc] = bias[co];
-            }
+          for (int64_t p = 0; p < tl.count; ++p) {
+            std::copy_n(bias + g * s.group_out, s.group_out,
+                        result + p * s.out_channels + g * s.group_out);
           }
-          at::addmm_out(out_g, out_g, columns_g, weight_g.t());
+          at::addmm_out(result_g, result_g, columns_g, weight_g.t());
         } else {
-          at::mm_out(out_g, columns_g, weight_g.t());
+          at::mm_out(result_g, columns_g, weight_g.t());
         }
       }
+      store_tile(result, tl, s.out_channels, output);
     }
   });
 }
@@ -400,21 +478,20 @@ struct Taps {
   acc_t weight[4];
 };
 
-// Backward. Tiles go in waves of `slots`: first each tile of the wave, in parallel, computes its
+// Backward. Tiles go in waves of `slots`. First each tile of the wave, in parallel, computes its
 // column gradients (one GEMM per group), the offset and mask gradients (local to its pixels) and
-// its grad_weight term, added to the partial of its slot; then grad_input gets the column
+// its grad_weight term, added to the partial of its slot. Then grad_input gets the column
 // gradients scattered through the bilinear weights, each thread owning a disjoint set of
-// (sample, channel), adding in tile and pixel order. So every sum has a fixed order.
+// (sample, channel) and adding in tile and pixel order. So every sum has a fixed order.
 template <typename scalar_t>
-void backward_kernel(const Shape& s, const scalar_t* input, const Sampler<scalar_t>& sampler,
-                     Strided<const scalar_t> grad_output, const scalar_t* weight,
-                     scalar_t* grad_input, Strided<scalar_t> grad_offset,
+void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar_t> offset,
+                     Strided<const scalar_t> mask, Strided<const scalar_t> grad_output,
+                     const scalar_t* weight, scalar_t* grad_input, Strided<scalar_t> grad_offset,
                      Strided<scalar_t> grad_mask, scalar_t* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t taps_per_pixel = s.kernel_points * s.offset_groups;
-  const int64_t tile = tile_pixels(2 * s.row * sizeof(scalar_t) +
-                                   taps_per_pixel * sizeof(Taps<acc_t>) +
-                                   s.out_channels * sizeof(scalar_t));
+  const int64_t points = s.offset_groups * s.kernel_points;
+  const int64_t slot_size = 2 * s.row + s.out_channels;  // per pixel: columns, their grads, grad_out
+  const int64_t tile = tile_pixels(slot_size * sizeof(scalar_t) + points * sizeof(Taps<acc_t>));
   const int64_t tiles_per_image = ceil_div(s.out_pixels, tile);
   const int64_t total_tiles = s.batch * tiles_per_image;
   const int64_t weight_size = s.out_channels * s.group_row;
@@ -423,56 +500,58 @@ void backward_kernel(const Shape& s, const scalar_t* input, const Sampler<scalar
   const int64_t used_slots = std::min(slots, total_tiles);
 
   const auto dtype = at::CppTypeToScalarType<scalar_t>::value;
-  const Tensor grad_out_buffer = at::empty({used_slots * tile * s.out_channels}, dtype);
-  const Tensor grad_columns_buffer = at::empty({used_slots * tile * s.row}, dtype);
-  const Tensor columns_buffer = at::empty({used_slots * tile * s.row}, dtype);
+  const Tensor slot_buffers = at::empty({used_slots * tile * slot_size}, dtype);
   const Tensor partials = at::zeros({used_slots, weight_size}, dtype);
-  std::vector<Taps<acc_t>> taps(used_slots * tile * taps_per_pixel);
+  std::vector<Taps<acc_t>> taps(used_slots * tile * points);
+  // Where slot `slot` keeps its tile's columns, column gradients and grad_output rows.
+  auto columns_of = [&](int64_t slot) {
+    return slot_buffers.data_ptr<scalar_t>() + slot * tile * slot_size;
+  };
+  auto grad_columns_of = [&](int64_t slot) { return columns_of(slot) + tile * s.row; };
+  auto grad_out_of = [&](int64_t slot) { return columns_of(slot) + 2 * tile * s.row; };
 
   const std::vector<ChannelRun> runs = channel_runs(s, 0, s.in_channels);
   const std::vector<scalar_t> zeros(s.in_channels, scalar_t(0));
   const int64_t image_size = s.height * s.width * s.in_channels;
 
-  // Phase 1 for global tile t in slot `slot`.
-  auto tile_gradients = [&](int64_t t, int64_t slot) {
-    const int64_t b = t / tiles_per_image, first = (t % tiles_per_image) * tile;
-    const int64_t count = std::min(tile, s.out_pixels - first);
-    const scalar_t* image = input + b * image_size;
-    scalar_t* grad_out = grad_out_buffer.data_ptr<scalar_t>() + slot * tile * s.out_channels;
-    scalar_t* grad_columns = grad_columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
-    scalar_t* columns = columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
-    Taps<acc_t>* tile_taps = taps.data() + slot * tile * taps_per_pixel;
+  // Phase 1 for global tile t in slot `slot`; `scratch` holds 6 * points values per pixel.
+  auto tile_gradients = [&](int64_t t, int64_t slot, scalar_t* scratch) {
+    const Tile tl = tile_at(t, tiles_per_image, tile, s.out_pixels);
+    const scalar_t* image = input + tl.b * image_size;
+    scalar_t* columns = columns_of(slot);
+    scalar_t* grad_columns = grad_columns_of(slot);
+    scalar_t* grad_out = grad_out_of(slot);
+    Taps<acc_t>* tile_taps = taps.data() + slot * tile * points;
+    scalar_t* offsets = scratch;
+    scalar_t* masks = offsets + tile * 2 * points;
+    scalar_t* grad_offsets = masks + tile * points;
+    scalar_t* grad_masks = grad_offsets + tile * 2 * points;
 
-    // grad_output rows of the tile, copied so BLAS always sees the same aligned operand.
-    for (int64_t p = 0; p < count; ++p) {
-      const int64_t oy = (first + p) / s.out_w, ox = (first + p) % s.out_w;
-      for (int64_t co = 0; co < s.out_channels; ++co) {
-        grad_out[p * s.out_channels + co] = grad_output.at(b, co, oy, ox);
-      }
+    load_tile(grad_output, tl, s.out_channels, grad_out);
+    load_tile(offset, tl, 2 * points, offsets);
+    if (mask.data) {
+      load_tile(mask, tl, points, masks);
     }
     for (int64_t g = 0; g < s.groups; ++g) {
-      Tensor grad_columns_g = matrix(grad_columns + g * s.group_row, count, s.group_row, s.row);
+      Tensor grad_columns_g = matrix(grad_columns + g * s.group_row, tl.count, s.group_row, s.row);
       at::mm_out(grad_columns_g,
-                 matrix(grad_out + g * s.group_out, count, s.group_out, s.out_channels),
+                 matrix(grad_out + g * s.group_out, tl.count, s.group_out, s.out_channels),
                  matrix(weight + g * s.group_out * s.group_row, s.group_out, s.group_row,
                         s.group_row));
     }
 
-    for (int64_t p = 0; p < count; ++p) {
-      const int64_t oy = (first + p) / s.out_w, ox = (first + p) % s.out_w;
-      for (int64_t k = 0; k < s.kernel_points; ++k) {
-        for (size_t r = 0; r < runs.size();) {
-          const int64_t og = runs[r].offset_group;
-          acc_t y, x, m;
-          sampler.point(b, oy, ox, k, og, y, x, m);
+    for_each_sampling_point(
+        s, tl, offsets, mask.data ? masks : nullptr, runs,
+        [&](int64_t p, int64_t k, size_t r0, size_t r1, acc_t y, acc_t x, acc_t m) {
           BilinearCorners<acc_t> corners;
           if (!bilinear_corners_grad(y, x, int(s.height), int(s.width), corners)) {
             corners = BilinearCorners<acc_t>{{-1, -1, -1, -1}, {}, {}, {}};
           }
           const auto rows = corner_rows(corners, corners.weight, image, zeros.data(),
                                         s.in_channels);
+          const int64_t point = runs[r0].offset_group * s.kernel_points + k;
+          Taps<acc_t>& tap = tile_taps[p * points + point];
           scalar_t dy_w[4], dx_w[4];
-          Taps<acc_t>& tap = tile_taps[p * taps_per_pixel + og * s.kernel_points + k];
           for (int q = 0; q < 4; ++q) {
             dy_w[q] = scalar_t(corners.dweight_dy[q]);
             dx_w[q] = scalar_t(corners.dweight_dx[q]);
@@ -480,20 +559,18 @@ void backward_kernel(const Shape& s, const scalar_t* input, const Sampler<scalar
             tap.weight[q] = m * corners.weight[q];
           }
           GradSums<scalar_t> sums;
-          for (; r < runs.size() && runs[r].offset_group == og; ++r) {
+          for (size_t r = r0; r < r1; ++r) {
             const int64_t column = p * s.row + runs[r].column + k * s.group_in;
             sample_backward(rows, dy_w, dx_w, scalar_t(m), grad_columns + column,
                             columns + column, runs[r].begin, runs[r].end, sums);
           }
-          const int64_t channel = (og * s.kernel_points + k) * 2;
-          grad_offset.at(b, channel, oy, ox) = m * sums.total(sums.dy);
-          grad_offset.at(b, channel + 1, oy, ox) = m * sums.total(sums.dx);
-          if (grad_mask.data) {
-            grad_mask.at(b, og * s.kernel_points + k, oy, ox) =
-                sums.total(sums.value);
-          }
-        }
-      }
+          grad_offsets[p * 2 * points + 2 * point] = m * sums.total(sums.dy);
+          grad_offsets[p * 2 * points + 2 * point + 1] = m * sums.total(sums.dx);
+          grad_masks[p * points + point] = sums.total(sums.value);
+        });
+    store_tile(grad_offsets, tl, 2 * points, grad_offset);
+    if (mask.data) {
+      store_tile(grad_masks, tl, points, grad_mask);
     }
 
     scalar_t* partial = partials.data_ptr<scalar_t>() + slot * weight_size;
@@ -501,25 +578,23 @@ void backward_kernel(const Shape& s, const scalar_t* input, const Sampler<scalar
       Tensor partial_g =
           matrix(partial + g * s.group_out * s.group_row, s.group_out, s.group_row, s.group_row);
       at::addmm_out(partial_g, partial_g,
-                    matrix(grad_out + g * s.group_out, count, s.group_out, s.out_channels).t(),
-                    matrix(columns + g * s.group_row, count, s.group_row, s.row));
+                    matrix(grad_out + g * s.group_out, tl.count, s.group_out, s.out_channels).t(),
+                    matrix(columns + g * s.group_row, tl.count, s.group_row, s.row));
     }
   };
 
-  // Phase 2 for global tile t in slot `slot`: channels [begin, end) of its sample's grad_input.
+  // Phase 2 for global tile t in slot `slot`: the channels `own` of its sample's grad_input.
   auto scatter = [&](int64_t t, int64_t slot, const std::vector<ChannelRun>& own) {
-    const int64_t b = t / tiles_per_image, first = (t % tiles_per_image) * tile;
-    const int64_t count = std::min(tile, s.out_pixels - first);
-    scalar_t* image = grad_input + b * image_size;
-    const scalar_t* grad_columns = grad_columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
-    const Taps<acc_t>* tile_taps = taps.data() + slot * tile * taps_per_pixel;
-    for (int64_t p = 0; p < count; ++p) {
+    const Tile tl = tile_at(t, tiles_per_image, tile, s.out_pixels);
+    scalar_t* image = grad_input + tl.b * image_size;
+    const scalar_t* grad_columns = grad_columns_of(slot);
+    const Taps<acc_t>* tile_taps = taps.data() + slot * tile * points;
+    for (int64_t p = 0; p < tl.count; ++p) {
       for (int64_t k = 0; k < s.kernel_points; ++k) {
         for (size_t r = 0; r < own.size();) {
           const int64_t og = own[r].offset_group;
-          const Taps<acc_t>& tap = tile_taps[p * taps_per_pixel + og * s.kernel_points + k];
-          const size_t og_end = r;
-          size_t stop = r;
+          const Taps<acc_t>& tap = tile_taps[p * points + og * s.kernel_points + k];
+          size_t stop = r + 1;
           while (stop < own.size() && own[stop].offset_group == og) {
             ++stop;
           }
@@ -528,7 +603,7 @@ void backward_kernel(const Shape& s, const scalar_t* input, const Sampler<scalar
               continue;
             }
             scalar_t* dst = image + tap.index[q] * s.in_channels;
-            for (size_t i = og_end; i < stop; ++i) {
+            for (size_t i = r; i < stop; ++i) {
               axpy(dst, grad_columns + p * s.row + own[i].column + k * s.group_in,
                    scalar_t(tap.weight[q]), own[i].begin, own[i].end);
             }
@@ -543,8 +618,9 @@ void backward_kernel(const Shape& s, const scalar_t* input, const Sampler<scalar
     const int64_t wave_end = std::min(total_tiles, wave + slots);
     at::parallel_for(wave, wave_end, 1, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView guard;
+      std::vector<scalar_t> scratch(tile * 6 * points);
       for (int64_t t = begin; t < end; ++t) {
-        tile_gradients(t, t - wave);
+        tile_gradients(t, t - wave, scratch.data());
       }
     });
     // Items are (sample, channel) of the samples this wave touches.
@@ -592,15 +668,15 @@ Tensor deform_conv2d_cpu(const Tensor& input, const Tensor& offset, const Tensor
   }
   const Tensor rows = weight_rows(weight);
   const Tensor bias_ = bias ? bias->contiguous() : Tensor();
+  const Tensor offset_ = with_flat_pixels(offset);
+  const Tensor mask_ = mask ? with_flat_pixels(*mask) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d", [&] {
     const Tensor image = to_nhwc<scalar_t>(input);
-    const Sampler<scalar_t> sampler{
-        s, Strided<const scalar_t>(offset),
-        mask ? Strided<const scalar_t>(*mask) : Strided<const scalar_t>()};
-    forward_kernel<scalar_t>(s, image.const_data_ptr<scalar_t>(), sampler,
-                             rows.const_data_ptr<scalar_t>(),
-                             bias ? bias_.const_data_ptr<scalar_t>() : nullptr,
-                             Strided<scalar_t>(output));
+    forward_kernel<scalar_t>(
+        s, image.const_data_ptr<scalar_t>(), Strided<const scalar_t>(offset_),
+        mask ? Strided<const scalar_t>(mask_) : Strided<const scalar_t>(),
+        rows.const_data_ptr<scalar_t>(), bias ? bias_.const_data_ptr<scalar_t>() : nullptr,
+        Strided<scalar_t>(output));
   });
   return output;
 }
@@ -633,13 +709,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> deform_conv2d_backward_cpu(
     if (s.batch > 0) {
       const Tensor image = to_nhwc<scalar_t>(input);
       const Tensor rows = weight_rows(weight);
-      const Sampler<scalar_t> sampler{
-          s, Strided<const scalar_t>(offset),
-          mask ? Strided<const scalar_t>(*mask) : Strided<const scalar_t>()};
+      const Tensor offset_ = with_flat_pixels(offset);
+      const Tensor mask_ = mask ? with_flat_pixels(*mask) : Tensor();
+      const Tensor grad_output_ = with_flat_pixels(grad_output);
       backward_kernel<scalar_t>(
-          s, image.const_data_ptr<scalar_t>(), sampler, Strided<const scalar_t>(grad_output),
-          rows.const_data_ptr<scalar_t>(), grad_input_nhwc.data_ptr<scalar_t>(),
-          Strided<scalar_t>(grad_offset),
+          s, image.const_data_ptr<scalar_t>(), Strided<const scalar_t>(offset_),
+          mask ? Strided<const scalar_t>(mask_) : Strided<const scalar_t>(),
+          Strided<const scalar_t>(grad_output_), rows.const_data_ptr<scalar_t>(),
+          grad_input_nhwc.data_ptr<scalar_t>(), Strided<scalar_t>(grad_offset),
           mask ? Strided<scalar_t>(grad_mask) : Strided<scalar_t>(),
           grad_weight_rows.data_ptr<scalar_t>());
     }
