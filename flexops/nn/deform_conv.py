@@ -7,12 +7,11 @@ That convolution starts at zero and the mask is 2*sigmoid(logit), so a fresh lay
 and mask 1: it is exactly a plain convolution, and training moves it away from one.
 """
 
-import math
-
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from flexops.nn._init import default_init_
 from flexops.ops.deform_conv2d import deform_conv2d
 
 
@@ -31,10 +30,7 @@ class DeformConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.weight[0].numel())
-            nn.init.uniform_(self.bias, -bound, bound)
+        default_init_(self.weight, self.bias)
 
     def forward(self, input, offset, mask=None):
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)

@@ -1,12 +1,11 @@
 """MaskedConv2d: a convolution whose active input and output channels are chosen per call, for
 one task ([C] masks) or M tasks at once ([M, C] masks), on flexops.ops.masked_conv2d."""
 
-import math
-
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from flexops.nn._init import default_init_
 from flexops.ops.masked_conv2d import masked_conv2d
 
 
@@ -24,10 +23,7 @@ class MaskedConv2d(nn.Module):
 
     def reset_parameters(self):
         # nn.Conv2d's initialisation, so a MaskedConv2d with full masks starts as an nn.Conv2d would.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.weight[0].numel())
-            nn.init.uniform_(self.bias, -bound, bound)
+        default_init_(self.weight, self.bias)
 
     def forward(self, input, in_mask=None, out_mask=None):
         return masked_conv2d(input, self.weight, self.bias, in_mask, out_mask, self.stride, self.padding,

@@ -5,11 +5,10 @@ mode "mlp": alpha = Linear(p, p)(omega), no activation; mode "linear": alpha = o
 (one setting for the whole batch) or [B, p] (one per sample).
 """
 
-import math
-
 import torch
 from torch import nn
 
+from flexops.nn._init import default_init_
 from flexops.ops.tunable_conv2d import tunable_conv2d
 
 MODES = ("mlp", "linear")
@@ -56,12 +55,8 @@ class TunableConv2d(_Tunable):
 
     def reset_parameters(self):
         # Each of the p kernels is initialised as nn.Conv2d initialises its one.
-        fan_in = self.weight[0, 0].numel()
         for i in range(self.num_params):
-            nn.init.kaiming_uniform_(self.weight[i], a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(self.bias, -bound, bound)
+            default_init_(self.weight[i], None if self.bias is None else self.bias[i])
 
     def forward(self, x, omega):
         return tunable_conv2d(x, self.weight, self.bias, self.alpha(omega), self.stride, self.padding,
@@ -99,11 +94,8 @@ class TunableLinear(_Tunable):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(num_params, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(num_params, out_features)) if bias else None
-        bound = 1 / math.sqrt(in_features)
         for i in range(num_params):
-            nn.init.kaiming_uniform_(self.weight[i], a=math.sqrt(5))
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+            default_init_(self.weight[i], None if self.bias is None else self.bias[i])
 
     def forward(self, x, omega):
         alpha = self.alpha(omega)

@@ -19,6 +19,11 @@ def pair(value, name, minimum):
     return value
 
 
+def conv_params(stride, padding, dilation):
+    """stride, padding and dilation as (h, w) pairs, validated."""
+    return pair(stride, "stride", 1), pair(padding, "padding", 0), pair(dilation, "dilation", 1)
+
+
 def check_tensor(name, tensor, dim, like=None):
     """A tensor of rank `dim` (None: any); with `like`, on its device and of its dtype."""
     if not isinstance(tensor, torch.Tensor):

@@ -25,9 +25,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     Returns:
         [B, Cout, Ho, Wo].
     """
-    stride = _args.pair(stride, "stride", 1)
-    padding = _args.pair(padding, "padding", 0)
-    dilation = _args.pair(dilation, "dilation", 1)
+    stride, padding, dilation = _args.conv_params(stride, padding, dilation)
     _check(input, offset, weight, bias, mask, stride, padding, dilation)
     backend = backends.choose("deform_conv2d", input.device, input.dtype)
     if backend == "reference":

@@ -30,9 +30,7 @@ def masked_conv2d(input, weight, bias=None, in_mask=None, out_mask=None, stride=
     Returns:
         [max(B, M), Cout, Ho, Wo].
     """
-    stride = _args.pair(stride, "stride", 1)
-    padding = _args.pair(padding, "padding", 0)
-    dilation = _args.pair(dilation, "dilation", 1)
+    stride, padding, dilation = _args.conv_params(stride, padding, dilation)
     in_mask, out_mask = _check(input, weight, bias, in_mask, out_mask, stride, padding, dilation)
     backend = backends.choose("masked_conv2d", input.device, input.dtype)
     if backend == "reference":

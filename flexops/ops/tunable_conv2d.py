@@ -24,9 +24,7 @@ def tunable_conv2d(input, weight, bias, alpha, stride=1, padding=0, dilation=1, 
     Returns:
         [B, Cout, Ho, Wo].
     """
-    stride = _args.pair(stride, "stride", 1)
-    padding = _args.pair(padding, "padding", 0)
-    dilation = _args.pair(dilation, "dilation", 1)
+    stride, padding, dilation = _args.conv_params(stride, padding, dilation)
     _check(input, weight, bias, alpha, stride, padding, dilation, groups)
     backend = backends.choose("tunable_conv2d", input.device, input.dtype)
     if backend == "reference":
