@@ -6,6 +6,8 @@ Functional ops: flexops.ops. Backend choice: flexops.backends. FLOP counting: fl
 Model zoo: flexops.models.
 """
 
+import torch  # noqa: F401  (loads libtorch, which flexops._C links against)
+
 from flexops import _C  # noqa: F401  (loading the library registers the flexops ops)
 from flexops import backends, flops, ops
 from flexops.nn import (
