@@ -3,10 +3,12 @@
 // The input is read in NHWC so that the channels of an offset group lie side by side: the four
 // bilinear corners of a sampling point and their weights are computed once per (output pixel,
 // kernel point, offset group) and applied to all of the group's channels in one vectorised loop.
-// Columns are built for a tile of output pixels at a time, sized to stay in L2, then multiplied by
-// the weight reordered to [Cout, kh, kw, Cin/groups], one GEMM per tile and conv group. Tiles run
-// in parallel with single-threaded GEMMs inside, and every sum runs in an order fixed by the shape,
-// so no result depends on the thread count and a sample's results do not depend on its batch.
+// Work goes in tiles of output pixels sized to stay in L2: a tile's columns [pixels, kh*kw*Cin]
+// are built in a per-thread buffer and multiplied by the weight reordered to
+// [Cout, kh, kw, Cin/groups], one single-threaded GEMM per tile and conv group, tiles in parallel;
+// the backward recomputes a tile's columns beside their gradients (see backward_kernel). Every sum
+// runs in an order fixed by the shape, so no result depends on the thread count, and a sample's
+// output and input, offset and mask gradients do not depend on the rest of its batch.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -31,10 +33,11 @@ using at::Tensor;
 constexpr int64_t kTileBytes = 512 << 10;
 // Backward: tiles in flight at once. Each needs its own grad_weight partial, so fewer when the
 // weight is large. Fixed (not the thread count) because it sets grad_weight's summation order.
-constexpr int64_t kMaxSlots = 16;
-constexpr int64_t kPartialBytes = 64 << 20;
-// Backward scatter: fewest channels one thread takes, to keep its loops vectorised.
-constexpr int64_t kScatterGrain = 16;
+constexpr int64_t kMaxSlots = 32;
+constexpr int64_t kPartialBytes = 32 << 20;
+// Backward scatter: fewest channels one thread takes (a couple of vectors' worth), so that
+// narrow layers still split across threads.
+constexpr int64_t kScatterGrain = 8;
 
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
@@ -196,44 +199,40 @@ Tile tile_at(int64_t t, int64_t tiles_per_image, int64_t tile_size, int64_t out_
   return {t / tiles_per_image, first, std::min(tile_size, out_pixels - first)};
 }
 
-// A tile of a [B, C, Ho, Wo] tensor whose pixels flatten to one stride (see flat_pixels) is a
-// [count, C] matrix with strides (sx, sc). These copy it from and to a [count, C] buffer, looping
-// along pixels when channels are planes: NCHW planes lie a power of two apart, and going across
-// them element by element thrashes cache sets.
+// dst[p, c] = src[p, c] for p < pixels and c < channels, each side with its own (pixel, channel)
+// strides; the inner loop runs along pixels when `pixels_inner`.
 template <typename T>
-void load_tile(const Strided<const T>& src, const Tile& tile, int64_t channels, T* dst) {
-  const T* from = src.data + tile.b * src.sb + tile.first * src.sx;
-  if (src.sx < src.sc) {
+void copy_tile(const T* src, int64_t src_p, int64_t src_c, T* dst, int64_t dst_p, int64_t dst_c,
+               int64_t pixels, int64_t channels, bool pixels_inner) {
+  if (pixels_inner) {
     for (int64_t c = 0; c < channels; ++c) {
-      for (int64_t p = 0; p < tile.count; ++p) {
-        dst[p * channels + c] = from[c * src.sc + p * src.sx];
+      for (int64_t p = 0; p < pixels; ++p) {
+        dst[p * dst_p + c * dst_c] = src[p * src_p + c * src_c];
       }
     }
   } else {
-    for (int64_t p = 0; p < tile.count; ++p) {
+    for (int64_t p = 0; p < pixels; ++p) {
       for (int64_t c = 0; c < channels; ++c) {
-        dst[p * channels + c] = from[p * src.sx + c * src.sc];
+        dst[p * dst_p + c * dst_c] = src[p * src_p + c * src_c];
       }
     }
   }
 }
 
+// A tile of a [B, C, Ho, Wo] tensor whose pixels flatten to one stride (see flat_pixels) is a
+// [count, C] matrix with strides (sx, sc). These copy it from and to a dense [count, C] buffer,
+// going along pixels when channels are planes: NCHW planes lie a power of two apart, and going
+// across them element by element thrashes cache sets.
+template <typename T>
+void load_tile(const Strided<const T>& src, const Tile& tile, int64_t channels, T* dst) {
+  copy_tile(src.data + tile.b * src.sb + tile.first * src.sx, src.sx, src.sc, dst, channels,
+            int64_t(1), tile.count, channels, src.sx < src.sc);
+}
+
 template <typename T>
 void store_tile(const T* src, const Tile& tile, int64_t channels, const Strided<T>& dst) {
-  T* to = dst.data + tile.b * dst.sb + tile.first * dst.sx;
-  if (dst.sx < dst.sc) {
-    for (int64_t c = 0; c < channels; ++c) {
-      for (int64_t p = 0; p < tile.count; ++p) {
-        to[c * dst.sc + p * dst.sx] = src[p * channels + c];
-      }
-    }
-  } else {
-    for (int64_t p = 0; p < tile.count; ++p) {
-      for (int64_t c = 0; c < channels; ++c) {
-        to[p * dst.sx + c * dst.sc] = src[p * channels + c];
-      }
-    }
-  }
+  copy_tile(src, channels, int64_t(1), dst.data + tile.b * dst.sb + tile.first * dst.sx, dst.sx,
+            dst.sc, tile.count, channels, dst.sx < dst.sc);
 }
 
 // Whether pixel (y, x) of a [B, C, H, W] tensor sits at (y * W + x) * stride(3), as in any dense
@@ -317,11 +316,13 @@ CornerRows<scalar_t> corner_rows(const BilinearCorners<acc_t>& c, const acc_t* w
 }
 
 // The channel loops below are plain loops over restrict pointers: the compiler vectorises them at
-// -O3 for whatever instruction set the build targets.
+// -O3 for whatever instruction set the build targets. They are kept out of line: inlined into the
+// tile loops, the compiler ran out of registers and reloaded the row pointers every iteration.
 
 // dst[c] = sum_q weight[q] * row[q][c] for c in [begin, end).
 template <typename scalar_t>
-__attribute__((noinline)) void blend(scalar_t* __restrict dst, const CornerRows<scalar_t>& r, int64_t begin, int64_t end) {
+__attribute__((noinline)) void blend(scalar_t* __restrict dst, const CornerRows<scalar_t>& r,
+                                     int64_t begin, int64_t end) {
   const scalar_t* __restrict r0 = r.row[0];
   const scalar_t* __restrict r1 = r.row[1];
   const scalar_t* __restrict r2 = r.row[2];
@@ -334,8 +335,8 @@ __attribute__((noinline)) void blend(scalar_t* __restrict dst, const CornerRows<
 
 // dst[c] += weight * src[c] for c in [begin, end).
 template <typename scalar_t>
-__attribute__((noinline)) void axpy(scalar_t* __restrict dst, const scalar_t* __restrict src, scalar_t weight,
-          int64_t begin, int64_t end) {
+__attribute__((noinline)) void axpy(scalar_t* __restrict dst, const scalar_t* __restrict src,
+                                    scalar_t weight, int64_t begin, int64_t end) {
   for (int64_t c = begin; c < end; ++c) {
     dst[c] += weight * src[c];
   }
@@ -361,9 +362,11 @@ struct GradSums {
 // Backward over one run of channels of one sampling point: writes mask * value to the columns
 // (for grad_weight) and adds to the sums for the offset and mask gradients.
 template <typename scalar_t>
-__attribute__((noinline)) void sample_backward(const CornerRows<scalar_t>& r, const scalar_t dy_w[4], const scalar_t dx_w[4],
-                     scalar_t mask, const scalar_t* __restrict grad_col, scalar_t* __restrict col,
-                     int64_t begin, int64_t end, GradSums<scalar_t>& sums) {
+__attribute__((noinline)) void sample_backward(const CornerRows<scalar_t>& r,
+                                               const scalar_t dy_w[4], const scalar_t dx_w[4],
+                                               scalar_t mask, const scalar_t* __restrict grad_col,
+                                               scalar_t* __restrict col, int64_t begin,
+                                               int64_t end, GradSums<scalar_t>& sums) {
   constexpr int kLanes = GradSums<scalar_t>::kLanes;
   const scalar_t* __restrict r0 = r.row[0];
   const scalar_t* __restrict r1 = r.row[1];
@@ -490,8 +493,9 @@ void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar
                      Strided<scalar_t> grad_mask, scalar_t* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t points = s.offset_groups * s.kernel_points;
-  const int64_t slot_size = 2 * s.row + s.out_channels;  // per pixel: columns, their grads, grad_out
-  const int64_t tile = tile_pixels(slot_size * sizeof(scalar_t) + points * sizeof(Taps<acc_t>));
+  // Bytes per tile pixel: its columns, their gradients, grad_output row and taps.
+  const int64_t tile = tile_pixels((2 * s.row + s.out_channels) * sizeof(scalar_t) +
+                                   points * sizeof(Taps<acc_t>));
   const int64_t tiles_per_image = ceil_div(s.out_pixels, tile);
   const int64_t total_tiles = s.batch * tiles_per_image;
   const int64_t weight_size = s.out_channels * s.group_row;
@@ -499,30 +503,27 @@ void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar
       kPartialBytes / std::max<int64_t>(1, weight_size * sizeof(scalar_t)), 1, kMaxSlots);
   const int64_t used_slots = std::min(slots, total_tiles);
 
+  // Per slot: what the scatter reads (column gradients and taps) and a grad_weight partial.
   const auto dtype = at::CppTypeToScalarType<scalar_t>::value;
-  const Tensor slot_buffers = at::empty({used_slots * tile * slot_size}, dtype);
-  const Tensor partials = at::zeros({used_slots, weight_size}, dtype);
+  const Tensor grad_columns_buffer = at::empty({used_slots * tile * s.row}, dtype);
   std::vector<Taps<acc_t>> taps(used_slots * tile * points);
-  // Where slot `slot` keeps its tile's columns, column gradients and grad_output rows.
-  auto columns_of = [&](int64_t slot) {
-    return slot_buffers.data_ptr<scalar_t>() + slot * tile * slot_size;
-  };
-  auto grad_columns_of = [&](int64_t slot) { return columns_of(slot) + tile * s.row; };
-  auto grad_out_of = [&](int64_t slot) { return columns_of(slot) + 2 * tile * s.row; };
+  const Tensor partials = at::zeros({used_slots, weight_size}, dtype);
 
   const std::vector<ChannelRun> runs = channel_runs(s, 0, s.in_channels);
   const std::vector<scalar_t> zeros(s.in_channels, scalar_t(0));
   const int64_t image_size = s.height * s.width * s.in_channels;
+  // Phase 1's own buffers for one tile: columns, grad_output rows, offsets, mask and their grads.
+  const int64_t scratch_size = tile * (s.row + s.out_channels + 6 * points);
 
-  // Phase 1 for global tile t in slot `slot`; `scratch` holds 6 * points values per pixel.
+  // Phase 1 for global tile t in slot `slot`.
   auto tile_gradients = [&](int64_t t, int64_t slot, scalar_t* scratch) {
     const Tile tl = tile_at(t, tiles_per_image, tile, s.out_pixels);
     const scalar_t* image = input + tl.b * image_size;
-    scalar_t* columns = columns_of(slot);
-    scalar_t* grad_columns = grad_columns_of(slot);
-    scalar_t* grad_out = grad_out_of(slot);
+    scalar_t* grad_columns = grad_columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
     Taps<acc_t>* tile_taps = taps.data() + slot * tile * points;
-    scalar_t* offsets = scratch;
+    scalar_t* columns = scratch;
+    scalar_t* grad_out = columns + tile * s.row;
+    scalar_t* offsets = grad_out + tile * s.out_channels;
     scalar_t* masks = offsets + tile * 2 * points;
     scalar_t* grad_offsets = masks + tile * points;
     scalar_t* grad_masks = grad_offsets + tile * 2 * points;
@@ -587,7 +588,8 @@ void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar
   auto scatter = [&](int64_t t, int64_t slot, const std::vector<ChannelRun>& own) {
     const Tile tl = tile_at(t, tiles_per_image, tile, s.out_pixels);
     scalar_t* image = grad_input + tl.b * image_size;
-    const scalar_t* grad_columns = grad_columns_of(slot);
+    const scalar_t* grad_columns =
+        grad_columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
     const Taps<acc_t>* tile_taps = taps.data() + slot * tile * points;
     for (int64_t p = 0; p < tl.count; ++p) {
       for (int64_t k = 0; k < s.kernel_points; ++k) {
@@ -618,9 +620,10 @@ void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar
     const int64_t wave_end = std::min(total_tiles, wave + slots);
     at::parallel_for(wave, wave_end, 1, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::vector<scalar_t> scratch(tile * 6 * points);
+      // From the ATen allocator, so GEMM operands are equally aligned every time.
+      const Tensor scratch = at::empty({scratch_size}, dtype);
       for (int64_t t = begin; t < end; ++t) {
-        tile_gradients(t, t - wave, scratch.data());
+        tile_gradients(t, t - wave, scratch.data_ptr<scalar_t>());
       }
     });
     // Items are (sample, channel) of the samples this wave touches.
@@ -641,19 +644,24 @@ void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar
   }
 
   // grad_weight: the slot partials summed in slot order.
-  for (int64_t slot = 0; slot < used_slots; ++slot) {
-    const scalar_t* partial = partials.data_ptr<scalar_t>() + slot * weight_size;
-    for (int64_t i = 0; i < weight_size; ++i) {
-      grad_weight[i] = slot == 0 ? partial[i] : grad_weight[i] + partial[i];
+  const scalar_t* partial = partials.data_ptr<scalar_t>();
+  at::parallel_for(0, weight_size, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      scalar_t sum = partial[i];
+      for (int64_t slot = 1; slot < used_slots; ++slot) {
+        sum += partial[slot * weight_size + i];
+      }
+      grad_weight[i] = sum;
     }
-  }
+  });
 }
 
 Tensor deform_conv2d_cpu(const Tensor& input, const Tensor& offset, const Tensor& weight,
                          const std::optional<Tensor>& bias, const std::optional<Tensor>& mask,
                          at::IntArrayRef stride, at::IntArrayRef padding,
                          at::IntArrayRef dilation) {
-  const Shape s = make_shape("deform_conv2d", input, offset, weight, mask, stride, padding, dilation);
+  const Shape s =
+      make_shape("deform_conv2d", input, offset, weight, mask, stride, padding, dilation);
   if (bias) {
     TORCH_CHECK(bias->is_cpu() && bias->scalar_type() == input.scalar_type(),
                 "deform_conv2d: bias must be a CPU tensor with input's dtype ",
