@@ -50,3 +50,16 @@ def random_conv_cases(count, seed, max_channels=6, max_size=9, max_batch=3):
 
 def case_id(case):
     return "b{batch}_c{in_channels}x{out_channels}_g{groups}_k{kernel[0]}{kernel[1]}_{height}x{width}_s{stride[0]}{stride[1]}_p{padding[0]}{padding[1]}_d{dilation[0]}{dilation[1]}_{layout}".format(**case)
+
+
+def assert_grads_match(out, expected, inputs, atol, rtol):
+    """out and expected (the reference's) give the same gradients to `inputs` for one random
+    output gradient; an input that does not reach the output (batch 0) must get none or zeros."""
+    grad = torch.randn_like(expected)
+    got = torch.autograd.grad(out, inputs, grad, allow_unused=True)
+    want = torch.autograd.grad(expected, inputs, grad, allow_unused=True)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None or bool((g == 0).all())
+        else:
+            torch.testing.assert_close(g, w, atol=atol, rtol=rtol)
