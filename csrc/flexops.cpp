@@ -52,4 +52,24 @@ TORCH_LIBRARY(flexops, m) {
   m.def(
       "masked_conv2d_triton(Tensor input, Tensor weight, Tensor? bias, Tensor in_mask, "
       "Tensor out_mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
+
+  // Swin window attention (SwinIR numerics): qkv [B, H, W, 3C] token map as SwinIR's qkv Linear
+  // gives it, rolled by -shift_size and cut into window_size^2 windows by index arithmetic;
+  // rel_pos_bias [heads, N, N]; active bool [B, H/ws, W/ws] over the shifted window grid, inactive
+  // windows are not computed and give 0. Returns [B, H, W, C] in token order.
+  m.def(
+      "window_attention(Tensor qkv, int num_heads, int window_size, int shift_size, "
+      "Tensor? rel_pos_bias, float scale, Tensor? active) -> Tensor");
+  // Gradients for (qkv, rel_pos_bias); the bias's is empty when rel_pos_bias is None.
+  m.def(
+      "window_attention_backward(Tensor grad_output, Tensor qkv, int num_heads, int window_size, "
+      "int shift_size, Tensor? rel_pos_bias, float scale, Tensor? active) -> (Tensor, Tensor)");
+  // The same pair, run by the Triton kernels (flexops/triton/window_attention.py).
+  m.def(
+      "window_attention_triton(Tensor qkv, int num_heads, int window_size, int shift_size, "
+      "Tensor? rel_pos_bias, float scale, Tensor? active) -> Tensor");
+  m.def(
+      "window_attention_backward_triton(Tensor grad_output, Tensor qkv, int num_heads, "
+      "int window_size, int shift_size, Tensor? rel_pos_bias, float scale, Tensor? active) "
+      "-> (Tensor, Tensor)");
 }

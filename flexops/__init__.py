@@ -1,7 +1,7 @@
 """flexops: fused kernels for controllable and flexible image restoration.
 
 Layers: TunableConv2d, TunableLinear, TunableParameter, DeformConv2d, ModulatedDeformConv2d,
-MaskedConv2d.
+MaskedConv2d, WindowAttention (with active_windows for early exit).
 Functional ops: flexops.ops. Backend choice: flexops.backends. FLOP counting: flexops.flops.
 Model zoo: flexops.models.
 """
@@ -17,6 +17,8 @@ from flexops.nn import (
     TunableConv2d,
     TunableLinear,
     TunableParameter,
+    WindowAttention,
+    active_windows,
 )
 
 __version__ = "0.1.0"
@@ -27,6 +29,8 @@ __all__ = [
     "TunableConv2d",
     "TunableLinear",
     "TunableParameter",
+    "WindowAttention",
+    "active_windows",
     "backends",
     "flops",
     "ops",

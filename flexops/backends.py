@@ -26,6 +26,14 @@ CUDA_PRIORITY = {
     "deform_conv2d": ("cuda", "triton"),
     # One Triton launch for all tasks beats one cuDNN call per task (not yet timed on a GPU).
     "masked_conv2d": ("triton", "cuda"),
+    # No CUDA C++ kernel: the Triton kernel is its GPU backend (see MISSING).
+    "window_attention": ("triton",),
+}
+# Backends an op does not have, and why.
+MISSING = {
+    "window_attention": {
+        "cuda": "window_attention has no CUDA C++ kernel; its GPU backend is 'triton'",
+    },
 }
 
 _forced_stack = []
@@ -110,7 +118,7 @@ def choose(op, device, dtype):
     """The backend that runs `op` on tensors of this device and dtype; raises if none can."""
     name = forced()
     if name is not None:
-        reason = why_not(name, device, dtype)
+        reason = MISSING.get(op, {}).get(name) or why_not(name, device, dtype)
         if reason is not None:
             raise BackendUnavailable(f"flexops.{op}: forced backend {name!r} cannot run: {reason}")
         return name

@@ -5,9 +5,10 @@ Two conventions, one formula per op:
   `count(model, *inputs)` runs fvcore's FlopCountAnalysis with them.
 - torch.utils.flop_counter formulas count FLOPs (2 per MAC), so FlopCounterMode sees flexops ops.
 
-masked_conv2d's cost depends on its masks' values, not only on shapes. FlopCounterMode hands the
-formula the tensors themselves; fvcore's traced graph holds no values, so `count` records the masks
-of every masked_conv2d call in one eager run first and the handle takes them in call order.
+masked_conv2d's cost depends on its masks' values and window_attention's on its active windows, not
+only on shapes. FlopCounterMode hands the formula the tensors themselves; fvcore's traced graph holds
+no values, so `count` records those arguments of every such call in one eager run first and the
+handles take them in call order.
 """
 
 import math
@@ -16,7 +17,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import register_flop_formula
 
-_MASKED_OPS = ("masked_conv2d", "masked_conv2d_triton")
+# Ops whose cost depends on argument values: op family -> the positions of those arguments.
+_VALUE_ARGS = {"masked_conv2d": (3, 4), "window_attention": (2, 6)}
 
 
 def tunable_conv2d_macs(input_shape, weight_shape, bias_shape, alpha_shape, out_shape):
@@ -47,6 +49,14 @@ def masked_conv2d_macs(weight_shape, in_mask, out_mask, out_shape):
     return int(pairs.sum()) * tasks_per_row * math.prod(weight_shape[2:]) * math.prod(out_shape[2:])
 
 
+def window_attention_macs(qkv_shape, window_size, active):
+    """q k^T and P v of the computed windows: 2 N^2 C per window (C = all heads' channels); the
+    softmax and the index arithmetic are not counted. active: bool [B, H/ws, W/ws] or None (all)."""
+    batch, height, width, channels3 = qkv_shape
+    windows = batch * (height // window_size) * (width // window_size) if active is None else int(active.sum())
+    return windows * 2 * window_size**4 * (channels3 // 3)
+
+
 # op name -> (number of leading tensor arguments the formula takes, MAC formula)
 _MACS = {
     "tunable_conv2d": (4, tunable_conv2d_macs),
@@ -66,45 +76,66 @@ def _fvcore_handle(num_tensors, macs):
     return handle
 
 
-# (in_mask, out_mask) of the masked_conv2d calls of the run `count` is analysing, in call order.
-_recorded_masks = []
+# Per op family, the value arguments (_VALUE_ARGS) of each call of the run `count` is analysing.
+_recorded = {family: [] for family in _VALUE_ARGS}
 
 
-class _RecordMasks(TorchDispatchMode):
+def _family(func):
+    name = func.__name__.split(".")[0]
+    return name.removesuffix("_triton") if func.namespace == "flexops" else None
+
+
+class _RecordValues(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "flexops" and func.__name__.split(".")[0] in _MASKED_OPS:
-            _recorded_masks.append((args[3].clone(), args[4].clone()))
+        family = _family(func)
+        if family in _recorded:
+            values = [args[i] for i in _VALUE_ARGS[family]]
+            _recorded[family].append([v.clone() if isinstance(v, torch.Tensor) else v for v in values])
         return func(*args, **(kwargs or {}))
+
+
+def _recorded_values(family):
+    if not _recorded[family]:
+        raise RuntimeError(
+            f"flexops::{family}'s MACs depend on argument values, which fvcore's trace does not hold: "
+            "count with flexops.flops.count(model, *inputs)"
+        )
+    return _recorded[family].pop(0)
 
 
 def _masked_fvcore_handle(inputs, outputs):
     from fvcore.nn.jit_handles import get_shape
 
-    if not _recorded_masks:
-        raise RuntimeError(
-            "flexops::masked_conv2d's MACs depend on its masks, which fvcore's trace does not hold: "
-            "count with flexops.flops.count(model, *inputs)"
-        )
-    in_mask, out_mask = _recorded_masks.pop(0)
+    in_mask, out_mask = _recorded_values("masked_conv2d")
     return masked_conv2d_macs(get_shape(inputs[1]), in_mask, out_mask, get_shape(outputs[0]))
 
 
+def _window_fvcore_handle(inputs, outputs):
+    from fvcore.nn.jit_handles import get_shape
+
+    window_size, active = _recorded_values("window_attention")
+    return window_attention_macs(get_shape(inputs[0]), window_size, active)
+
+
 FVCORE_HANDLES = {f"flexops::{name}": _fvcore_handle(n, macs) for name, (n, macs) in _MACS.items()}
-FVCORE_HANDLES.update({f"flexops::{name}": _masked_fvcore_handle for name in _MASKED_OPS})
+for _suffix in ("", "_triton"):
+    FVCORE_HANDLES[f"flexops::masked_conv2d{_suffix}"] = _masked_fvcore_handle
+    FVCORE_HANDLES[f"flexops::window_attention{_suffix}"] = _window_fvcore_handle
 
 
 def count(model, *inputs):
     """Total MACs of model(*inputs) by fvcore, flexops ops included."""
     from fvcore.nn import FlopCountAnalysis
 
-    with torch.no_grad(), _RecordMasks():
+    with torch.no_grad(), _RecordValues():
         model(*inputs)
     try:
         analysis = FlopCountAnalysis(model, inputs).set_op_handle(**FVCORE_HANDLES)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return analysis.total()
     finally:
-        _recorded_masks.clear()
+        for calls in _recorded.values():
+            calls.clear()
 
 
 def _register_flop_counter_formulas():
@@ -118,8 +149,12 @@ def _register_flop_counter_formulas():
     def masked_formula(input, weight, bias, in_mask, out_mask, *args, out_val, **kwargs):
         return 2 * masked_conv2d_macs(weight.shape, in_mask, out_mask, out_val.shape)
 
-    for name in _MASKED_OPS:
-        register_flop_formula(getattr(torch.ops.flexops, name), get_raw=True)(masked_formula)
+    def window_formula(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, *args, **kwargs):
+        return 2 * window_attention_macs(qkv.shape, window_size, active)
+
+    for suffix in ("", "_triton"):
+        register_flop_formula(getattr(torch.ops.flexops, f"masked_conv2d{suffix}"), get_raw=True)(masked_formula)
+        register_flop_formula(getattr(torch.ops.flexops, f"window_attention{suffix}"), get_raw=True)(window_formula)
 
 
 _register_flop_counter_formulas()

@@ -1,0 +1,501 @@
+// CPU kernels of flexops::window_attention and its backward (Swin window attention, SwinIR numerics).
+//
+// One task per (active window, head). Its q, k and v rows are gathered straight from the token map
+// by index arithmetic, so the cyclic shift and the window partition never materialise; the N x N
+// logits live in a per-thread buffer that stays in cache; the products run through a small
+// register-blocked matmul (too small for a BLAS call to pay off) built for the baseline ISA and
+// cloned for AVX2 + FMA, picked at load time. Shift
+// regions are excluded, not penalised: only the windows on the wrap-around seam mix regions, and
+// only they pay for the label test. The backward recomputes each window's probabilities instead of
+// storing them; the relative-position-bias gradient is summed per fixed block of windows and then
+// over blocks in order, so results do not depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+namespace flexops {
+namespace {
+
+using at::Tensor;
+
+// Blocks of windows whose bias-gradient partials are summed separately (fixed, not the thread
+// count, because it sets the summation order).
+constexpr int64_t kBiasBlocks = 32;
+
+struct Geometry {
+  int64_t batch, height, width, heads, head_dim, window, shift;
+  int64_t rows, cols, tokens;
+  int64_t channels() const { return heads * head_dim; }
+  int64_t windows() const { return batch * rows * cols; }
+};
+
+Geometry geometry(const Tensor& qkv, int64_t heads, int64_t window, int64_t shift,
+                  const std::optional<Tensor>& bias, const std::optional<Tensor>& active) {
+  TORCH_CHECK(qkv.dim() == 4, "window_attention: qkv must be [B, H, W, 3C], got ", qkv.sizes());
+  TORCH_CHECK(heads > 0 && qkv.size(3) % (3 * heads) == 0, "window_attention: qkv's last dim ",
+              qkv.size(3), " must be 3 * num_heads * head_dim with num_heads = ", heads);
+  TORCH_CHECK(window > 0 && qkv.size(1) % window == 0 && qkv.size(2) % window == 0,
+              "window_attention: H and W must be multiples of window_size ", window, ", got ",
+              qkv.sizes());
+  TORCH_CHECK(shift >= 0 && shift < window, "window_attention: shift_size must be in [0, ",
+              window, "), got ", shift);
+  Geometry g{qkv.size(0), qkv.size(1), qkv.size(2), heads, qkv.size(3) / (3 * heads), window,
+             shift, qkv.size(1) / window, qkv.size(2) / window, window * window};
+  if (bias) {
+    TORCH_CHECK(bias->sizes() == at::IntArrayRef({heads, g.tokens, g.tokens}),
+                "window_attention: rel_pos_bias must be [heads, N, N] = [", heads, ", ", g.tokens,
+                ", ", g.tokens, "], got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == qkv.scalar_type(), "window_attention: rel_pos_bias dtype");
+  }
+  if (active) {
+    TORCH_CHECK(active->scalar_type() == at::kBool &&
+                    active->sizes() == at::IntArrayRef({g.batch, g.rows, g.cols}),
+                "window_attention: active must be bool [B, H/ws, W/ws] = [", g.batch, ", ", g.rows,
+                ", ", g.cols, "], got ", active->sizes());
+  }
+  return g;
+}
+
+// Indices (batch * rows * cols order) of the windows to compute and of those to zero.
+std::pair<std::vector<int64_t>, std::vector<int64_t>> split_windows(
+    const Geometry& g, const std::optional<Tensor>& active) {
+  std::vector<int64_t> on, off;
+  if (!active) {
+    on.resize(g.windows());
+    for (int64_t w = 0; w < g.windows(); ++w) on[w] = w;
+    return {on, off};
+  }
+  const Tensor flags = active->contiguous();
+  const bool* flag = flags.data_ptr<bool>();
+  for (int64_t w = 0; w < g.windows(); ++w) (flag[w] ? on : off).push_back(w);
+  return {on, off};
+}
+
+// Element strides of a [B, H, W, channels] map.
+struct Strides {
+  int64_t b, h, w, c;
+  explicit Strides(const Tensor& t) : b(t.stride(0)), h(t.stride(1)), w(t.stride(2)), c(t.stride(3)) {}
+};
+
+// Where the tokens of one window sit in the token map, and their shift-region labels.
+struct Window {
+  int64_t batch = 0;
+  std::vector<int64_t> y, x;
+  std::vector<int8_t> region;
+  bool mixed = false;  // tokens of several regions: the softmax must test labels
+
+  explicit Window(const Geometry& g) : y(g.tokens), x(g.tokens), region(g.tokens) {}
+
+  void locate(const Geometry& g, int64_t index) {
+    batch = index / (g.rows * g.cols);
+    const int64_t wy = index / g.cols % g.rows, wx = index % g.cols;
+    mixed = false;
+    for (int64_t r = 0; r < g.window; ++r) {
+      for (int64_t c = 0; c < g.window; ++c) {
+        // Coordinates on the rolled grid; the token itself comes from `shift` further on.
+        const int64_t ys = wy * g.window + r, xs = wx * g.window + c, t = r * g.window + c;
+        y[t] = (ys + g.shift) % g.height;
+        x[t] = (xs + g.shift) % g.width;
+        region[t] = g.shift == 0 ? 0 : 3 * label(ys, g.height, g) + label(xs, g.width, g);
+        mixed |= region[t] != region[0];
+      }
+    }
+  }
+
+  // SwinIR's slices (0, -ws), (-ws, -shift), (-shift, None) of the rolled axis.
+  static int8_t label(int64_t coordinate, int64_t size, const Geometry& g) {
+    return (coordinate >= size - g.window) + (coordinate >= size - g.shift);
+  }
+
+  int64_t offset(const Strides& s, int64_t t) const { return batch * s.b + y[t] * s.h + x[t] * s.w; }
+};
+
+// 32-byte SIMD vectors through GCC's vector extension: one AVX register, or two SSE ones on the
+// baseline ISA.
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t kLanes = 32 / sizeof(T);
+
+template <typename T>
+inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void store(T* p, Vec<T> v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+// C[m, n] = alpha * A[m, 0:k] B[0:k, n], all row-major; m a multiple of 4, n of 2 * kLanes<T>.
+// A 4 x (2 vectors) block of C stays in registers while k runs: 8 accumulators, 2 loads of B and 4
+// broadcasts of A per step, which fits the 16 AVX registers.
+template <typename T>
+[[gnu::always_inline]] inline void matmul_body(int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                                               int64_t lda, const T* b, int64_t ldb, T* c,
+                                               int64_t ldc) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t i = 0; i < m; i += 4) {
+    for (int64_t j = 0; j < n; j += 2 * L) {
+      Vec<T> acc[4][2] = {};
+      for (int64_t p = 0; p < k; ++p) {
+        const Vec<T> b0 = load(b + p * ldb + j), b1 = load(b + p * ldb + j + L);
+        for (int64_t r = 0; r < 4; ++r) {
+          const T a_rp = a[(i + r) * lda + p];
+          acc[r][0] += a_rp * b0;
+          acc[r][1] += a_rp * b1;
+        }
+      }
+      for (int64_t r = 0; r < 4; ++r) {
+        store(c + (i + r) * ldc + j, alpha * acc[r][0]);
+        store(c + (i + r) * ldc + j + L, alpha * acc[r][1]);
+      }
+    }
+  }
+}
+
+// The build targets the baseline x86-64 ISA; these clones add an AVX2 + FMA version picked at load
+// time on CPUs that have it.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FLEXOPS_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FLEXOPS_SIMD_CLONES
+#endif
+
+FLEXOPS_SIMD_CLONES void matmul(int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                                int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  matmul_body(m, n, k, alpha, a, lda, b, ldb, c, ldc);
+}
+
+FLEXOPS_SIMD_CLONES void matmul(int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+                                int64_t lda, const double* b, int64_t ldb, double* c, int64_t ldc) {
+  matmul_body(m, n, k, alpha, a, lda, b, ldb, c, ldc);
+}
+
+// rows[t, 0:head_dim] = map[token t, channel0 : channel0 + head_dim] (row stride ld).
+template <typename T>
+void gather(const T* map, const Strides& s, const Window& win, int64_t channel0, int64_t head_dim,
+            int64_t tokens, T* rows, int64_t ld) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    const T* src = map + win.offset(s, t) + channel0 * s.c;
+    for (int64_t d = 0; d < head_dim; ++d) rows[t * ld + d] = src[d * s.c];
+  }
+}
+
+// columns[0:head_dim, t] = map[token t, channel0 : channel0 + head_dim] (row stride ld).
+template <typename T>
+void gather_transposed(const T* map, const Strides& s, const Window& win, int64_t channel0,
+                       int64_t head_dim, int64_t tokens, T* columns, int64_t ld) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    const T* src = map + win.offset(s, t) + channel0 * s.c;
+    for (int64_t d = 0; d < head_dim; ++d) columns[d * ld + t] = src[d * s.c];
+  }
+}
+
+template <typename T>
+void scatter(const T* rows, int64_t ld, const Window& win, int64_t channel0, int64_t head_dim,
+             int64_t tokens, const Strides& s, T* map) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::copy(rows + t * ld, rows + t * ld + head_dim, map + win.offset(s, t) + channel0);
+  }
+}
+
+template <typename T>
+void zero_window(const Window& win, int64_t channels, int64_t tokens, const Strides& s, T* map) {
+  for (int64_t t = 0; t < tokens; ++t) std::fill_n(map + win.offset(s, t), channels, T(0));
+}
+
+// dst[j, i] = src[i, j] for i, j < n (both row stride ld).
+template <typename T>
+void transpose(const T* src, int64_t n, int64_t ld, T* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) dst[j * ld + i] = src[i * ld + j];
+  }
+}
+
+// e^x lane by lane, x <= 0 (softmax arguments): Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2,
+// a degree-6 polynomial for e^r (Cephes' expf coefficients, about 1 ulp), 2^k through the exponent
+// bits. Below -87.3 (where e^x leaves the normal floats) and for -inf it gives 0.
+inline Vec<float> exp_nonpositive(Vec<float> x) {
+  using Int = VecOf<int32_t>::type;
+  const Vec<float> clamped = x < -87.3f ? Vec<float>{} - 87.3f : x;
+  const Vec<float> t = clamped * 1.44269504f;
+  const Int k = __builtin_convertvector(t - 0.5f, Int);  // round to nearest (t <= 0 truncates up)
+  const Vec<float> kf = __builtin_convertvector(k, Vec<float>);
+  const Vec<float> r = clamped - kf * 0.693359375f + kf * 2.12194440e-4f;
+  Vec<float> p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  Vec<float> scale;
+  const Int bits = (k + 127) << 23;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.3f ? Vec<float>{} : p * scale;
+}
+
+// The double kernels serve gradcheck, not speed: libm, lane by lane.
+inline Vec<double> exp_nonpositive(Vec<double> x) {
+  for (int64_t lane = 0; lane < kLanes<double>; ++lane) x[lane] = std::exp(x[lane]);
+  return x;
+}
+
+// logits[0:n, 0:n] (row stride ld, a multiple of the vector width) += bias, then each row becomes
+// its softmax; pairs of different shift regions get probability 0. Every row keeps its own token,
+// so no row is empty. Columns from n to the next vector boundary are overwritten (with 0).
+template <typename T>
+[[gnu::always_inline]] inline void softmax_body(T* logits, int64_t ld, const T* bias,
+                                                const int8_t* region, int64_t n) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t padded = round_up(n, L);
+  constexpr T kExcluded = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    T* row = logits + i * ld;
+    if (bias) {
+      const T* bias_row = bias + i * n;
+      for (int64_t j = 0; j < n; ++j) row[j] += bias_row[j];
+    }
+    if (region) {
+      for (int64_t j = 0; j < n; ++j) row[j] = region[j] == region[i] ? row[j] : kExcluded;
+    }
+    std::fill(row + n, row + padded, kExcluded);
+    Vec<T> max = load(row);
+    for (int64_t j = L; j < padded; j += L) {
+      const Vec<T> x = load(row + j);
+      max = x > max ? x : max;
+    }
+    T row_max = max[0];
+    for (int64_t lane = 1; lane < L; ++lane) row_max = std::max(row_max, max[lane]);
+    Vec<T> sum{};
+    for (int64_t j = 0; j < padded; j += L) {
+      const Vec<T> e = exp_nonpositive(load(row + j) - row_max);
+      store(row + j, e);
+      sum += e;
+    }
+    T total = 0;
+    for (int64_t lane = 0; lane < L; ++lane) total += sum[lane];
+    const T inverse = T(1) / total;
+    for (int64_t j = 0; j < padded; j += L) store(row + j, load(row + j) * inverse);
+  }
+}
+
+FLEXOPS_SIMD_CLONES void softmax_rows(float* logits, int64_t ld, const float* bias,
+                                      const int8_t* region, int64_t n) {
+  softmax_body(logits, ld, bias, region, n);
+}
+
+FLEXOPS_SIMD_CLONES void softmax_rows(double* logits, int64_t ld, const double* bias,
+                                      const int8_t* region, int64_t n) {
+  softmax_body(logits, ld, bias, region, n);
+}
+
+// Per-thread buffers of one (window, head) task, row-major and zero-padded for matmul: token rows
+// to a multiple of 4, head-dim and token columns to whole vector pairs. Products only ever reduce
+// over the real tokens or head dims, so padding never reaches a stored result.
+template <typename T>
+struct Task {
+  int64_t n, d, rows, dim_ld, token_ld;
+  std::vector<T> q, k, kt, v, vt, out, probs, probs_t, grad_out, grad_probs, grad_logits_t, grad_q,
+      grad_k, grad_v;
+
+  Task(const Geometry& g, bool backward)
+      : n(g.tokens), d(g.head_dim), rows(round_up(g.tokens, 4)),
+        dim_ld(round_up(g.head_dim, 2 * kLanes<T>)), token_ld(round_up(g.tokens, 2 * kLanes<T>)) {
+    const int64_t token_rows = rows * dim_ld, square = rows * token_ld, dim_rows = d * token_ld;
+    q.resize(token_rows);
+    kt.resize(dim_rows);
+    v.resize(token_rows);
+    out.resize(token_rows);
+    probs.resize(square);
+    if (backward) {
+      for (auto* b : {&k, &grad_out, &grad_q, &grad_k, &grad_v}) b->resize(token_rows);
+      for (auto* b : {&probs_t, &grad_probs, &grad_logits_t}) b->resize(square);
+      vt.resize(dim_rows);
+    }
+  }
+
+  // probs = softmax(scale q k^T + bias) from the gathered q and kt.
+  void attention_probs(const T* bias, const Window& win, T scale) {
+    matmul(rows, token_ld, d, scale, q.data(), dim_ld, kt.data(), token_ld, probs.data(), token_ld);
+    softmax_rows(probs.data(), token_ld, bias, win.mixed ? win.region.data() : nullptr, n);
+  }
+};
+
+template <typename T>
+void forward_kernel(const Tensor& qkv, const Tensor* bias, const std::optional<Tensor>& active,
+                    const Geometry& g, double scale, Tensor& out) {
+  const auto [on, off] = split_windows(g, active);
+  const Strides in(qkv), os(out);
+  const T* map = qkv.const_data_ptr<T>();
+  const T* bias_data = bias ? bias->const_data_ptr<T>() : nullptr;
+  T* out_data = out.mutable_data_ptr<T>();
+  const int64_t n = g.tokens, d = g.head_dim, c = g.channels();
+
+  at::parallel_for(0, static_cast<int64_t>(on.size()) * g.heads, 1, [&](int64_t begin, int64_t end) {
+    Task<T> task(g, false);
+    Window win(g);
+    int64_t located = -1;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t w = on[i / g.heads], h = i % g.heads;
+      if (w != located) win.locate(g, located = w);
+      gather(map, in, win, h * d, d, n, task.q.data(), task.dim_ld);
+      gather_transposed(map, in, win, c + h * d, d, n, task.kt.data(), task.token_ld);
+      gather(map, in, win, 2 * c + h * d, d, n, task.v.data(), task.dim_ld);
+      task.attention_probs(bias_data ? bias_data + h * n * n : nullptr, win, T(scale));
+      matmul(task.rows, task.dim_ld, n, T(1), task.probs.data(), task.token_ld, task.v.data(),
+             task.dim_ld, task.out.data(), task.dim_ld);
+      scatter(task.out.data(), task.dim_ld, win, h * d, d, n, os, out_data);
+    }
+  });
+  at::parallel_for(0, static_cast<int64_t>(off.size()), 16, [&](int64_t begin, int64_t end) {
+    Window win(g);
+    for (int64_t i = begin; i < end; ++i) {
+      win.locate(g, off[i]);
+      zero_window(win, c, n, os, out_data);
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor* bias,
+                     const std::optional<Tensor>& active, const Geometry& g, double scale,
+                     Tensor& grad_qkv, Tensor& grad_bias) {
+  const auto [on, off] = split_windows(g, active);
+  const Strides in(qkv), gs(grad_output), gq(grad_qkv);
+  const T* map = qkv.const_data_ptr<T>();
+  const T* grad_map = grad_output.const_data_ptr<T>();
+  const T* bias_data = bias ? bias->const_data_ptr<T>() : nullptr;
+  T* grad_data = grad_qkv.mutable_data_ptr<T>();
+  const int64_t n = g.tokens, d = g.head_dim, c = g.channels(), square = n * n;
+  const int64_t count = static_cast<int64_t>(on.size());
+  const int64_t blocks = std::min(kBiasBlocks, count);
+  const int64_t per_block = blocks ? (count + blocks - 1) / blocks : 0;
+  // partial[block][head]: the bias gradient summed over the block's windows.
+  std::vector<T> partial(bias ? blocks * g.heads * square : 0, T(0));
+
+  at::parallel_for(0, blocks * g.heads, 1, [&](int64_t begin, int64_t end) {
+    Task<T> t(g, true);
+    Window win(g);
+    const int64_t ld = t.dim_ld, tld = t.token_ld;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t block = item / g.heads, h = item % g.heads;
+      const int64_t qc = h * d, kc = c + h * d, vc = 2 * c + h * d;
+      T* grad_bias_part = bias ? partial.data() + item * square : nullptr;
+      for (int64_t i = block * per_block; i < std::min(count, (block + 1) * per_block); ++i) {
+        win.locate(g, on[i]);
+        gather(map, in, win, qc, d, n, t.q.data(), ld);
+        gather(map, in, win, kc, d, n, t.k.data(), ld);
+        gather_transposed(map, in, win, kc, d, n, t.kt.data(), tld);
+        gather_transposed(map, in, win, vc, d, n, t.vt.data(), tld);
+        gather(grad_map, gs, win, h * d, d, n, t.grad_out.data(), ld);
+        t.attention_probs(bias_data ? bias_data + h * square : nullptr, win, T(scale));
+        transpose(t.probs.data(), n, tld, t.probs_t.data());
+        // dV = P^T dO, dP = dO V^T.
+        matmul(t.rows, ld, n, T(1), t.probs_t.data(), tld, t.grad_out.data(), ld, t.grad_v.data(), ld);
+        matmul(t.rows, tld, d, T(1), t.grad_out.data(), ld, t.vt.data(), tld, t.grad_probs.data(), tld);
+        // Softmax backward, in place: dS = P * (dP - sum_j P dP), per row.
+        for (int64_t r = 0; r < n; ++r) {
+          const T* p = t.probs.data() + r * tld;
+          T* ds = t.grad_probs.data() + r * tld;
+          T dot = 0;
+          for (int64_t j = 0; j < n; ++j) dot += p[j] * ds[j];
+          for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - dot);
+          if (grad_bias_part) {
+            for (int64_t j = 0; j < n; ++j) grad_bias_part[r * n + j] += ds[j];
+          }
+        }
+        transpose(t.grad_probs.data(), n, tld, t.grad_logits_t.data());
+        // dQ = scale dS K, dK = scale dS^T Q.
+        matmul(t.rows, ld, n, T(scale), t.grad_probs.data(), tld, t.k.data(), ld, t.grad_q.data(), ld);
+        matmul(t.rows, ld, n, T(scale), t.grad_logits_t.data(), tld, t.q.data(), ld, t.grad_k.data(), ld);
+        scatter(t.grad_q.data(), ld, win, qc, d, n, gq, grad_data);
+        scatter(t.grad_k.data(), ld, win, kc, d, n, gq, grad_data);
+        scatter(t.grad_v.data(), ld, win, vc, d, n, gq, grad_data);
+      }
+    }
+  });
+  at::parallel_for(0, static_cast<int64_t>(off.size()), 16, [&](int64_t begin, int64_t end) {
+    Window win(g);
+    for (int64_t i = begin; i < end; ++i) {
+      win.locate(g, off[i]);
+      zero_window(win, 3 * c, n, gq, grad_data);
+    }
+  });
+  if (bias) {
+    T* grad_bias_data = grad_bias.mutable_data_ptr<T>();
+    at::parallel_for(0, g.heads * square, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const int64_t h = j / square, e = j % square;
+        T sum = 0;
+        for (int64_t block = 0; block < blocks; ++block) sum += partial[(block * g.heads + h) * square + e];
+        grad_bias_data[j] = sum;
+      }
+    });
+  }
+}
+
+// The map with unit channel stride (only a map whose channels are strided is copied).
+Tensor unit_channel_stride(const Tensor& map) {
+  return map.stride(3) == 1 ? map : map.contiguous();
+}
+
+Tensor window_attention_cpu(const Tensor& qkv, int64_t num_heads, int64_t window_size,
+                            int64_t shift_size, const std::optional<Tensor>& rel_pos_bias,
+                            double scale, const std::optional<Tensor>& active) {
+  const Geometry g = geometry(qkv, num_heads, window_size, shift_size, rel_pos_bias, active);
+  Tensor out = at::empty({g.batch, g.height, g.width, g.channels()}, qkv.options());
+  if (out.numel() == 0) return out;
+  const Tensor map = unit_channel_stride(qkv);
+  const Tensor bias = rel_pos_bias ? rel_pos_bias->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "window_attention_cpu", [&] {
+    forward_kernel<scalar_t>(map, rel_pos_bias ? &bias : nullptr, active, g, scale, out);
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor> window_attention_backward_cpu(
+    const Tensor& grad_output, const Tensor& qkv, int64_t num_heads, int64_t window_size,
+    int64_t shift_size, const std::optional<Tensor>& rel_pos_bias, double scale,
+    const std::optional<Tensor>& active) {
+  const Geometry g = geometry(qkv, num_heads, window_size, shift_size, rel_pos_bias, active);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({g.batch, g.height, g.width, g.channels()}),
+              "window_attention_backward: grad_output must be [B, H, W, C], got ",
+              grad_output.sizes());
+  Tensor grad_qkv = at::empty(qkv.sizes(), qkv.options());
+  Tensor grad_bias = rel_pos_bias ? at::zeros(rel_pos_bias->sizes(), qkv.options()) : qkv.new_empty({0});
+  if (grad_qkv.numel() == 0) return {grad_qkv, grad_bias};
+  const Tensor map = unit_channel_stride(qkv), grad_map = unit_channel_stride(grad_output);
+  const Tensor bias = rel_pos_bias ? rel_pos_bias->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "window_attention_backward_cpu", [&] {
+    backward_kernel<scalar_t>(grad_map, map, rel_pos_bias ? &bias : nullptr, active, g, scale,
+                              grad_qkv, grad_bias);
+  });
+  return {grad_qkv, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(flexops, CPU, m) {
+  m.impl("window_attention", &window_attention_cpu);
+  m.impl("window_attention_backward", &window_attention_backward_cpu);
+}
+
+}  // namespace flexops

@@ -1,0 +1,103 @@
+"""WindowAttention: SwinIR's window attention layer on flexops.ops.window_attention, and the helpers
+that turn FlexIR's per-token or per-region early exit into the op's window mask and back."""
+
+import torch
+from torch import nn
+
+from flexops.ops.window_attention import window_attention
+
+
+def relative_position_index(window_size):
+    """[N, N] index into SwinIR's bias table [(2 ws - 1)^2, heads] for tokens i, j of a window:
+    (dy + ws - 1) * (2 ws - 1) + (dx + ws - 1), with (dy, dx) = position of i minus position of j."""
+    y, x = torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
+    y, x = y.flatten(), x.flatten()
+    dy = y[:, None] - y[None, :] + window_size - 1
+    dx = x[:, None] - x[None, :] + window_size - 1
+    return dy * (2 * window_size - 1) + dx
+
+
+def active_windows(running, window_size, shift_size=0, size=None):
+    """The op's `active` mask [B, H/ws, W/ws] from an early-exit mask.
+
+    running: bool [B, h, w], True where a token (or region) still runs, False where it has exited.
+        With size=None it is per token (h, w = H, W); with size=(H, W) each entry covers an
+        (H/h) x (W/w) region of the token map.
+    A window of the (shifted) grid is active when any of its tokens still runs.
+    """
+    if running.dim() != 3:
+        raise ValueError(f"running must be [B, h, w], got shape {tuple(running.shape)}")
+    if size is not None:
+        height, width = size
+        if height % running.shape[1] or width % running.shape[2]:
+            raise ValueError(f"size {tuple(size)} must be a multiple of the region grid {tuple(running.shape[1:])}")
+        running = running.repeat_interleave(height // running.shape[1], 1)
+        running = running.repeat_interleave(width // running.shape[2], 2)
+    batch, height, width = running.shape
+    if height % window_size or width % window_size:
+        raise ValueError(f"the token map {height}x{width} must be a multiple of window_size = {window_size}")
+    if shift_size:  # the op's grid is laid on the map rolled by -shift
+        running = torch.roll(running, (-shift_size, -shift_size), (1, 2))
+    windows = running.reshape(batch, height // window_size, window_size, width // window_size, window_size)
+    return windows.any(4).any(2)
+
+
+def window_tokens(active, window_size, shift_size=0):
+    """The inverse view: bool [B, H, W], True at the tokens of active windows."""
+    tokens = active.repeat_interleave(window_size, 1).repeat_interleave(window_size, 2)
+    return torch.roll(tokens, (shift_size, shift_size), (1, 2)) if shift_size else tokens
+
+
+class WindowAttention(nn.Module):
+    """Window multi-head self-attention with relative position bias, as SwinIR's WindowAttention.
+
+    Parameters carry SwinIR's names (qkv, proj, relative_position_bias_table), so its checkpoints
+    load. relative_position_index is a non-persistent buffer (it follows from window_size); a
+    checkpoint that stores it still loads, after the stored copy is checked against it.
+
+    forward(x [B, H, W, C], shift_size=0, active=None) -> [B, H, W, C]: where SwinIR's block rolls,
+    partitions, attends and reverses, this one op does all of it on the token map. `active`
+    [B, H/ws, W/ws] (see active_windows) skips windows; their tokens come out as 0.
+    """
+
+    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None):
+        super().__init__()
+        if isinstance(window_size, (tuple, list)):
+            if len(set(window_size)) != 1:
+                raise ValueError(f"window_size must be square, got {window_size!r}")
+            window_size = window_size[0]
+        if dim % num_heads:
+            raise ValueError(f"dim = {dim} must be a multiple of num_heads = {num_heads}")
+        self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def relative_position_bias(self):
+        """[heads, N, N], the table gathered by the index."""
+        tokens = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
+        return bias.reshape(tokens, tokens, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, x, shift_size=0, active=None):
+        qkv = self.qkv(x)
+        bias = self.relative_position_bias()
+        out = self.proj(window_attention(qkv, self.num_heads, self.window_size, shift_size, bias, self.scale, active))
+        if active is not None:  # proj's bias would make the skipped tokens nonzero
+            out = torch.where(window_tokens(active != 0, self.window_size, shift_size).unsqueeze(-1), out, 0)
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        stored = state_dict.pop(prefix + "relative_position_index", None)
+        if stored is not None and not torch.equal(stored.to(self.relative_position_index), self.relative_position_index):
+            raise ValueError(
+                f"{prefix}relative_position_index in the checkpoint is not SwinIR's index for window_size = "
+                f"{self.window_size}"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self):
+        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"

@@ -1,0 +1,149 @@
+"""window_attention: Swin (shifted-)window multi-head self-attention, fused, with early exit.
+
+SwinIR computes it as roll -> window partition copy -> q k^T + relative position bias + shift mask
+-> softmax -> @ v -> window reverse copy -> roll back. This op reads the qkv token map in place and
+writes the output in token order: shift, partition and shift mask are index arithmetic inside the
+kernel. `active` switches windows off (FlexIR's adaptive early exit): they are not computed and
+their tokens get 0, so the cost follows the active fraction.
+"""
+
+import numbers
+
+import torch
+
+from flexops import backends, reference
+from flexops.ops import _args
+
+
+def window_attention(qkv, num_heads, window_size, shift_size=0, rel_pos_bias=None, scale=None, active=None):
+    """Window attention over a token map.
+
+    Args:
+        qkv: [B, H, W, 3*C], laid out as SwinIR's qkv Linear output: (q, k, v) x heads x head_dim.
+        num_heads: heads; C must be a multiple of it.
+        window_size: ws; H and W must be multiples of it. N = ws * ws tokens per window.
+        shift_size: cyclic shift of the window grid, 0 <= shift_size < ws (SwinIR uses 0 and ws // 2).
+            Tokens of different shift regions never attend to each other.
+        rel_pos_bias: [num_heads, N, N] added to the logits (SwinIR's gathered bias table), or None.
+        scale: logit scale; None is head_dim ** -0.5.
+        active: bool (or 0/1) [B, H/ws, W/ws] over the shifted window grid, or None (all windows).
+
+    Returns:
+        [B, H, W, C] in token order; the tokens of inactive windows are 0. qkv and rel_pos_bias get
+        gradients.
+    """
+    num_heads, window_size, shift_size, scale, active = _check(
+        qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active
+    )
+    backend = backends.choose("window_attention", qkv.device, qkv.dtype)
+    if backend == "reference":
+        return reference.window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active)
+    op = torch.ops.flexops.window_attention_triton if backend == "triton" else torch.ops.flexops.window_attention
+    return op(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active)
+
+
+def _positive_int(value, name):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+    """Validates the arguments; returns (num_heads, window_size, shift_size, scale, active as bool)."""
+    _args.check_tensor("qkv", qkv, 4)
+    _args.check_floating("qkv", qkv)
+    num_heads = _positive_int(num_heads, "num_heads")
+    window_size = _positive_int(window_size, "window_size")
+    if not isinstance(shift_size, int) or isinstance(shift_size, bool) or not 0 <= shift_size < window_size:
+        raise ValueError(f"shift_size must be an int in [0, window_size = {window_size}), got {shift_size!r}")
+    batch, height, width, channels3 = qkv.shape
+    if channels3 % (3 * num_heads):
+        raise ValueError(
+            f"qkv's last dimension must be 3 * C with C a multiple of num_heads = {num_heads}; "
+            f"got qkv of shape {list(qkv.shape)}"
+        )
+    if height % window_size or width % window_size:
+        raise ValueError(
+            f"qkv's H and W must be multiples of window_size = {window_size}; got H = {height}, W = {width} "
+            "(pad the token map first)"
+        )
+    tokens = window_size * window_size
+    if rel_pos_bias is not None:
+        _args.check_tensor("rel_pos_bias", rel_pos_bias, 3, like=qkv)
+        if tuple(rel_pos_bias.shape) != (num_heads, tokens, tokens):
+            raise ValueError(
+                f"rel_pos_bias must be [num_heads, N, N] = [{num_heads}, {tokens}, {tokens}] "
+                f"(N = window_size^2); got {list(rel_pos_bias.shape)}"
+            )
+    if scale is None:
+        scale = (channels3 // (3 * num_heads)) ** -0.5
+    elif not isinstance(scale, numbers.Real) or isinstance(scale, bool):
+        raise ValueError(f"scale must be a real number or None, got {scale!r}")
+    if active is not None:
+        grid = [batch, height // window_size, width // window_size]
+        _args.check_tensor("active", active, 3)
+        if active.device != qkv.device:
+            raise ValueError(f"active is on {active.device} but qkv is on {qkv.device}")
+        if list(active.shape) != grid:
+            raise ValueError(f"active must be [B, H/ws, W/ws] = {grid}; got {list(active.shape)}")
+        active = active.detach() != 0
+    return num_heads, window_size, shift_size, float(scale), active
+
+
+@torch.library.register_fake("flexops::window_attention")
+def _fake(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+    return qkv.new_empty((*qkv.shape[:3], qkv.shape[3] // 3))
+
+
+@torch.library.register_fake("flexops::window_attention_backward")
+def _fake_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+    grad_bias = qkv.new_empty(0) if rel_pos_bias is None else qkv.new_empty(rel_pos_bias.shape)
+    return qkv.new_empty(qkv.shape), grad_bias
+
+
+torch.library.register_fake("flexops::window_attention_triton")(_fake)
+torch.library.register_fake("flexops::window_attention_backward_triton")(_fake_backward)
+
+
+@torch.library.register_kernel("flexops::window_attention_triton", ("cpu", "cuda"))
+def _triton_forward(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+    from flexops.triton import window_attention as kernels
+
+    return kernels.window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active)
+
+
+@torch.library.register_kernel("flexops::window_attention_backward_triton", ("cpu", "cuda"))
+def _triton_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+    from flexops.triton import window_attention as kernels
+
+    return kernels.window_attention_backward(
+        grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active = inputs
+    ctx.save_for_backward(qkv, rel_pos_bias, active)
+    ctx.attention = (num_heads, window_size, shift_size)
+    ctx.scale = scale
+
+
+def _autograd(backward_op):
+    def backward(ctx, grad_output):
+        qkv, rel_pos_bias, active = ctx.saved_tensors
+        grad_qkv, grad_bias = backward_op(grad_output, qkv, *ctx.attention, rel_pos_bias, ctx.scale, active)
+        return grad_qkv, None, None, None, None if rel_pos_bias is None else grad_bias, None, None
+
+    return backward
+
+
+torch.library.register_autograd(
+    "flexops::window_attention",
+    _autograd(torch.ops.flexops.window_attention_backward),
+    setup_context=_setup_context,
+)
+torch.library.register_autograd(
+    "flexops::window_attention_triton",
+    _autograd(torch.ops.flexops.window_attention_backward_triton),
+    setup_context=_setup_context,
+)

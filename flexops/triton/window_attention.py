@@ -1,0 +1,205 @@
+"""Swin (shifted) window attention, forward and backward, one program per (window, head).
+
+A window holds N = ws * ws tokens, few enough for a single tile: the program loads the window's q, k
+and v straight from the qkv token map (the cyclic shift is index arithmetic with wrap-around, no
+rolled copy), computes S = scale q k^T + bias with tl.dot, excludes pairs of tokens from different
+shift regions and padding columns with -inf, takes an fp32 softmax and writes P v back at the
+tokens' original positions. N and the head dim are padded to powers of two (at least 16, tl.dot's
+minimum) by masking. The backward recomputes P and forms dQ, dK, dV in the same program; each
+(token, head) is owned by one program, so only the bias gradient, summed over windows, needs atomics.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _window_tokens(window, H, W, rows, cols, shift, WS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Batch index, per-token original (y, x), shift-region label and validity of a window."""
+    b = window // (rows * cols)
+    wy = (window // cols) % rows
+    wx = window % cols
+    t = tl.arange(0, BLOCK_N)
+    valid = t < WS * WS
+    # Coordinates in the rolled map (padding tokens fall outside the window; they are masked).
+    sy = wy * WS + t // WS
+    sx = wx * WS + t % WS
+    region = 3 * ((sy >= H - WS).to(tl.int32) + (sy >= H - shift).to(tl.int32)) \
+        + (sx >= W - WS).to(tl.int32) + (sx >= W - shift).to(tl.int32)
+    # shifted[y, x] = qkv[(y + shift) % H, (x + shift) % W]
+    y = (sy + shift) % H
+    x = (sx + shift) % W
+    return b, wy, wx, y, x, region, valid
+
+
+@triton.jit
+def _probabilities(q, k, bias_ptr, region, valid, scale,
+                   HAS_BIAS: tl.constexpr, N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """softmax(scale q k^T + bias) over the tokens of the same shift region, in fp32."""
+    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale
+    i = tl.arange(0, BLOCK_N)
+    pair_valid = valid[:, None] & valid[None, :]
+    if HAS_BIAS:
+        s += tl.load(bias_ptr + i[:, None] * N + i[None, :], mask=pair_valid, other=0.0).to(tl.float32)
+    # A padding row keeps every valid column so that no row is all -inf (its values are never used).
+    allowed = valid[None, :] & ((region[:, None] == region[None, :]) | ~valid[:, None])
+    s = tl.where(allowed, s, float("-inf"))
+    p = tl.exp(s - tl.max(s, axis=1)[:, None])
+    return p / tl.sum(p, axis=1)[:, None]
+
+
+@triton.jit
+def _window_attention_fwd_kernel(
+    qkv_ptr, bias_ptr, active_ptr, out_ptr,
+    H, W, rows, cols, shift, C, hd, scale,
+    sq_b, sq_h, sq_w, sq_c,
+    so_b, so_h, so_w, so_c,
+    sa_b, sa_h, sa_w,
+    WS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACTIVE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    window = tl.program_id(0)
+    head = tl.program_id(1)
+    b, wy, wx, y, x, region, valid = _window_tokens(window, H, W, rows, cols, shift, WS, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    tile_ok = valid[:, None] & (d < hd)[None, :]
+    channel = head * hd + d
+    N: tl.constexpr = WS * WS
+
+    if HAS_ACTIVE:
+        is_active = tl.load(active_ptr + b * sa_b + wy * sa_h + wx * sa_w) != 0
+    else:
+        is_active = True
+
+    acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    if is_active:
+        token = qkv_ptr + b.to(tl.int64) * sq_b + y[:, None] * sq_h + x[:, None] * sq_w
+        q = tl.load(token + channel[None, :] * sq_c, mask=tile_ok, other=0.0)
+        k = tl.load(token + (C + channel[None, :]) * sq_c, mask=tile_ok, other=0.0)
+        v = tl.load(token + (2 * C + channel[None, :]) * sq_c, mask=tile_ok, other=0.0)
+        p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale,
+                           HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
+        acc = tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+
+    out = out_ptr + b.to(tl.int64) * so_b + y[:, None] * so_h + x[:, None] * so_w + channel[None, :] * so_c
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=tile_ok)
+
+
+@triton.jit
+def _window_attention_bwd_kernel(
+    grad_out_ptr, qkv_ptr, bias_ptr, active_ptr, grad_qkv_ptr, grad_bias_ptr,
+    H, W, rows, cols, shift, C, hd, scale,
+    sg_b, sg_h, sg_w, sg_c,
+    sq_b, sq_h, sq_w, sq_c,
+    sd_b, sd_h, sd_w, sd_c,
+    sa_b, sa_h, sa_w,
+    WS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACTIVE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    window = tl.program_id(0)
+    head = tl.program_id(1)
+    b, wy, wx, y, x, region, valid = _window_tokens(window, H, W, rows, cols, shift, WS, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    tile_ok = valid[:, None] & (d < hd)[None, :]
+    channel = head * hd + d
+    N: tl.constexpr = WS * WS
+
+    if HAS_ACTIVE:
+        is_active = tl.load(active_ptr + b * sa_b + wy * sa_h + wx * sa_w) != 0
+    else:
+        is_active = True
+
+    dq = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    if is_active:
+        token = qkv_ptr + b.to(tl.int64) * sq_b + y[:, None] * sq_h + x[:, None] * sq_w
+        q = tl.load(token + channel[None, :] * sq_c, mask=tile_ok, other=0.0)
+        k = tl.load(token + (C + channel[None, :]) * sq_c, mask=tile_ok, other=0.0)
+        v = tl.load(token + (2 * C + channel[None, :]) * sq_c, mask=tile_ok, other=0.0)
+        grad_token = grad_out_ptr + b.to(tl.int64) * sg_b + y[:, None] * sg_h + x[:, None] * sg_w
+        do = tl.load(grad_token + channel[None, :] * sg_c, mask=tile_ok, other=0.0).to(v.dtype)
+        p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale,
+                           HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
+
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=INPUT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+        # Padding rows and columns get dS = 0: their dO rows and P columns are 0.
+        ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION) * scale
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION) * scale
+        if HAS_BIAS:
+            # Summed over windows in fp32; the atomics' order, hence the rounding, is not deterministic on GPU.
+            i = tl.arange(0, BLOCK_N)
+            tl.atomic_add(grad_bias_ptr + head * N * N + i[:, None] * N + i[None, :], ds,
+                          mask=valid[:, None] & valid[None, :])
+
+    grad = grad_qkv_ptr + b.to(tl.int64) * sd_b + y[:, None] * sd_h + x[:, None] * sd_w
+    dtype = grad_qkv_ptr.dtype.element_ty
+    tl.store(grad + channel[None, :] * sd_c, dq.to(dtype), mask=tile_ok)
+    tl.store(grad + (C + channel[None, :]) * sd_c, dk.to(dtype), mask=tile_ok)
+    tl.store(grad + (2 * C + channel[None, :]) * sd_c, dv.to(dtype), mask=tile_ok)
+
+
+def _launch_config(qkv, num_heads, window_size, rel_pos_bias, active):
+    """Grid, shared scalar / pointer arguments and compile-time constants of both kernels."""
+    batch, height, width, channels3 = qkv.shape
+    channels = channels3 // 3
+    head_dim = channels // num_heads
+    rows, cols = height // window_size, width // window_size
+    has_bias, has_active = rel_pos_bias is not None, active is not None
+    # Placeholder pointers when absent: never read.
+    bias = rel_pos_bias.contiguous() if has_bias else qkv
+    active_strides = active.stride() if has_active else (0, 0, 0)
+    active = active.view(torch.uint8) if has_active else qkv
+    # fp32 follows torch.matmul's rule: TF32 when allowed (other dtypes ignore the setting).
+    precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    constants = dict(
+        WS=window_size, HAS_BIAS=has_bias, HAS_ACTIVE=has_active, INPUT_PRECISION=precision,
+        BLOCK_N=max(16, triton.next_power_of_2(window_size * window_size)),
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+    )
+    grid = (batch * rows * cols, num_heads)
+    return grid, bias, active, active_strides, (height, width, rows, cols), channels, head_dim, constants
+
+
+def window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+    """-> out [B, H, W, C], new contiguous tensor of qkv's dtype."""
+    batch, height, width, channels3 = qkv.shape
+    out = torch.empty((batch, height, width, channels3 // 3), device=qkv.device, dtype=qkv.dtype)
+    if out.numel() == 0:
+        return out
+    grid, bias, active, active_strides, geometry, channels, head_dim, constants = _launch_config(
+        qkv, num_heads, window_size, rel_pos_bias, active)
+    _window_attention_fwd_kernel[grid](
+        qkv, bias, active, out,
+        *geometry, shift_size, channels, head_dim, scale,
+        *qkv.stride(), *out.stride(), *active_strides,
+        **constants,
+    )
+    return out
+
+
+def window_attention_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+    """-> (grad_qkv [B, H, W, 3C] contiguous, grad_rel_pos_bias [heads, N, N] or qkv.new_empty(0) when
+    rel_pos_bias is None)"""
+    # Every (token, channel) of grad_qkv is written by exactly one program.
+    grad_qkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
+    if rel_pos_bias is None:
+        grad_bias = qkv.new_empty(0)
+    else:
+        grad_bias = torch.zeros(rel_pos_bias.shape, device=qkv.device, dtype=torch.float32)
+    if grad_qkv.numel() > 0:
+        grid, bias, active, active_strides, geometry, channels, head_dim, constants = _launch_config(
+            qkv, num_heads, window_size, rel_pos_bias, active)
+        _window_attention_bwd_kernel[grid](
+            grad_output, qkv, bias, active, grad_qkv, grad_bias,
+            *geometry, shift_size, channels, head_dim, scale,
+            *grad_output.stride(), *qkv.stride(), *grad_qkv.stride(), *active_strides,
+            **constants,
+        )
+    if rel_pos_bias is not None:
+        grad_bias = grad_bias.to(rel_pos_bias.dtype)
+    return grad_qkv, grad_bias

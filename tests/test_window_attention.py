@@ -1,0 +1,351 @@
+"""window_attention: the reference against an independent SwinIR-style implementation, every backend
+against the reference over random shapes and active masks; gradients, opcheck, compile, the module
+(SwinIR checkpoints load), the early-exit helpers, FLOP counting and errors."""
+
+import random
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import flexops
+from flexops import backends, reference
+from flexops.nn.window_attention import relative_position_index, window_tokens
+from flexops.ops import window_attention
+
+from shapes import assert_grads_match
+
+# ---------------------------------------------------------------------------------------------------
+# SwinIR's path, written out the way its network code does it (roll, partition copy, additive -100
+# mask, softmax, reverse copy, roll back), independently of flexops.reference.
+
+
+def swin_partition(x, ws):
+    """[B, H, W, C] -> [B * windows, ws * ws, C]."""
+    b, h, w, c = x.shape
+    return x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+
+
+def swin_reverse(windows, ws, b, h, w):
+    c = windows.shape[-1]
+    return windows.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+
+
+def swin_shift_mask(h, w, ws, shift):
+    """[windows, N, N]: 0 within a shift region, -100 across regions."""
+    labels = torch.zeros(1, h, w, 1)
+    label = 0
+    for rows in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+        for cols in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            labels[:, rows, cols, :] = label
+            label += 1
+    windows = swin_partition(labels, ws).squeeze(-1)
+    differs = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return torch.zeros_like(differs).masked_fill(differs != 0, -100.0)
+
+
+def swin_attention(qkv, heads, ws, shift, bias, scale):
+    b, h, w, c3 = qkv.shape
+    c = c3 // 3
+    x = torch.roll(qkv, (-shift, -shift), (1, 2)) if shift else qkv
+    windows = swin_partition(x, ws)  # [B*nW, N, 3C]
+    bn, n, _ = windows.shape
+    q, k, v = windows.reshape(bn, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    attn = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        attn = attn + bias.unsqueeze(0)
+    if shift:
+        mask = swin_shift_mask(h, w, ws, shift).to(qkv)
+        attn = attn.view(b, mask.shape[0], heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(bn, heads, n, n)
+    out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(bn, n, c)
+    out = swin_reverse(out, ws, b, h, w)
+    return torch.roll(out, (shift, shift), (1, 2)) if shift else out
+
+
+class SwinIRWindowAttention(torch.nn.Module):
+    """SwinIR's layer as its checkpoints store it (the index is a persistent buffer), on windows
+    [B * windows, N, C] with an additive mask."""
+
+    def __init__(self, dim, ws, heads):
+        super().__init__()
+        self.ws, self.heads, self.scale = ws, heads, (dim // heads) ** -0.5
+        self.relative_position_bias_table = torch.nn.Parameter(torch.randn((2 * ws - 1) ** 2, heads))
+        self.register_buffer("relative_position_index", relative_position_index(ws))
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.proj = torch.nn.Linear(dim, dim)
+
+    def forward(self, x, shift):
+        b, h, w, _ = x.shape
+        n = self.ws**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
+        return self.proj(swin_attention(self.qkv(x), self.heads, self.ws, shift, bias.permute(2, 0, 1), self.scale))
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def random_cases(count, seed, max_windows=3, max_batch=2, head_dims=(30, 30, 4, 7)):
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        ws = rng.choice((7, 8, 4, 3))
+        cases.append(dict(
+            batch=rng.choice((0,) + tuple(range(1, max_batch + 1))),
+            ws=ws,
+            shift=rng.choice((0, ws // 2, ws // 2, 1)),
+            rows=rng.randint(1, max_windows),
+            cols=rng.randint(1, max_windows),
+            heads=rng.randint(1, 6),
+            head_dim=rng.choice(head_dims),
+            bias=rng.random() < 0.7,
+            active=rng.choice(("none", "random", "random", "off")),
+            layout=rng.choice(("contiguous", "sliced", "transposed")),
+        ))
+    return cases
+
+
+def case_id(case):
+    return "b{batch}_ws{ws}_s{shift}_{rows}x{cols}_h{heads}x{head_dim}_{active}_{layout}".format(**case) + (
+        "_bias" if case["bias"] else ""
+    )
+
+
+def make_inputs(case, dtype):
+    b, ws, heads, hd = case["batch"], case["ws"], case["heads"], case["head_dim"]
+    h, w, c3 = case["rows"] * ws, case["cols"] * ws, 3 * heads * hd
+    # Logits of a few units, as in a trained network, so that -100 in SwinIR's mask vanishes.
+    qkv = torch.randn(b, h, w, c3, dtype=dtype)
+    if case["layout"] == "sliced":  # part of a wider map: the token stride is not 3C
+        qkv = torch.randn(b, h, w, c3 + 5, dtype=dtype)[..., 2:2 + c3]
+    elif case["layout"] == "transposed":  # H and W swapped in memory
+        qkv = qkv.transpose(1, 2).contiguous().transpose(1, 2)
+    bias = torch.randn(heads, ws * ws, ws * ws, dtype=dtype) if case["bias"] else None
+    active = None
+    if case["active"] == "random":
+        active = torch.rand(b, case["rows"], case["cols"]) < 0.6
+    elif case["active"] == "off":
+        active = torch.zeros(b, case["rows"], case["cols"], dtype=torch.bool)
+    return qkv, bias, active
+
+
+def check_against_reference(backend, case, dtype, atol, rtol):
+    qkv, bias, active = make_inputs(case, dtype)
+    leaves = [qkv.requires_grad_()] + ([bias.requires_grad_()] if bias is not None else [])
+    args = (case["heads"], case["ws"], case["shift"], bias, None, active)
+    with backends.use(backend):
+        out = window_attention(qkv, *args)
+    expected = reference.window_attention(qkv, *args[:4], case["head_dim"] ** -0.5, active)
+    torch.testing.assert_close(out, expected, atol=atol, rtol=rtol)
+    assert out.is_contiguous()
+    if active is not None:
+        off = ~window_tokens(active, case["ws"], case["shift"])
+        assert bool((out[off] == 0).all())
+    assert_grads_match(out, expected, leaves, atol, rtol)
+
+
+SWIN_CASES = random_cases(12, seed=1)
+CPU_CASES = random_cases(40, seed=2)
+# The Triton interpreter costs about 1 ms per program (one per window and head): few, small windows.
+TRITON_CASES = random_cases(8, seed=3, max_windows=2, max_batch=1, head_dims=(30, 4))
+
+
+@pytest.mark.parametrize("case", SWIN_CASES, ids=case_id)
+def test_reference_matches_swinir(case):
+    qkv, bias, _ = make_inputs(case, torch.float64)
+    scale = case["head_dim"] ** -0.5
+    expected = swin_attention(qkv, case["heads"], case["ws"], case["shift"], bias, scale)
+    out = reference.window_attention(qkv, case["heads"], case["ws"], case["shift"], bias, scale)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=case_id)
+def test_cpu_matches_reference(case):
+    check_against_reference("cpu", case, torch.float64, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", CPU_CASES[:12], ids=case_id)
+def test_cpu_float32_matches_reference(case):
+    check_against_reference("cpu", case, torch.float32, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=case_id)
+def test_triton_matches_reference(case):
+    check_against_reference("triton", case, torch.float32, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_float16():
+    case = dict(batch=1, ws=8, shift=4, rows=1, cols=2, heads=2, head_dim=30, bias=True, active="random",
+                layout="sliced")
+    qkv, bias, active = make_inputs(case, torch.float16)
+    with backends.use("triton"):
+        out = window_attention(qkv, 2, 8, 4, bias, active=active)
+    expected = reference.window_attention(qkv.float(), 2, 8, 4, bias.float(), 30**-0.5, active)
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_gradcheck(shift):
+    qkv = torch.randn(2, 8, 4, 3 * 2 * 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, 16, 16, dtype=torch.float64, requires_grad=True)
+    active = torch.tensor([[[True], [True]], [[False], [True]]])
+
+    def fn(qkv, bias):
+        return window_attention(qkv, 2, 4, shift, bias, 0.7, active)
+
+    with backends.use("cpu"):
+        assert torch.autograd.gradcheck(fn, (qkv, bias))
+        assert torch.autograd.gradcheck(lambda qkv: window_attention(qkv, 2, 4, shift), (qkv,))
+
+
+def test_cpu_is_deterministic_across_thread_counts():
+    qkv = torch.randn(3, 16, 24, 3 * 2 * 30, requires_grad=True)
+    bias = torch.randn(2, 64, 64, requires_grad=True)
+    grad = torch.randn(3, 16, 24, 60)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            out = window_attention(qkv, 2, 8, 4, bias)
+            results.append((out, *torch.autograd.grad(out, (qkv, bias), grad)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_opcheck():
+    qkv, bias = torch.randn(2, 8, 16, 3 * 2 * 5), torch.randn(2, 16, 16)
+    active = torch.tensor([[[True, False, True, True], [False, True, True, True]]] * 2)
+    for name in ("window_attention", "window_attention_triton"):
+        for b, a in ((bias, active), (None, None)):
+            args = (qkv.clone().requires_grad_(), 2, 4, 2, b if b is None else b.clone().requires_grad_(), 0.5, a)
+            torch.library.opcheck(getattr(torch.ops.flexops, name).default, args)
+    grad = torch.randn(2, 8, 16, 10)
+    for name in ("window_attention_backward", "window_attention_backward_triton"):
+        torch.library.opcheck(getattr(torch.ops.flexops, name).default, (grad, qkv, 2, 4, 2, bias, 0.5, active))
+
+
+def test_compile_fullgraph():
+    torch._dynamo.reset()
+    layer = flexops.WindowAttention(12, 4, 3)
+    x, active = torch.randn(1, 8, 8, 12), torch.tensor([[[True, False], [True, True]]])
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, 2, active), layer(x, 2, active))
+    compiled(x, 2, active).sum().backward()
+    assert layer.relative_position_bias_table.grad is not None and layer.qkv.weight.grad is not None
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_module_loads_swinir_checkpoints(shift):
+    swin = SwinIRWindowAttention(24, 8, 3)
+    layer = flexops.WindowAttention(24, (8, 8), 3)
+    layer.load_state_dict(swin.state_dict())  # strict: SwinIR's keys, index buffer included
+    assert "relative_position_index" not in layer.state_dict()
+    x = torch.randn(2, 16, 24, 24)
+    torch.testing.assert_close(layer(x, shift), swin(x, shift), atol=1e-5, rtol=1e-5)
+    bad = dict(swin.state_dict(), relative_position_index=torch.zeros(64, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match="relative_position_index"):
+        layer.load_state_dict(bad)
+
+
+def test_module_zeroes_skipped_tokens():
+    layer = flexops.WindowAttention(12, 4, 2)
+    x = torch.randn(1, 8, 12, 12)
+    active = torch.tensor([[[True, False, True], [False, False, True]]])
+    out = layer(x, 2, active)
+    tokens = window_tokens(active, 4, 2)
+    assert bool((out[~tokens] == 0).all())
+    torch.testing.assert_close(out[tokens], layer(x, 2)[tokens])
+    assert "dim=12, window_size=4, num_heads=2" in repr(layer)
+
+
+def test_active_windows():
+    running = torch.zeros(2, 8, 12, dtype=torch.bool)
+    running[0, 0, 0] = True  # with shift 2 this token sits in the last window of the rolled grid
+    running[1, 5, 6] = True
+    assert active_windows_list(running, 4, 0) == [[(0, 0)], [(1, 1)]]
+    assert active_windows_list(running, 4, 2) == [[(1, 2)], [(0, 1)]]
+    # Per region: a 2 x 3 grid of 4 x 4 regions on an 8 x 12 map.
+    regions = torch.tensor([[[False, True, False], [False, False, False]]])
+    assert torch.equal(flexops.active_windows(regions, 4, 0, size=(8, 12)), regions)
+    # Every active window holds a running token, and every running token is in an active window.
+    running = torch.rand(3, 16, 8) < 0.05
+    for shift in (0, 2):
+        active = flexops.active_windows(running, 4, shift)
+        assert bool((window_tokens(active, 4, shift) >= running).all())
+        assert bool((window_tokens(flexops.active_windows(window_tokens(active, 4, shift), 4, shift), 4, shift)
+                     == window_tokens(active, 4, shift)).all())
+
+
+def active_windows_list(running, ws, shift):
+    active = flexops.active_windows(running, ws, shift)
+    return [[tuple(i.tolist()) for i in a.nonzero()] for a in active]
+
+
+class ShiftedWindowAttention(flexops.WindowAttention):
+    """Shift 2 fixed: fvcore traces python numbers among the inputs into tensors."""
+
+    def forward(self, x, active=None):
+        return super().forward(x, 2, active)
+
+
+def test_flop_count_counts_active_windows():
+    layer = ShiftedWindowAttention(12, 4, 3)
+    x = torch.randn(2, 8, 12, 12)
+    active = torch.zeros(2, 2, 3, dtype=torch.bool)
+    active[0, 0, :2] = active[1, 1, 2] = True
+    attention = 3 * 2 * 16 * 16 * 12  # 3 active windows, q k^T and P v
+    linears = 2 * 8 * 12 * (12 * 36 + 12 * 12)
+    assert flexops.flops.count(layer, x, active) == attention + linears
+    assert flexops.flops.count(layer, x) == 12 * 2 * 16 * 16 * 12 + linears
+    qkv = torch.randn(2, 8, 12, 36)
+    with FlopCounterMode(display=False) as counter:
+        window_attention(qkv, 3, 4, 2, active=active)
+    assert counter.get_total_flops() == 2 * attention
+
+
+def qkv_args(**change):
+    args = dict(qkv=torch.randn(1, 8, 16, 36), num_heads=3, window_size=4, shift_size=2,
+                rel_pos_bias=torch.randn(3, 16, 16), scale=None, active=None)
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(qkv=torch.randn(1, 10, 16, 36)), "H and W must be multiples of window_size = 4"),
+        (dict(qkv=torch.randn(1, 8, 16, 35)), "3 \\* C with C a multiple of num_heads = 3"),
+        (dict(qkv=torch.randn(8, 16, 36)), "qkv must have 4 dimensions"),
+        (dict(qkv=torch.ones(1, 8, 16, 36, dtype=torch.long)), "qkv must be a floating-point tensor"),
+        (dict(shift_size=4), r"shift_size must be an int in \[0, window_size = 4\)"),
+        (dict(shift_size=-1), r"shift_size must be an int in \[0, window_size = 4\)"),
+        (dict(window_size=0), "window_size must be a positive int"),
+        (dict(num_heads=2.0), "num_heads must be a positive int"),
+        (dict(rel_pos_bias=torch.randn(3, 9, 9)), r"rel_pos_bias must be \[num_heads, N, N\] = \[3, 16, 16\]"),
+        (dict(rel_pos_bias=torch.randn(3, 16, 16).double()), "rel_pos_bias has dtype torch.float64"),
+        (dict(active=torch.ones(1, 2, 3, dtype=torch.bool)), r"active must be \[B, H/ws, W/ws\] = \[1, 2, 4\]"),
+        (dict(active=torch.ones(1, 2, 4, device="meta")), "active is on meta"),
+        (dict(scale="big"), "scale must be a real number"),
+    ],
+)
+def test_bad_input(change, message):
+    with pytest.raises(ValueError, match=message):
+        window_attention(**qkv_args(**change))
+
+
+def test_forced_backend_that_cannot_run():
+    with backends.use("cuda"), pytest.raises(backends.BackendUnavailable, match="no CUDA C\\+\\+ kernel"):
+        window_attention(**qkv_args())
+    with backends.use("triton"), pytest.raises(backends.BackendUnavailable, match="dtype torch.float64"):
+        window_attention(**qkv_args(qkv=torch.randn(1, 8, 16, 36).double(), rel_pos_bias=None))
+
+
+def test_zero_shift_and_full_window_is_plain_attention():
+    qkv = torch.randn(2, 4, 4, 3 * 8)
+    q, k, v = qkv.reshape(2, 16, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 4, 4, 8)
+    torch.testing.assert_close(window_attention(qkv, 2, 4), expected, atol=1e-5, rtol=1e-5)
