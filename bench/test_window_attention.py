@@ -1,0 +1,107 @@
+"""Swin window attention at SwinIR's denoising shapes (embed 180, 6 heads of 30, window 8, shift 4),
+the attention of FlexIR and tunable SwinIR; qkv is the [1, H, W, 540] output of the qkv Linear.
+
+Baselines measured in the same run, both as SwinIR runs them (shift mask computed once and kept,
+as SwinIR's attn_mask buffer): the SwinIR path (roll, window-partition copy, q k^T + bias + mask,
+softmax, @ v, window-reverse copy, roll back) and the same path with
+torch.nn.functional.scaled_dot_product_attention on the partitioned windows (bias + mask as its
+float attn_mask). Neither can skip windows; flexops is timed with 100%, 50% and 25% of the windows
+active (FlexIR's early exit), side by side with them.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flexops
+from harness import compare, note, record
+
+CHANNELS, HEADS, WINDOW, SHIFT = 180, 6, 8, 4
+SIZES = (64, 128, 256)
+FRACTIONS = (1.0, 0.5, 0.25)
+
+
+def shift_mask(size, window, shift):
+    """[windows, N, N] additive mask, 0 inside a shift region and -100 across (SwinIR's attn_mask)."""
+    label = torch.zeros(size, size)
+    cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for i, rows in enumerate(cuts):
+        for j, cols in enumerate(cuts):
+            label[rows, cols] = 3 * i + j
+    label = label.view(size // window, window, size // window, window).permute(0, 2, 1, 3).reshape(-1, window**2)
+    return (label[:, None, :] != label[:, :, None]).float() * -100.0
+
+
+def swinir_path(attention):
+    """SwinIR's window attention around `attention(q, k, v, bias_and_mask)`."""
+
+    def run(qkv, bias, mask):
+        b, h, w, c3 = qkv.shape
+        c, n = c3 // 3, WINDOW**2
+        x = torch.roll(qkv, (-SHIFT, -SHIFT), (1, 2))
+        windows = x.view(b, h // WINDOW, WINDOW, w // WINDOW, WINDOW, c3).permute(0, 1, 3, 2, 4, 5).reshape(-1, n, c3)
+        q, k, v = windows.reshape(-1, n, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
+        bias_and_mask = (mask.unsqueeze(1) + bias).repeat(b, 1, 1, 1)  # [B * windows, heads, N, N]
+        out = attention(q, k, v, bias_and_mask).transpose(1, 2).reshape(-1, n, c)
+        out = out.view(b, h // WINDOW, w // WINDOW, WINDOW, WINDOW, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return torch.roll(out, (SHIFT, SHIFT), (1, 2))
+
+    return run
+
+
+def naive(q, k, v, bias_and_mask):
+    attn = (q * (CHANNELS // HEADS) ** -0.5) @ k.transpose(-2, -1) + bias_and_mask
+    return attn.softmax(-1) @ v
+
+
+def sdpa(q, k, v, bias_and_mask):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_and_mask)
+
+
+def random_active(size, fraction, generator):
+    """[1, windows_y, windows_x] with exactly `fraction` of the windows on, at random."""
+    windows = (size // WINDOW) ** 2
+    active = torch.zeros(windows, dtype=torch.bool)
+    active[torch.randperm(windows, generator=generator)[: round(fraction * windows)]] = True
+    return active.view(1, size // WINDOW, size // WINDOW)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "forward_backward"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s}x{s}")
+def test_window_attention(benchmark, size, grad):
+    generator = torch.Generator().manual_seed(0)
+    qkv = torch.randn(1, size, size, 3 * CHANNELS, requires_grad=grad)
+    bias = (0.02 * torch.randn(HEADS, WINDOW**2, WINDOW**2)).requires_grad_(grad)
+    mask = shift_mask(size, WINDOW, SHIFT)
+    grad_out = torch.randn(1, size, size, CHANNELS)
+
+    def timed(fn):
+        if not grad:
+            return fn
+        return lambda: fn().backward(grad_out)
+
+    fns = {
+        f"flexops {100 * f:g}%": timed(
+            lambda a=random_active(size, f, generator): flexops.ops.window_attention(qkv, HEADS, WINDOW, SHIFT, bias,
+                                                                                     active=a)
+        )
+        for f in FRACTIONS
+    }
+    fns["swinir"] = timed(lambda: swinir_path(naive)(qkv, bias, mask))
+    fns["sdpa"] = timed(lambda: swinir_path(sdpa)(qkv, bias, mask))
+    best = compare(benchmark, fns, grad=grad)
+
+    threads = torch.get_num_threads()
+    table = f"window attention, C {CHANNELS}, {HEADS} heads, window {WINDOW}, shift {SHIFT}, CPU ({threads} threads)"
+    note(table, "swinir / sdpa = SwinIR's roll + partition + attention + reverse + roll, with naive matmul-softmax "
+                "or SDPA; x = their time / flexops (all windows); a% = flexops with a% of the windows active, as "
+                "a fraction of its all-active time; best of interleaved rounds")
+    row = f"{size}x{size} {'fwd+bwd' if grad else 'fwd'}"
+    full = best["flexops 100%"]
+    record(table, row, "flexops ms", f"{1e3 * full:.1f}")
+    record(table, row, "swinir ms", f"{1e3 * best['swinir']:.1f}")
+    record(table, row, "sdpa ms", f"{1e3 * best['sdpa']:.1f}")
+    record(table, row, "vs swinir", f"{best['swinir'] / full:.2f}x")
+    record(table, row, "vs sdpa", f"{best['sdpa'] / full:.2f}x")
+    for f in FRACTIONS[1:]:
+        record(table, row, f"{100 * f:g}% / 100%", f"{best[f'flexops {100 * f:g}%'] / full:.2f}")
