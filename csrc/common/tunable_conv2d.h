@@ -22,6 +22,10 @@ inline at::Tensor blend(const at::Tensor& params, const at::Tensor& alpha) {
   return at::mm(alpha.reshape({-1, p}), params.reshape({p, -1}));
 }
 
+// Gives the tensor a shared alpha's blended kernel is written to ([numel of one kernel], the
+// weight's dtype and device); nullptr: a fresh tensor.
+using KernelBuffer = at::Tensor (*)(const at::Tensor& weight);
+
 inline std::vector<int64_t> output_size(const at::Tensor& input, const at::Tensor& weight,
                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                         at::IntArrayRef dilation) {
@@ -36,12 +40,20 @@ inline std::vector<int64_t> output_size(const at::Tensor& input, const at::Tenso
 inline at::Tensor forward_any_layout(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                          int64_t groups, PerSample per_sample) {
+                          int64_t groups, PerSample per_sample, KernelBuffer kernel_buffer) {
   const int64_t batch = input.size(0);
   const auto kernel_shape = weight.sizes().slice(1);  // [Cout, Cin / groups, kh, kw]
   const bool has_bias = bias.has_value() && bias->defined();
   if (alpha.dim() == 1) {
-    const at::Tensor kernel = blend(weight, alpha).view(kernel_shape);
+    at::Tensor kernel;
+    if (kernel_buffer) {
+      const int64_t p = weight.size(0);
+      kernel = kernel_buffer(weight).view({1, -1});
+      at::mm_out(kernel, alpha.reshape({1, p}), weight.reshape({p, -1}));
+    } else {
+      kernel = blend(weight, alpha);
+    }
+    kernel = kernel.view(kernel_shape);
     const std::optional<at::Tensor> blended_bias =
         has_bias ? std::optional<at::Tensor>(blend(*bias, alpha).view({-1})) : std::nullopt;
     return at::convolution(input, kernel, blended_bias, stride, padding, dilation, false, {0, 0},
@@ -79,8 +91,9 @@ inline at::Tensor forward_any_layout(const at::Tensor& input, const at::Tensor& 
 inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                          int64_t groups, PerSample per_sample) {
-  return forward_any_layout(input, weight, bias, alpha, stride, padding, dilation, groups, per_sample)
+                          int64_t groups, PerSample per_sample, KernelBuffer kernel_buffer) {
+  return forward_any_layout(input, weight, bias, alpha, stride, padding, dilation, groups, per_sample,
+                            kernel_buffer)
       .contiguous(output_memory_format(input));
 }
 

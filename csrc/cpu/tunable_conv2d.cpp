@@ -1,5 +1,9 @@
 // Tunable convolution on CPU: blended kernels through oneDNN's convolution (common/tunable_conv2d.h).
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
+
+#include <map>
+#include <utility>
 
 #include "common/tunable_conv2d.h"
 
@@ -14,12 +18,26 @@ tunable::PerSample per_sample_strategy(const at::Tensor& weight) {
                                                  : tunable::PerSample::kGroupedConv;
 }
 
+// A shared alpha's blended kernel goes to a buffer kept per thread, one per kernel size and dtype,
+// instead of a fresh tensor each call: a 64x64x3x3 fp32 kernel is 147 KB, and allocating it anew
+// costs more than blending it. The convolution only reads it, and the backward blends its own.
+at::Tensor kept_kernel_buffer(const at::Tensor& weight) {
+  thread_local std::map<std::pair<int64_t, at::ScalarType>, at::Tensor> buffers;
+  const int64_t numel = weight[0].numel();
+  at::Tensor& buffer = buffers[{numel, weight.scalar_type()}];
+  if (!buffer.defined()) {
+    c10::InferenceMode normal_tensor(false);  // writable both in and outside inference mode
+    buffer = at::empty({numel}, weight.options());
+  }
+  return buffer;
+}
+
 at::Tensor tunable_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                               at::IntArrayRef stride, at::IntArrayRef padding,
                               at::IntArrayRef dilation, int64_t groups) {
   return tunable::forward(input, weight, bias, alpha, stride, padding, dilation, groups,
-                          per_sample_strategy(weight));
+                          per_sample_strategy(weight), &kept_kernel_buffer);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tunable_conv2d_backward_cpu(

@@ -15,7 +15,7 @@ at::Tensor tunable_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight
                                at::IntArrayRef dilation, int64_t groups) {
   const c10::cuda::CUDAGuard guard(input.device());
   return tunable::forward(input, weight, bias, alpha, stride, padding, dilation, groups,
-                          tunable::PerSample::kGroupedConv);
+                          tunable::PerSample::kGroupedConv, /*kernel_buffer=*/nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tunable_conv2d_backward_cuda(
