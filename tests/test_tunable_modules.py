@@ -92,3 +92,23 @@ def test_flop_count_of_tunable_conv():
 def test_public_import():
     assert flexops.TunableConv2d is TunableConv2d
     assert callable(flexops.ops.tunable_conv2d)
+
+
+def test_layers_of_one_kernel_size_in_and_out_of_inference_mode():
+    """CPU blends a shared omega's kernel into a buffer kept per kernel size: layers that share it,
+    inference mode and autograd must not see each other's kernels."""
+    layers = [flexops.TunableConv2d(3, 4, 3, 2, padding=1, mode="linear") for _ in range(2)]
+    x, omega = torch.randn(1, 3, 6, 6), torch.tensor([0.3, 0.7])
+
+    def expected(layer):
+        kernel = torch.einsum("p,poihw->oihw", omega, layer.weight)
+        return F.conv2d(x, kernel, omega @ layer.bias, padding=1)
+
+    with torch.inference_mode():
+        first = [layer(x, omega) for layer in layers]
+    second = [layer(x, omega) for layer in layers]
+    for layer, a, b in zip(layers, first, second):
+        torch.testing.assert_close(a, expected(layer))
+        torch.testing.assert_close(b, expected(layer))
+    second[0].sum().backward()
+    assert layers[0].weight.grad is not None
