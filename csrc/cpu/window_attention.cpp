@@ -2,13 +2,14 @@
 //
 // One task per (active window, head). Its q, k and v rows are gathered straight from the token map
 // by index arithmetic, so the cyclic shift and the window partition never materialise; the N x N
-// logits live in a per-thread buffer that stays in cache; the products run through a small
-// register-blocked matmul (too small for a BLAS call to pay off) built for the baseline ISA and
-// cloned for AVX2 + FMA, picked at load time. Shift
-// regions are excluded, not penalised: only the windows on the wrap-around seam mix regions, and
-// only they pay for the label test. The backward recomputes each window's probabilities instead of
-// storing them; the relative-position-bias gradient is summed per fixed block of windows and then
-// over blocks in order, so results do not depend on the thread count.
+// logits live in a per-thread buffer that stays in cache. The products run through a small
+// register-blocked matmul (ATen does not export its BLAS to extensions, and a dispatched op per
+// 64 x 64 product would cost more than the product) and the softmax through a vector exp, both
+// built for the baseline ISA and cloned for AVX2 + FMA, picked at load time. Shift regions are
+// excluded, not penalised: only the windows on the wrap-around seam mix regions, and only they pay
+// for the label test. The backward recomputes each window's probabilities instead of storing them;
+// the relative-position-bias gradient is summed per fixed block of windows and then over blocks in
+// order, so results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -52,10 +53,11 @@ Geometry geometry(const Tensor& qkv, int64_t heads, int64_t window, int64_t shif
     TORCH_CHECK(bias->sizes() == at::IntArrayRef({heads, g.tokens, g.tokens}),
                 "window_attention: rel_pos_bias must be [heads, N, N] = [", heads, ", ", g.tokens,
                 ", ", g.tokens, "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == qkv.scalar_type(), "window_attention: rel_pos_bias dtype");
+    TORCH_CHECK(bias->scalar_type() == qkv.scalar_type() && bias->device() == qkv.device(),
+                "window_attention: rel_pos_bias must have qkv's dtype and device");
   }
   if (active) {
-    TORCH_CHECK(active->scalar_type() == at::kBool &&
+    TORCH_CHECK(active->scalar_type() == at::kBool && active->device() == qkv.device() &&
                     active->sizes() == at::IntArrayRef({g.batch, g.rows, g.cols}),
                 "window_attention: active must be bool [B, H/ws, W/ws] = [", g.batch, ", ", g.rows,
                 ", ", g.cols, "], got ", active->sizes());
