@@ -34,6 +34,24 @@ def _window_tokens(window, H, W, rows, cols, shift, WS: tl.constexpr, BLOCK_N: t
 
 
 @triton.jit
+def _window_setup(qkv_ptr, active_ptr, H, W, rows, cols, shift, hd,
+                  sq_b, sq_h, sq_w, sq_c, sa_b, sa_h, sa_w,
+                  WS: tl.constexpr, HAS_ACTIVE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Where this program's (window, head) tile lies, whether its window is active, and a pointer to
+    its q channels of each token (k and v are C and 2C channels further)."""
+    b, wy, wx, y, x, region, valid = _window_tokens(tl.program_id(0), H, W, rows, cols, shift, WS, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    tile_ok = valid[:, None] & (d < hd)[None, :]
+    channel = tl.program_id(1) * hd + d
+    if HAS_ACTIVE:
+        is_active = tl.load(active_ptr + b * sa_b + wy * sa_h + wx * sa_w) != 0
+    else:
+        is_active = True
+    q_ptrs = qkv_ptr + b.to(tl.int64) * sq_b + y[:, None] * sq_h + x[:, None] * sq_w + channel[None, :] * sq_c
+    return b, y, x, region, valid, channel, tile_ok, is_active, q_ptrs
+
+
+@triton.jit
 def _probabilities(q, k, bias_ptr, region, valid, scale,
                    HAS_BIAS: tl.constexpr, N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                    BLOCK_N: tl.constexpr):
@@ -60,25 +78,17 @@ def _window_attention_fwd_kernel(
     WS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACTIVE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    window = tl.program_id(0)
     head = tl.program_id(1)
-    b, wy, wx, y, x, region, valid = _window_tokens(window, H, W, rows, cols, shift, WS, BLOCK_N)
-    d = tl.arange(0, BLOCK_D)
-    tile_ok = valid[:, None] & (d < hd)[None, :]
-    channel = head * hd + d
     N: tl.constexpr = WS * WS
-
-    if HAS_ACTIVE:
-        is_active = tl.load(active_ptr + b * sa_b + wy * sa_h + wx * sa_w) != 0
-    else:
-        is_active = True
+    b, y, x, region, valid, channel, tile_ok, is_active, q_ptrs = _window_setup(
+        qkv_ptr, active_ptr, H, W, rows, cols, shift, hd, sq_b, sq_h, sq_w, sq_c, sa_b, sa_h, sa_w,
+        WS, HAS_ACTIVE, BLOCK_N, BLOCK_D)
 
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     if is_active:
-        token = qkv_ptr + b.to(tl.int64) * sq_b + y[:, None] * sq_h + x[:, None] * sq_w
-        q = tl.load(token + channel[None, :] * sq_c, mask=tile_ok, other=0.0)
-        k = tl.load(token + (C + channel[None, :]) * sq_c, mask=tile_ok, other=0.0)
-        v = tl.load(token + (2 * C + channel[None, :]) * sq_c, mask=tile_ok, other=0.0)
+        q = tl.load(q_ptrs, mask=tile_ok, other=0.0)
+        k = tl.load(q_ptrs + C * sq_c, mask=tile_ok, other=0.0)
+        v = tl.load(q_ptrs + 2 * C * sq_c, mask=tile_ok, other=0.0)
         p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale,
                            HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
         acc = tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
@@ -98,27 +108,19 @@ def _window_attention_bwd_kernel(
     WS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ACTIVE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    window = tl.program_id(0)
     head = tl.program_id(1)
-    b, wy, wx, y, x, region, valid = _window_tokens(window, H, W, rows, cols, shift, WS, BLOCK_N)
-    d = tl.arange(0, BLOCK_D)
-    tile_ok = valid[:, None] & (d < hd)[None, :]
-    channel = head * hd + d
     N: tl.constexpr = WS * WS
-
-    if HAS_ACTIVE:
-        is_active = tl.load(active_ptr + b * sa_b + wy * sa_h + wx * sa_w) != 0
-    else:
-        is_active = True
+    b, y, x, region, valid, channel, tile_ok, is_active, q_ptrs = _window_setup(
+        qkv_ptr, active_ptr, H, W, rows, cols, shift, hd, sq_b, sq_h, sq_w, sq_c, sa_b, sa_h, sa_w,
+        WS, HAS_ACTIVE, BLOCK_N, BLOCK_D)
 
     dq = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     if is_active:
-        token = qkv_ptr + b.to(tl.int64) * sq_b + y[:, None] * sq_h + x[:, None] * sq_w
-        q = tl.load(token + channel[None, :] * sq_c, mask=tile_ok, other=0.0)
-        k = tl.load(token + (C + channel[None, :]) * sq_c, mask=tile_ok, other=0.0)
-        v = tl.load(token + (2 * C + channel[None, :]) * sq_c, mask=tile_ok, other=0.0)
+        q = tl.load(q_ptrs, mask=tile_ok, other=0.0)
+        k = tl.load(q_ptrs + C * sq_c, mask=tile_ok, other=0.0)
+        v = tl.load(q_ptrs + 2 * C * sq_c, mask=tile_ok, other=0.0)
         grad_token = grad_out_ptr + b.to(tl.int64) * sg_b + y[:, None] * sg_h + x[:, None] * sg_w
         do = tl.load(grad_token + channel[None, :] * sg_c, mask=tile_ok, other=0.0).to(v.dtype)
         p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale,
