@@ -1,11 +1,12 @@
-"""Benchmark harness: a candidate and its baselines are timed in interleaved rounds in the same
-run, and results are printed as tables at the end of the session (see conftest.py).
+"""Benchmark harness: a candidate and its baselines are timed in interleaved rounds (in a new random
+order each round) in the same run, and results are printed as tables at the end of the session (see conftest.py).
 
 pytest-benchmark's own statistics are those of one round (every function once); the tables give
 each function's best round and the ratios. Nothing here asserts a time: benchmarks measure.
 """
 
 import collections
+import random
 import time
 
 import torch
@@ -16,8 +17,12 @@ tables = collections.defaultdict(dict)  # title -> {(row, column): text}
 notes = {}  # title -> text printed under the table
 
 
-def _time_round(fns, best):
-    for name, fn in fns.items():
+def _time_round(fns, best, rng):
+    # A new order every round: a fixed one can favour a position (the function timed after the one
+    # that evicted the caches, or after the clock settled) by a few percent.
+    order = list(fns.items())
+    rng.shuffle(order)
+    for name, fn in order:
         start = time.perf_counter()
         fn()
         best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
@@ -32,11 +37,12 @@ def compare(benchmark, fns, grad=False):
         for fn in fns.values():  # warm-up: first-call allocations, oneDNN primitive caches
             fn()
         best = {}
+        rng = random.Random(0)
         start = time.perf_counter()
-        _time_round(fns, best)
+        _time_round(fns, best, rng)
         per_round = time.perf_counter() - start
         rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, TARGET_SECONDS / per_round)))
-        benchmark.pedantic(_time_round, args=(fns, best), rounds=rounds, iterations=1)
+        benchmark.pedantic(_time_round, args=(fns, best, rng), rounds=rounds, iterations=1)
     benchmark.extra_info.update({f"{name}_best_ms": round(1e3 * t, 3) for name, t in best.items()})
     return best
 

@@ -52,6 +52,11 @@ TORCH_LIBRARY(flexops, m) {
   m.def(
       "masked_conv2d_triton(Tensor input, Tensor weight, Tensor? bias, Tensor in_mask, "
       "Tensor out_mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
+  // Its gradients, likewise one launch per gradient for all tasks.
+  m.def(
+      "masked_conv2d_backward_triton(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, "
+      "Tensor in_mask, Tensor out_mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) "
+      "-> (Tensor, Tensor, Tensor)");
 
   // Swin window attention (SwinIR numerics): qkv [B, H, W, 3C] token map as SwinIR's qkv Linear
   // gives it, rolled by -shift_size and cut into window_size^2 windows by index arithmetic;
