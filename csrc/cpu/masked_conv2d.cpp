@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "common/masked_conv2d.h"
+#include "cpu/output_pool.h"
 
 namespace flexops {
 namespace {
@@ -16,7 +17,7 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                              const at::Tensor& out_mask, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation) {
   return masked::forward(input, weight, bias, in_mask, out_mask, stride, padding, dilation,
-                         masked::TaskOrder::kParallel);
+                         masked::TaskOrder::kParallel, &cpu::empty_output);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(

@@ -21,6 +21,8 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/output_pool.h"
+
 namespace flexops {
 namespace {
 
@@ -463,7 +465,7 @@ Tensor window_attention_cpu(const Tensor& qkv, int64_t num_heads, int64_t window
                             int64_t shift_size, const std::optional<Tensor>& rel_pos_bias,
                             double scale, const std::optional<Tensor>& active) {
   const Geometry g = geometry(qkv, num_heads, window_size, shift_size, rel_pos_bias, active);
-  Tensor out = at::empty({g.batch, g.height, g.width, g.channels()}, qkv.options());
+  Tensor out = cpu::empty_output({g.batch, g.height, g.width, g.channels()}, qkv.options());
   if (out.numel() == 0) return out;
   const Tensor map = unit_channel_stride(qkv);
   const Tensor bias = rel_pos_bias ? rel_pos_bias->contiguous() : Tensor();
@@ -481,7 +483,7 @@ std::tuple<Tensor, Tensor> window_attention_backward_cpu(
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({g.batch, g.height, g.width, g.channels()}),
               "window_attention_backward: grad_output must be [B, H, W, C], got ",
               grad_output.sizes());
-  Tensor grad_qkv = at::empty(qkv.sizes(), qkv.options());
+  Tensor grad_qkv = cpu::empty_output(qkv.sizes(), qkv.options());
   Tensor grad_bias = rel_pos_bias ? at::zeros(rel_pos_bias->sizes(), qkv.options()) : qkv.new_empty({0});
   if (grad_qkv.numel() == 0) return {grad_qkv, grad_bias};
   const Tensor map = unit_channel_stride(qkv), grad_map = unit_channel_stride(grad_output);

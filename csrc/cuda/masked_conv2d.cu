@@ -15,7 +15,7 @@ at::Tensor masked_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
   const c10::cuda::CUDAGuard guard(input.device());
   return masked::forward(input, weight, bias, in_mask, out_mask, stride, padding, dilation,
-                         masked::TaskOrder::kSequential);
+                         masked::TaskOrder::kSequential, /*allocate=*/nullptr);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(

@@ -104,11 +104,24 @@ def _fake_backward(grad_output, input, weight, bias, in_mask, out_mask, stride, 
     )
 
 
+torch.library.register_fake("flexops::masked_conv2d_triton")(_fake)
+torch.library.register_fake("flexops::masked_conv2d_backward_triton")(_fake_backward)
+
+
 @torch.library.register_kernel("flexops::masked_conv2d_triton", ("cpu", "cuda"))
 def _triton(input, weight, bias, in_mask, out_mask, stride, padding, dilation):
     from flexops.triton import masked_conv2d as kernels
 
     return kernels.masked_conv2d(input, weight, bias, in_mask, out_mask, stride, padding, dilation)
+
+
+@torch.library.register_kernel("flexops::masked_conv2d_backward_triton", ("cpu", "cuda"))
+def _triton_backward(grad_output, input, weight, bias, in_mask, out_mask, stride, padding, dilation):
+    from flexops.triton import masked_conv2d as kernels
+
+    return kernels.masked_conv2d_backward(
+        grad_output, input, weight, bias, in_mask, out_mask, stride, padding, dilation
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -117,14 +130,23 @@ def _setup_context(ctx, inputs, output):
     ctx.conv = (stride, padding, dilation)
 
 
-def _backward(ctx, grad_output):
-    input, weight, bias, in_mask, out_mask = ctx.saved_tensors
-    grad_input, grad_weight, grad_bias = torch.ops.flexops.masked_conv2d_backward(
-        grad_output, input, weight, bias, in_mask, out_mask, *ctx.conv
-    )
-    return grad_input, grad_weight, None if bias is None else grad_bias, None, None, None, None, None
+def _autograd(backward_op):
+    """The autograd backward of a forward op whose gradients come from `backward_op`."""
+    def backward(ctx, grad_output):
+        input, weight, bias, in_mask, out_mask = ctx.saved_tensors
+        grad_input, grad_weight, grad_bias = backward_op(grad_output, input, weight, bias, in_mask, out_mask, *ctx.conv)
+        return grad_input, grad_weight, None if bias is None else grad_bias, None, None, None, None, None
+
+    return backward
 
 
-# The Triton forward kernel shares the platform backward: per-task compact convolution backward.
-for _name in ("flexops::masked_conv2d", "flexops::masked_conv2d_triton"):
-    torch.library.register_autograd(_name, _backward, setup_context=_setup_context)
+# Each forward gets the backward of its own backend: the platform's per-task compact convolution
+# backward, or the Triton kernels driven by the same channel lists as the Triton forward.
+torch.library.register_autograd(
+    "flexops::masked_conv2d", _autograd(torch.ops.flexops.masked_conv2d_backward), setup_context=_setup_context
+)
+torch.library.register_autograd(
+    "flexops::masked_conv2d_triton",
+    _autograd(torch.ops.flexops.masked_conv2d_backward_triton),
+    setup_context=_setup_context,
+)
