@@ -24,7 +24,8 @@ DTYPES = {
 CUDA_PRIORITY = {
     "tunable_conv2d": ("cuda", "triton"),
     "deform_conv2d": ("cuda", "triton"),
-    # One Triton launch for all tasks beats one cuDNN call per task (not yet timed on a GPU).
+    # Both launch once for all tasks; Triton's tl.dot tiles can use tensor cores, the CUDA kernel's
+    # register tiles cannot (expected, not yet timed on a GPU).
     "masked_conv2d": ("triton", "cuda"),
     # No CUDA C++ kernel: the Triton kernel is its GPU backend (see MISSING).
     "window_attention": ("triton",),
