@@ -1,6 +1,10 @@
 """CPU outputs of 32 MiB and more come from blocks kept between calls (csrc/cpu/output_pool.h): they
 must behave as ordinary tensors that never share memory while alive."""
 
+import os
+import subprocess
+import sys
+
 import torch
 
 from flexops.ops import masked_conv2d, window_attention
@@ -34,3 +38,23 @@ def test_large_window_attention_gradient_is_independent():
     (second,) = torch.autograd.grad(out, qkv, 2 * grad)
     assert first.data_ptr() != second.data_ptr()
     torch.testing.assert_close(second, 2 * first)
+
+
+def run_with_kept_limit(value, tmp_path):
+    """Runs a large masked_conv2d in a fresh process with FLEXOPS_KEPT_CPU_MB=value (read once)."""
+    code = (
+        "import torch, flexops\n"
+        "x, w = torch.randn(1, 4, 64, 64), torch.randn(8, 4, 3, 3)\n"
+        "out = flexops.ops.masked_conv2d(x, w, None, None, torch.ones(300, 8, dtype=torch.bool), padding=1)\n"
+        "torch.testing.assert_close(out[7], torch.nn.functional.conv2d(x, w, padding=1)[0])\n"
+    )
+    env = dict(os.environ, FLEXOPS_KEPT_CPU_MB=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+
+
+def test_kept_limit_from_the_environment(tmp_path):
+    assert run_with_kept_limit("0", tmp_path).returncode == 0
+    assert run_with_kept_limit("64", tmp_path).returncode == 0
+    bad = run_with_kept_limit("lots", tmp_path)
+    assert bad.returncode != 0
+    assert "FLEXOPS_KEPT_CPU_MB must be a whole number of megabytes" in bad.stderr

@@ -19,8 +19,15 @@ constexpr size_t kKeptMinBytes = size_t(32) << 20;
 constexpr size_t kMaxKeptBlocks = 8;
 
 size_t kept_limit_bytes() {
-  const char* megabytes = std::getenv("FLEXOPS_KEPT_CPU_MB");
-  return static_cast<size_t>(megabytes ? std::strtoull(megabytes, nullptr, 10) : 1024) << 20;
+  const char* text = std::getenv("FLEXOPS_KEPT_CPU_MB");
+  if (text == nullptr || *text == '\0') {
+    return size_t(1024) << 20;
+  }
+  char* end = nullptr;
+  const unsigned long long megabytes = std::strtoull(text, &end, 10);
+  TORCH_CHECK(*end == '\0' && text[0] != '-',
+              "FLEXOPS_KEPT_CPU_MB must be a whole number of megabytes (0 keeps none), got '", text, "'");
+  return static_cast<size_t>(megabytes) << 20;
 }
 
 class OutputAllocator final : public c10::Allocator {

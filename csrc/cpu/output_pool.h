@@ -7,7 +7,7 @@
 // several times the work of a masked convolution that writes it. Smaller blocks come back warm
 // from glibc's heap and are left to it. Tensors from here are ordinary resizable CPU tensors; when
 // one dies its block is kept for the next output of the same size, up to FLEXOPS_KEPT_CPU_MB
-// megabytes in all (default 1024; 0 keeps none).
+// megabytes in all (default 1024; 0 keeps none; read at the first output) and 8 blocks.
 #include <ATen/ATen.h>
 
 namespace flexops::cpu {
