@@ -122,7 +122,11 @@ struct Window {
 };
 
 // 32-byte SIMD vectors through GCC's vector extension: one AVX register, or two SSE ones on the
-// baseline ISA.
+// baseline ISA. GCC notes that passing them by value has another ABI with AVX than without; every
+// function here that does is internal to this file, so no caller can see the difference.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 template <typename T>
 struct VecOf {
   typedef T type __attribute__((vector_size(32)));
