@@ -140,8 +140,9 @@ def _autograd(backward_op):
     return backward
 
 
-# Each forward gets the backward of its own backend: the platform's per-task compact convolution
-# backward, or the Triton kernels driven by the same channel lists as the Triton forward.
+# Each forward gets the backward of its own backend: the compiled one (CPU: per-task compact
+# convolutions; CUDA: one launch per gradient), or the Triton kernels driven by the same channel
+# lists as the Triton forward.
 torch.library.register_autograd(
     "flexops::masked_conv2d", _autograd(torch.ops.flexops.masked_conv2d_backward), setup_context=_setup_context
 )
