@@ -91,9 +91,6 @@ def _fake(input, weight, bias, in_mask, out_mask, stride, padding, dilation):
     return _args.new_output(input, (tasks if tasks > 1 else input.shape[0], weight.shape[0], *size))
 
 
-torch.library.register_fake("flexops::masked_conv2d_triton")(_fake)
-
-
 @torch.library.register_fake("flexops::masked_conv2d_backward")
 def _fake_backward(grad_output, input, weight, bias, in_mask, out_mask, stride, padding, dilation):
     grad_bias = weight.new_empty(0) if bias is None else torch.empty_like(bias, memory_format=torch.contiguous_format)
