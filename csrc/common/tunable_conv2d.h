@@ -16,10 +16,16 @@ enum class PerSample {
   kLoop,         // one dense conv per sample
 };
 
-// sum_i alpha[r, i] * params[i] for every row r of alpha ([p] is one row): [rows, numel / p].
-inline at::Tensor blend(const at::Tensor& params, const at::Tensor& alpha) {
+// sum_i alpha[r, i] * params[i] for every row r of alpha ([p] is one row): [rows, numel / p],
+// written into `out` when given (its numel: rows * numel / p).
+inline at::Tensor blend(const at::Tensor& params, const at::Tensor& alpha, at::Tensor out = {}) {
   const int64_t p = params.size(0);
-  return at::mm(alpha.reshape({-1, p}), params.reshape({p, -1}));
+  const at::Tensor rows = alpha.reshape({-1, p}), flat = params.reshape({p, -1});
+  if (!out.defined()) {
+    return at::mm(rows, flat);
+  }
+  out = out.view({rows.size(0), -1});
+  return at::mm_out(out, rows, flat);
 }
 
 // Gives the tensor a shared alpha's blended kernel is written to ([numel of one kernel], the
@@ -45,15 +51,8 @@ inline at::Tensor forward_any_layout(const at::Tensor& input, const at::Tensor& 
   const auto kernel_shape = weight.sizes().slice(1);  // [Cout, Cin / groups, kh, kw]
   const bool has_bias = bias.has_value() && bias->defined();
   if (alpha.dim() == 1) {
-    at::Tensor kernel;
-    if (kernel_buffer) {
-      const int64_t p = weight.size(0);
-      kernel = kernel_buffer(weight).view({1, -1});
-      at::mm_out(kernel, alpha.reshape({1, p}), weight.reshape({p, -1}));
-    } else {
-      kernel = blend(weight, alpha);
-    }
-    kernel = kernel.view(kernel_shape);
+    const at::Tensor kernel =
+        blend(weight, alpha, kernel_buffer ? kernel_buffer(weight) : at::Tensor()).view(kernel_shape);
     const std::optional<at::Tensor> blended_bias =
         has_bias ? std::optional<at::Tensor>(blend(*bias, alpha).view({-1})) : std::nullopt;
     return at::convolution(input, kernel, blended_bias, stride, padding, dilation, false, {0, 0},

@@ -225,9 +225,17 @@ void scatter(const T* rows, int64_t ld, const Window& win, int64_t channel0, int
   }
 }
 
+// Zeros all `channels` of the tokens of the windows `indices` (the ones not computed).
 template <typename T>
-void zero_window(const Window& win, int64_t channels, int64_t tokens, const Strides& s, T* map) {
-  for (int64_t t = 0; t < tokens; ++t) std::fill_n(map + win.offset(s, t), channels, T(0));
+void zero_windows(const std::vector<int64_t>& indices, const Geometry& g, int64_t channels,
+                  const Strides& s, T* map) {
+  at::parallel_for(0, static_cast<int64_t>(indices.size()), 16, [&](int64_t begin, int64_t end) {
+    Window win(g);
+    for (int64_t i = begin; i < end; ++i) {
+      win.locate(g, indices[i]);
+      for (int64_t t = 0; t < g.tokens; ++t) std::fill_n(map + win.offset(s, t), channels, T(0));
+    }
+  });
 }
 
 // dst[j, i] = src[i, j] for i, j < n (both row stride ld).
@@ -373,13 +381,7 @@ void forward_kernel(const Tensor& qkv, const Tensor* bias, const std::optional<T
       scatter(task.out.data(), task.dim_ld, win, h * d, d, n, os, out_data);
     }
   });
-  at::parallel_for(0, static_cast<int64_t>(off.size()), 16, [&](int64_t begin, int64_t end) {
-    Window win(g);
-    for (int64_t i = begin; i < end; ++i) {
-      win.locate(g, off[i]);
-      zero_window(win, c, n, os, out_data);
-    }
-  });
+  zero_windows(off, g, c, os, out_data);
 }
 
 template <typename T>
@@ -440,13 +442,7 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
       }
     }
   });
-  at::parallel_for(0, static_cast<int64_t>(off.size()), 16, [&](int64_t begin, int64_t end) {
-    Window win(g);
-    for (int64_t i = begin; i < end; ++i) {
-      win.locate(g, off[i]);
-      zero_window(win, 3 * c, n, gq, grad_data);
-    }
-  });
+  zero_windows(off, g, 3 * c, gq, grad_data);
   if (bias) {
     T* grad_bias_data = grad_bias.mutable_data_ptr<T>();
     at::parallel_for(0, g.heads * square, 4096, [&](int64_t begin, int64_t end) {
