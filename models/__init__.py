@@ -1,1 +1,14 @@
-"""The flexops model zoo: networks of the published methods, built on flexops layers."""
+"""The flexops model zoo: networks of the published methods, built on flexops layers.
+
+`create(name, **kwargs)` builds a network by name, `list_models()` lists the names. Methods:
+- `cresmd`: CResMD (He et al., ECCV 2020), the controllable supernet TASNet searches in.
+- `tasnet`: TASNet (Kim et al., ICCV 2021): the search form `TASNet`, `search(...)`, and the deploy
+  form `TASNetDeploy`, which runs M task vectors on one image through `flexops.ops.masked_conv2d`.
+Shared by every method: `data` (images, degradations, task vectors), `train` (the training loop
+with progress, checkpoints and torchrun support).
+"""
+
+from flexops.models import cresmd, tasnet
+from flexops.models.registry import create, list_models, register
+
+__all__ = ["create", "cresmd", "list_models", "register", "tasnet"]
