@@ -1,0 +1,145 @@
+"""The zoo's shared training loop: resumable checkpoints (also after Ctrl-C), failures that keep the
+last good checkpoint, per-rank data, two gloo processes under torchrun, and the command lines."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flexops.models import cresmd, data
+from flexops.models import train as training
+
+
+def tiny_run(checkpoint, steps, loss_fn=cresmd.l1_loss, config=None):
+    torch.manual_seed(0)
+    model = cresmd.CResMD(nf=4, nb=1)
+    images = [image[:, :64, :64] for image in data.sample_images()[:2]]
+    dataset = data.RestorationPairs(images, patch_size=16, seed=3)
+    return training.train(model, loss_fn, dataset, steps=steps, batch_size=2, checkpoint=checkpoint, save_every=2,
+                          milestones=[3], config=config, progress=False)
+
+
+def interrupt_at(step):
+    calls = []
+
+    def loss(model, batch):
+        calls.append(1)
+        if len(calls) > step:
+            raise KeyboardInterrupt
+        return cresmd.l1_loss(model, batch)
+
+    return loss
+
+
+def test_interrupted_run_saves_and_resumes_to_the_uninterrupted_weights(tmp_path):
+    straight = tiny_run(tmp_path / "straight.pt", 5)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path / "resumed.pt", 5, loss_fn=interrupt_at(3))
+    assert training.load_checkpoint(tmp_path / "resumed.pt")["step"] == 3
+    resumed = tiny_run(tmp_path / "resumed.pt", 5)
+    assert training.load_checkpoint(tmp_path / "resumed.pt")["step"] == 5
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    tiny_run(tmp_path / "run.pt", 2)
+
+    def nan_loss(model, batch):
+        return cresmd.l1_loss(model, batch) * float("nan")
+
+    with pytest.raises(FloatingPointError, match="the checkpoint keeps step 2"):
+        tiny_run(tmp_path / "run.pt", 4, loss_fn=nan_loss)
+    assert training.load_checkpoint(tmp_path / "run.pt")["step"] == 2
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    tiny_run(tmp_path / "run.pt", 2, config={"nf": 4})
+    with pytest.raises(ValueError, match="was made with"):
+        tiny_run(tmp_path / "run.pt", 4, config={"nf": 8})
+
+
+def test_load_model_rebuilds_from_the_registry(tmp_path):
+    model = cresmd.train(steps=1, patch_size=16, batch_size=1, nf=4, nb=1, checkpoint=tmp_path / "c.pt",
+                         progress=False)
+    loaded = training.load_model(tmp_path / "c.pt")
+    assert isinstance(loaded, cresmd.CResMD) and loaded.nf == 4
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        training.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_each_rank_reads_its_own_samples():
+    single = list(training._StepSampler(1000, 4, 0, 3, rank=0, world=1))
+    ranks = [list(training._StepSampler(1000, 2, 0, 3, rank=r, world=2)) for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1])
+    assert sorted(ranks[0] + ranks[1]) == sorted(single)
+    assert list(training._StepSampler(1000, 2, 1, 3, rank=1, world=2)) == ranks[1][2:]  # resumed at step 1
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DISTRIBUTED_SCRIPT = """
+import sys
+import torch, torch.distributed as dist
+from flexops.models import cresmd
+checkpoint, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+model = cresmd.train(steps=steps, patch_size=16, batch_size=2, nf=4, nb=1, checkpoint=checkpoint, save_every=2,
+                     progress=False)
+torch.save(model.state_dict(), f"{out}/rank{dist.get_rank()}.pt")
+"""
+
+
+def run_distributed(tmp_path, steps):
+    script = tmp_path / "ddp.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), str(script), str(tmp_path / "ddp.pt"), str(steps), str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+
+def test_two_gloo_processes_keep_identical_weights_and_resume(tmp_path):
+    first = run_distributed(tmp_path, 3)
+    assert all(torch.equal(first[0][k], first[1][k]) for k in first[0])
+    state = training.load_checkpoint(tmp_path / "ddp.pt")
+    assert state["step"] == 3
+    assert all(torch.equal(state["model"][k], first[0][k]) for k in first[0])
+    second = run_distributed(tmp_path, 5)
+    assert training.load_checkpoint(tmp_path / "ddp.pt")["step"] == 5
+    assert all(torch.equal(second[0][k], second[1][k]) for k in second[0])
+    assert not all(torch.equal(first[0][k], second[0][k]) for k in first[0])
+
+
+def run_module(*args, cwd):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_command_lines(tmp_path):
+    missing = run_module("flexops.models.cresmd", "train", "--data", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 2 and "image folder not found" in missing.stderr
+    small = tmp_path / "small"
+    small.mkdir()
+    data.save_image(torch.rand(3, 20, 20), small / "a.png")
+    too_small = run_module("flexops.models.cresmd", "train", "--data", str(small), cwd=tmp_path)
+    assert too_small.returncode == 2 and "smaller than the patch size 64x64" in too_small.stderr
+
+    searched = run_module("flexops.models.tasnet", "search", "--steps", "2", "--batch-size", "2", "--patch-size", "16",
+                          "--nf", "4", "--nb", "1", "--checkpoint", "s.pt", "--no-progress", cwd=tmp_path)
+    assert searched.returncode == 0, searched.stderr
+    data.save_image(torch.rand(3, 21, 18), tmp_path / "photo.png")
+    restored = run_module("flexops.models.tasnet", "restore", "--checkpoint", "s.pt", "--image", "photo.png",
+                          "--out", "out", "--task", "0.5", "0", "0", "--task", "0", "1", "0.2", cwd=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    outputs = sorted((tmp_path / "out").iterdir())
+    assert len(outputs) == 2 and data.load_image(outputs[0]).shape == (3, 20, 18)
