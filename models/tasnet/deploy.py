@@ -32,7 +32,7 @@ class TASNetDeploy(nn.Module):
     Built by `TASNet.deploy()` from a search, or by `TASNetDeploy.from_widths(cresmd, ...)`.
 
     Args:
-        supernet: the CResMD whose weights run (copied).
+        supernet: the CResMD whose weights run (copied); the deploy form is made on its device.
         ta_masks: bool [n_shared, nf], the channels kept by maps 1..n_shared, shared by all tasks.
         controller: the per-map heads h_n (copied); maps after n_shared take their task masks from them.
         task_mean: [cond_dim], the t-bar that shared residual blocks scale with.
@@ -52,10 +52,11 @@ class TASNetDeploy(nn.Module):
             raise ValueError(f"ta_masks must be [n_shared <= {maps}, {nf}]; got {list(ta_masks.shape)}")
         if ts_width is not None and not 0 <= ts_width <= nf:
             raise ValueError(f"ts_width must be in [0, {nf}]; got {ts_width}")
+        device = supernet.conv_first.weight.device
         self.supernet = copy.deepcopy(supernet)
-        self.controller = copy.deepcopy(controller)
-        self.register_buffer("ta_masks", ta_masks.detach().bool().clone())
-        self.register_buffer("task_mean", task_mean.detach().clone().reshape(supernet.cond_dim))
+        self.controller = copy.deepcopy(controller).to(device)
+        self.register_buffer("ta_masks", ta_masks.detach().to(device, torch.bool, copy=True))
+        self.register_buffer("task_mean", task_mean.detach().to(device, copy=True).reshape(supernet.cond_dim))
         self.ts_width, self.max_memory = ts_width, max_memory
 
     @classmethod
