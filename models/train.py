@@ -103,8 +103,9 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
 
     Args:
         model: the nn.Module to train (moved to the rank's device).
-        loss_fn: `loss_fn(model, batch) -> loss` or `(loss, {name: float})`, where model is the module
-            to call (the DDP wrapper under torchrun) and batch the collated dataset items on the device.
+        loss_fn: `loss_fn(model, batch, step) -> loss` or `(loss, {name: float})`, where model is the module
+            to call (the DDP wrapper under torchrun), batch the collated dataset items on the device and
+            step the number of optimiser steps done before this one (for schedules inside the loss).
         dataset: a map-style dataset; sample i of step s is a function of i (see the module docstring).
         steps, batch_size (per rank), lr, betas: Adam's settings (CResMD's: 5e-4, (0.9, 0.99), batch 16).
         milestones: steps at which the learning rate is multiplied by `gamma`; default at 20, 40, 60 and
@@ -156,7 +157,7 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
     try:
         for batch in loader:
             batch = [item.to(device, non_blocking=True) for item in batch]
-            result = loss_fn(runner, batch)
+            result = loss_fn(runner, batch, step)
             loss, metrics = result if isinstance(result, tuple) else (result, {})
             if not torch.isfinite(loss):
                 raise FloatingPointError(

@@ -12,7 +12,7 @@ from flexops.models.cresmd.network import CResMD, ResidualBlockCRes
 __all__ = ["CResMD", "ResidualBlockCRes", "train"]
 
 
-def l1_loss(model, batch):
+def l1_loss(model, batch, step=None):
     """CResMD's objective: l1 between the restored patch and its target."""
     degraded, target, tasks = batch
     return F.l1_loss(model(degraded, tasks), target)

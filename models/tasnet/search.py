@@ -14,7 +14,7 @@ LAMBDA_FLOPS, LAMBDA_AGREEMENT = 0.05, 0.05
 def search_loss(lambda_flops, lambda_agreement):
     """Eq. 8 for a batch (degraded, target, tasks): l1 + lambda1 R1 + lambda2 R2."""
 
-    def loss(model, batch):
+    def loss(model, batch, step=None):
         degraded, target, tasks = batch
         out = model(degraded, tasks)
         l1 = F.l1_loss(out.image, target)
