@@ -76,6 +76,17 @@ def extension():
     )
 
 
+def record_torch_version():
+    """flexops/_build_info.py: the torch release the extension is compiled against, which
+    flexops/__init__.py compares with the one it runs with (the extension links to torch's C++ ABI)."""
+    import torch
+
+    with open(os.path.join("flexops", "_build_info.py"), "w") as f:
+        f.write(f'"""Written by setup.py at build time."""\n\nTORCH_VERSION = {torch.__version__!r}\n')
+
+
+record_torch_version()
+
 setup(
     packages=find_packages(include=["flexops", "flexops.*"])
     + ["flexops.models"] + [f"flexops.models.{p}" for p in find_packages("models")],

@@ -6,11 +6,32 @@ Functional ops: flexops.ops. Backend choice: flexops.backends. FLOP counting: fl
 Model zoo: flexops.models.
 """
 
+import warnings
+
 import torch  # noqa: F401  (loads libtorch, which flexops._C links against)
 
-from flexops import _C  # noqa: F401  (loading the library registers the flexops ops)
-from flexops import backends, flops, ops
-from flexops.nn import (
+
+def _check_torch_version(built, running):
+    """The extension links against torch's C++ ABI: running it with another torch release fails in
+    obscure ways (undefined symbols, crashes), so say so plainly. Two builds of the same release
+    (e.g. +cpu and +cu130) share the ABI of their C++ API: only a warning."""
+    if built == running:
+        return
+    rebuild = ("rebuild flexops against the torch you run: `pip install --no-build-isolation --force-reinstall "
+               "--no-deps .` in the flexops checkout")
+    if built.split("+")[0] == running.split("+")[0]:
+        warnings.warn(f"flexops was built with torch {built} and runs with torch {running}; if its ops fail, {rebuild}")
+        return
+    raise ImportError(f"flexops was built against torch {built} but torch {running} is installed: {rebuild}")
+
+
+from flexops._build_info import TORCH_VERSION as _BUILT_WITH  # noqa: E402
+
+_check_torch_version(_BUILT_WITH, torch.__version__)
+
+from flexops import _C  # noqa: E402, F401  (loading the library registers the flexops ops)
+from flexops import backends, flops, ops  # noqa: E402
+from flexops.nn import (  # noqa: E402
     DeformConv2d,
     MaskedConv2d,
     ModulatedDeformConv2d,

@@ -46,3 +46,23 @@ def test_reasons():
     assert "dtype" in backends.why_not("cpu", cpu, torch.float16)
     with pytest.raises(backends.BackendUnavailable, match="no backend runs"):
         backends.choose("tunable_conv2d", cpu, torch.float16)
+
+
+def test_torch_version_check():
+    from flexops import _check_torch_version
+
+    _check_torch_version("2.14.1+cu130", "2.14.1+cu130")
+    with pytest.warns(UserWarning, match="built with torch 2.14.1\\+cpu and runs with torch 2.14.1\\+cu130"):
+        _check_torch_version("2.14.1+cpu", "2.14.1+cu130")
+    with pytest.raises(ImportError, match="built against torch 2.13.0 but torch 2.14.1 is installed: rebuild"):
+        _check_torch_version("2.13.0", "2.14.1")
+
+
+def test_import_with_another_torch_fails_with_how_to_rebuild():
+    import subprocess
+    import sys
+
+    code = "import torch; torch.__version__ = '1.0.0'; import flexops"
+    done = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "but torch 1.0.0 is installed: rebuild flexops" in done.stderr
