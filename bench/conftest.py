@@ -1,4 +1,7 @@
-"""pytest wiring of the benchmark harness (harness.py): tables are printed after the run."""
+"""pytest wiring of the benchmark harness (harness.py): each bench module's tables are printed as soon
+as its last benchmark has run, and `--report DIR` writes them with plots and raw numbers."""
+
+import sys
 
 import harness
 
@@ -6,7 +9,29 @@ import harness
 def pytest_addoption(parser):
     parser.addoption("--paper-sizes", action="store_true",
                      help="also run the papers' image sizes (HD/2K/4K for TASNet): much longer, see bench/README.md")
+    parser.addoption("--report", metavar="DIR",
+                     help="write DIR/report.md with every table, DIR/report.json with the numbers, and PNG plots")
 
 
-def pytest_terminal_summary(terminalreporter):
-    harness.print_tables(terminalreporter.write_line, terminalreporter.write_sep)
+def pytest_report_header(config):
+    return "flexops benchmarks on " + ", ".join(f"{k}: {v}" for k, v in harness.machine().items())
+
+
+def pytest_runtest_setup(item):
+    harness.current_module = item.module.__name__
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if nextitem is not None and nextitem.module is item.module:
+        return
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    for title in harness.tables_of_module.get(item.module.__name__, []):
+        reporter.write_line("")
+        harness.print_table(title, reporter.write_line, reporter.write_sep)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    directory = config.getoption("--report")
+    if directory and harness.tables:
+        path = harness.write_report(directory, " ".join(["pytest", *sys.argv[1:]]))
+        terminalreporter.write_line(f"report: {path}")

@@ -6,6 +6,10 @@ each function's best round and the ratios. Nothing here asserts a time: benchmar
 """
 
 import collections
+import json
+import os
+import pathlib
+import platform
 import random
 import time
 
@@ -13,8 +17,15 @@ import torch
 
 MIN_ROUNDS, MAX_ROUNDS, TARGET_SECONDS = 5, 50, 1.5
 
-tables = collections.defaultdict(dict)  # title -> {(row, column): text}
+Cell = collections.namedtuple("Cell", "text value target met")
+Cell.__doc__ = """A table cell: its text, the number behind it (None if none), the paper's value or the goal
+beside it (text, or None) and whether it meets that goal (True / False, None: no verdict)."""
+
+tables = collections.defaultdict(dict)  # title -> {(row, column): Cell}
 notes = {}  # title -> text printed under the table
+tables_of_module = collections.defaultdict(list)  # bench module -> titles of the tables it fills
+current_module = None  # set by conftest.py before each benchmark
+plots = []  # (file name, draw function) registered with @plot
 
 
 def _time_round(fns, best, rng):
@@ -47,23 +58,122 @@ def compare(benchmark, fns, grad=False):
     return best
 
 
-def record(table, row, column, text):
-    tables[table][(row, column)] = text
+def record(table, row, column, text, value=None, target=None, met=None):
+    """Fills a cell: `text` as printed, `value` the number for report.json and plots, `target` the
+    paper's value or the goal printed beside it, `met` whether the cell meets it."""
+    tables[table][(row, column)] = Cell(text, value, target, met)
+    if current_module is not None and table not in tables_of_module[current_module]:
+        tables_of_module[current_module].append(table)
+
+
+def plot(file_name):
+    """Decorator registering `draw(figure)` to draw report plot `file_name` (PNG) from `tables`; it
+    returns False when the tables it needs were not measured in this run."""
+
+    def register(draw):
+        plots.append((file_name, draw))
+        return draw
+
+    return register
+
+
+def cell_text(cell):
+    verdict = {True: " met", False: " MISSED", None: ""}[cell.met]
+    return cell.text + (f" ({cell.target}{verdict})" if cell.target is not None else verdict)
+
+
+def machine():
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def note(table, text):
     notes[table] = text
 
 
+def table_lines(title):
+    """The table as aligned text lines, its note last."""
+    cells = tables[title]
+    rows = list(dict.fromkeys(r for r, _ in cells))
+    columns = list(dict.fromkeys(c for _, c in cells))
+    texts = {key: cell_text(cell) for key, cell in cells.items()}
+    width = max(len(str(x)) for x in columns + list(texts.values())) + 2
+    head = max(len(str(r)) for r in rows) + 2
+    lines = [" " * head + "".join(f"{str(c):>{width}}" for c in columns)]
+    for row in rows:
+        lines.append(f"{str(row):<{head}}" + "".join(f"{texts.get((row, c), ''):>{width}}" for c in columns))
+    if title in notes:
+        lines.append(notes[title])
+    return lines
+
+
+def print_table(title, write_line, write_sep):
+    write_sep("=", title)
+    for line in table_lines(title):
+        write_line(line)
+
+
 def print_tables(write_line, write_sep):
-    for title, cells in tables.items():
-        rows = list(dict.fromkeys(r for r, _ in cells))
-        columns = list(dict.fromkeys(c for _, c in cells))
-        width = max(len(str(x)) for x in columns + list(cells.values())) + 2
-        head = max(len(str(r)) for r in rows) + 2
-        write_sep("=", title)
-        write_line(" " * head + "".join(f"{str(c):>{width}}" for c in columns))
-        for row in rows:
-            write_line(f"{str(row):<{head}}" + "".join(f"{cells.get((row, c), ''):>{width}}" for c in columns))
+    for title in tables:
+        print_table(title, write_line, write_sep)
+
+
+def markdown_table(title):
+    cells = tables[title]
+    rows = list(dict.fromkeys(r for r, _ in cells))
+    columns = list(dict.fromkeys(c for _, c in cells))
+    lines = ["| | " + " | ".join(map(str, columns)) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(cell_text(cells[(row, c)]) if (row, c) in cells else "" for c in columns)
+                     + " |")
+    return lines
+
+
+def write_report(directory, command):
+    """report.md (every table, the machine, the plots), report.json (every cell's number, target and
+    verdict) and the registered plots as PNG files in `directory`. Returns the report's path."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    drawn = _draw_plots(directory)
+    lines = ["# flexops benchmark report", "", f"`{command}`", "",
+             ", ".join(f"{k}: {v}" for k, v in info.items()), ""]
+    for title in tables:
+        lines += [f"## {title}", "", *markdown_table(title), ""]
         if title in notes:
-            write_line(notes[title])
+            lines += [notes[title], ""]
+    for name in drawn:
+        lines += [f"![{name}]({name})", ""]
+    (directory / "report.md").write_text("\n".join(lines))
+    results = {title: [{"row": str(r), "column": str(c), **cell._asdict()} for (r, c), cell in cells.items()]
+               for title, cells in tables.items()}
+    (directory / "report.json").write_text(json.dumps({"machine": info, "command": command, "notes": notes,
+                                                       "tables": results}, indent=1))
+    return directory / "report.md"
+
+
+def _draw_plots(directory):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    for name, draw in plots:
+        figure = plt.figure(figsize=(7, 4.5))
+        try:
+            if draw(figure) is not False:
+                figure.tight_layout()
+                figure.savefig(directory / name, dpi=110)
+                drawn.append(name)
+        finally:
+            plt.close(figure)
+    return drawn
