@@ -21,13 +21,26 @@ def pytest_runtest_setup(item):
     harness.current_module = item.module.__name__
 
 
+_finished = []  # tables whose module has just run its last benchmark
+
+
 def pytest_runtest_teardown(item, nextitem):
-    if nextitem is not None and nextitem.module is item.module:
-        return
-    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
-    for title in harness.tables_of_module.get(item.module.__name__, []):
-        reporter.write_line("")
-        harness.print_table(title, reporter.write_line, reporter.write_sep)
+    if nextitem is None or nextitem.module is not item.module:
+        _finished.extend(harness.tables_of_module.get(item.module.__name__, []))
+
+
+def pytest_runtest_logreport(report):
+    # Printed here rather than at teardown, where pytest captures the output.
+    if report.when == "teardown" and _finished:
+        reporter = pytest_runtest_logreport.config.pluginmanager.get_plugin("terminalreporter")
+        for title in _finished:
+            reporter.write_line("")
+            harness.print_table(title, reporter.write_line, reporter.write_sep)
+        _finished.clear()
+
+
+def pytest_configure(config):
+    pytest_runtest_logreport.config = config
 
 
 def pytest_terminal_summary(terminalreporter, config):
