@@ -1,6 +1,6 @@
 """Training and test data for the controllable-restoration models (CResMD, TASNet).
 
-This module implements section 1 of the zoo spec (``shared/zoo/tasnet.md``): the three degradations
+This module implements section 1 of the zoo spec (``docs/zoo/tasnet.md``): the three degradations
 (Gaussian blur, Gaussian noise, JPEG, applied in that order), the map between a degradation level
 and the 3-D task vector ``t = (deblur, denoise, deJPEG)``, CResMD's level sampler, TASNet's relative
 ground-truth pairs, and a ``Dataset`` of random training patches.
