@@ -37,6 +37,16 @@ class ResidualBlockCRes(nn.Module):
         self.local_scale = nn.Linear(cond_dim, nf)
 
 
+def _add_scaled(base, out, scale):
+    """base + out * scale. Without autograd, in out's own memory: `out` is always a convolution's fresh
+    output here, and with many tasks every new map is a fresh block of hundreds of megabytes that
+    costs a page fault per 4 KiB (ReLUs are in place for the same reason; conv backward does not
+    need its output, so they are in place with autograd too)."""
+    if torch.is_grad_enabled() or out.shape != torch.broadcast_shapes(base.shape, out.shape, scale.shape):
+        return base + out * scale
+    return out.mul_(scale).add_(base)
+
+
 def plain_conv(index, conv, input):
     """The ungated convolution: CResMD's own step of `CResMD.run`."""
     return conv(input)
@@ -117,13 +127,13 @@ class CResMD(nn.Module):
         stream = conv(1, self.conv_first, x)
         index = 2
         for block, scale in zip(self.recon_trunk, block_scales):
-            hidden = F.relu(conv(index, block.conv1, stream))
-            stream = stream + conv(index + 1, block.conv2, hidden) * scale[:, :, None, None]
+            hidden = F.relu(conv(index, block.conv1, stream), inplace=True)
+            stream = _add_scaled(stream, conv(index + 1, block.conv2, hidden), scale[:, :, None, None])
             index += 2
-        out = F.relu(self.pixel_shuffle(conv(index, self.upconv, stream)))
-        out = F.relu(conv(index + 1, self.HRconv, out))
+        out = F.relu(self.pixel_shuffle(conv(index, self.upconv, stream)), inplace=True)
+        out = F.relu(conv(index + 1, self.HRconv, out), inplace=True)
         out = conv(index + 2, self.conv_last, out)
-        return x + out * global_scale[:, :, None, None]
+        return _add_scaled(x, out, global_scale[:, :, None, None])
 
     def macs(self, height, width):
         """Multiply-accumulates of one inference at height x width, as fvcore counts them: the
