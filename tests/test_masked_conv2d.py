@@ -103,6 +103,42 @@ def test_triton_matches_reference(case):
     check_against_reference("triton", case, torch.float32, atol=1e-4, rtol=1e-4)
 
 
+# The direct CPU kernel computes blocks of up to 6 active outputs x 4 vectors of output columns over
+# bands of 4 output rows; the random cases above are too small to reach past the first block. These
+# cross every block boundary with a partial block, and have rows with every channel on, no input
+# channel on and no output channel on.
+DIRECT_CASES = [
+    # batch, tasks, in, out, height, width, kernel, stride, padding, dilation, strided input
+    (1, 27, 16, 13, 9, 150, (3, 3), (1, 1), (1, 1), (1, 1), False),
+    (5, 5, 20, 17, 11, 67, (3, 3), (2, 2), (1, 1), (1, 1), True),
+    (1, 4, 7, 19, 10, 70, (5, 3), (1, 2), (2, 0), (2, 1), False),
+    (2, 1, 9, 8, 13, 33, (1, 1), (1, 1), (0, 0), (1, 1), True),
+    (1, 4, 12, 12, 8, 129, (2, 3), (3, 1), (0, 2), (1, 3), False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=lambda c: "b{}_m{}_c{}x{}_{}x{}".format(*c[:6]))
+def test_cpu_blocks_and_bands(case, dtype):
+    batch, tasks, cin, cout, height, width, kernel, stride, padding, dilation, strided = case
+    generator = torch.Generator().manual_seed(cin * cout)
+    x = torch.randn(batch, cin, height, 2 * width if strided else width, generator=generator, dtype=dtype)
+    x = x[..., ::2] if strided else x
+    weight = torch.randn(cout, cin, *kernel, generator=generator, dtype=dtype)
+    bias = torch.randn(cout, generator=generator, dtype=dtype)
+    in_mask = torch.rand(tasks, cin, generator=generator) < 0.4
+    out_mask = torch.rand(tasks, cout, generator=generator) < 0.4
+    if tasks > 3:
+        in_mask[0], out_mask[0] = True, True
+        in_mask[1] = False
+        out_mask[2] = False
+    out = masked_conv2d(x, weight, bias, in_mask, out_mask, stride, padding, dilation)
+    expected = reference.masked_conv2d(x, weight, bias, in_mask, out_mask, stride, padding, dilation)
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance)
+    assert bool((out[~out_mask.expand(out.shape[0], -1)] == 0).all())
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_inactive_input_channels_count_as_zero(backend):
     x, weight, bias = torch.randn(1, 4, 5, 5), torch.randn(3, 4, 3, 3), torch.randn(3)
