@@ -337,13 +337,18 @@ Kernel<T> pick_kernel() {
   return {4, &band_baseline<T>};
 }
 
-// Scratch of this thread, kept between calls (see the top of the file), 64-byte aligned.
-unsigned char* scratch(size_t bytes) {
+// Scratch of this thread, 64-byte aligned. Up to 8 MiB it is kept between calls (see the top of the
+// file; a TASNet layer of 64 channels at 480x320 needs 2.6 MB); a larger one comes from `fresh`, the
+// caller's block for this call, so that no thread keeps a huge one for good. Its page faults then
+// cost little next to the work of a problem that large.
+unsigned char* scratch(size_t bytes, std::vector<unsigned char>& fresh) {
+  constexpr size_t kKeptBytes = size_t(8) << 20;
   thread_local std::vector<unsigned char> kept;
-  if (kept.size() < bytes + 64) {
-    kept = std::vector<unsigned char>(bytes + 64);
+  std::vector<unsigned char>& block = bytes + 64 <= kKeptBytes ? kept : fresh;
+  if (block.size() < bytes + 64) {
+    block = std::vector<unsigned char>(bytes + 64);
   }
-  return kept.data() + (64 - reinterpret_cast<uintptr_t>(kept.data()) % 64) % 64;
+  return block.data() + (64 - reinterpret_cast<uintptr_t>(block.data()) % 64) % 64;
 }
 
 // Sets n elements to 0 with streaming stores where the ISA has them: most of a sparse task's output
@@ -470,8 +475,9 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight,
   // Item i is band i / samples of sample i % samples: each thread's range spans every task, so a
   // mix of light and heavy tasks still splits evenly.
   at::parallel_for(0, samples * bands, 1, [&](int64_t begin, int64_t end) {
+    std::vector<unsigned char> fresh;
     T* const packed_bias =
-        reinterpret_cast<T*>(scratch((bias_size + weights_size + rows_size) * sizeof(T)));
+        reinterpret_cast<T*>(scratch((bias_size + weights_size + rows_size) * sizeof(T), fresh));
     T* const packed = packed_bias + bias_size;
     T* const rows = packed + weights_size;
     int64_t packed_for = -1;  // which (in row, out row) pair `packed` holds
