@@ -152,7 +152,7 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
         dataset, batch_size=batch_size, num_workers=num_workers,
         sampler=_StepSampler(len(dataset), batch_size, first, steps, rank, world),
     )
-    bar = _progress(progress and rank == 0, first, steps, description)
+    bar = progress_bar(progress and rank == 0, first, steps, description)
     step = first
     try:
         for batch in loader:
@@ -192,7 +192,9 @@ def _saved_step(checkpoint):
     return load_checkpoint(checkpoint)["step"]
 
 
-def _progress(enabled, first, steps, description):
+def progress_bar(enabled, first, steps, description):
+    """The zoo's progress bar (tqdm) over `steps` steps, starting at `first`; a no-op one when not
+    `enabled`. Use `update(1)`, `set_postfix(...)` and `close()`."""
     if not enabled:
         return _NoProgress()
     from tqdm.auto import tqdm
@@ -211,14 +213,15 @@ class _NoProgress(contextlib.nullcontext):
         pass
 
 
-def add_arguments(parser, steps=1000, patch_size=64, batch_size=16, lr=5e-4):
-    """The command-line options every zoo training and search command shares."""
+def add_arguments(parser, steps=1000, patch_size=64, batch_size=16, lr=5e-4, lr_help="Adam learning rate"):
+    """The command-line options every zoo training and search command shares (`lr_help` describes
+    --lr, for a command whose optimiser is not Adam)."""
     parser.add_argument("--data", type=pathlib.Path,
                         help="folder of PNG/JPEG training images (default: the built-in sample photos)")
     parser.add_argument("--steps", type=int, default=steps, help="optimiser steps in all (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="per process (default %(default)s)")
     parser.add_argument("--patch-size", type=int, default=patch_size, help="training patch side (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=lr, help="Adam learning rate (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=lr, help=f"{lr_help} (default %(default)s)")
     parser.add_argument("--checkpoint", type=pathlib.Path, help="resume from and save to this file")
     parser.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data stream and the weights (default %(default)s)")

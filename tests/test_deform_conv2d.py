@@ -222,6 +222,28 @@ def test_fresh_modulated_layer_is_a_plain_conv():
     assert layer.conv_offset.weight.grad.abs().sum() > 0  # the predictor learns from the first step
 
 
+def test_fresh_sigmoid_mask_layer_is_half_a_conv_plus_bias():
+    layer = flexops.ModulatedDeformConv2d(6, 8, 3, padding=1, offset_groups=2, mask_activation="sigmoid")
+    x = torch.randn(2, 6, 10, 11)
+    expected = 0.5 * F.conv2d(x, layer.weight, padding=1) + layer.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sigmoid_mask_layer_matches_torchvision_with_dcnv2_channel_split():
+    layer = flexops.ModulatedDeformConv2d(4, 6, 3, padding=1, offset_groups=2, mask_activation="sigmoid")
+    torch.nn.init.normal_(layer.conv_offset.weight, std=0.3)
+    torch.nn.init.normal_(layer.conv_offset.bias, std=0.3)
+    x = torch.randn(2, 4, 7, 9)
+    o1, o2, m = layer.conv_offset(x).chunk(3, dim=1)  # DCNv2: offset = cat(o1, o2), mask = sigmoid(m)
+    expected = torchvision_ops.deform_conv2d(x, torch.cat([o1, o2], 1), layer.weight, layer.bias, padding=1,
+                                             mask=torch.sigmoid(m))
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_mask_activation_is_refused():
+    with pytest.raises(ValueError, match="mask_activation must be one of"):
+        flexops.ModulatedDeformConv2d(4, 4, 3, mask_activation="tanh")
+
 def test_flop_count():
     layer = flexops.ModulatedDeformConv2d(4, 8, 3, padding=1, bias=False)
     x = torch.randn(1, 4, 6, 6)

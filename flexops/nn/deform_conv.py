@@ -3,8 +3,10 @@
 DeformConv2d takes offset and mask from the caller, as torchvision.ops.DeformConv2d does.
 ModulatedDeformConv2d predicts them from its own input (the DCNv2 "pack" layer of IR-NAS's search
 space): a convolution with the layer's geometry outputs 2*og*kh*kw offsets and og*kh*kw mask logits.
-That convolution starts at zero and the mask is 2*sigmoid(logit), so a fresh layer has zero offsets
-and mask 1: it is exactly a plain convolution, and training moves it away from one.
+That convolution starts at zero, so a fresh layer has zero offsets and mask logits 0. With the default
+mask activation 2*sigmoid(logit) its mask is 1: it is exactly a plain convolution, and training moves it
+away from one. With mask_activation="sigmoid" (DCNv2's, mmcv's and IR-NAS's) its mask is 0.5: a fresh
+layer computes 0.5*conv(x) + bias.
 """
 
 import torch
@@ -40,15 +42,38 @@ class DeformConv2d(nn.Module):
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}")
 
 
+MASK_ACTIVATIONS = ("2sigmoid", "sigmoid")
+
+
 class ModulatedDeformConv2d(DeformConv2d):
-    """DCNv2 that predicts its offsets and mask from its input: forward(input)."""
+    """DCNv2 that predicts its offsets and mask from its input: forward(input).
+
+    Args:
+        in_channels ... bias: as DeformConv2d.
+        offset_groups: groups of input channels sharing one set of offsets and mask values.
+        mask_activation: "2sigmoid" (default: mask = 2*sigmoid(logit), a fresh layer is exactly a
+            plain conv) or "sigmoid" (DCNv2/mmcv/IR-NAS: mask = sigmoid(logit), a fresh layer is
+            0.5*conv + bias).
+
+    `conv_offset` predicts 3*og*kh*kw channels: the first 2*og*kh*kw are the offsets, as (dy, dx)
+    pairs per offset group and kernel point (torchvision's layout, which is DCNv2's cat(o1, o2)),
+    the last og*kh*kw the mask logits.
+
+    Example::
+
+        dcn = ModulatedDeformConv2d(10, 10, 3, padding=1, offset_groups=2, mask_activation="sigmoid")
+        y = dcn(torch.randn(1, 10, 32, 32))      # [1, 10, 32, 32]
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 offset_groups=1, bias=True):
+                 offset_groups=1, bias=True, mask_activation="2sigmoid"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         if in_channels % offset_groups:
             raise ValueError(f"offset_groups={offset_groups} must divide in_channels={in_channels}")
+        if mask_activation not in MASK_ACTIVATIONS:
+            raise ValueError(f"mask_activation must be one of {MASK_ACTIVATIONS}, got {mask_activation!r}")
         self.offset_groups = offset_groups
+        self.mask_activation = mask_activation
         points = self.kernel_size[0] * self.kernel_size[1]
         self.conv_offset = nn.Conv2d(in_channels, 3 * offset_groups * points, self.kernel_size, self.stride,
                                      self.padding, self.dilation)
@@ -59,7 +84,8 @@ class ModulatedDeformConv2d(DeformConv2d):
         prediction = self.conv_offset(input)
         num_offsets = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset, logits = prediction[:, :num_offsets], prediction[:, num_offsets:]
-        return super().forward(input, offset, 2 * torch.sigmoid(logits))
+        mask = torch.sigmoid(logits)
+        return super().forward(input, offset, 2 * mask if self.mask_activation == "2sigmoid" else mask)
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, offset_groups={self.offset_groups}"
+        return f"{super().extra_repr()}, offset_groups={self.offset_groups}, mask_activation={self.mask_activation!r}"
