@@ -112,3 +112,35 @@ def test_layers_of_one_kernel_size_in_and_out_of_inference_mode():
         torch.testing.assert_close(b, expected(layer))
     second[0].sum().backward()
     assert layers[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_alphas_computed_together_equal_each_layers_own(per_sample):
+    """An Alphas (one batched product for all layers, mixed modes) gives every layer what its own
+    forward gives it, and gradients reach the MLPs through it."""
+    from flexops.nn.tunable import Alphas
+
+    conv = TunableConv2d(3, 4, 3, num_params=2, padding=1, groups=1)
+    linear = TunableLinear(4, 5, num_params=2)
+    fixed = TunableConv2d(4, 4, 1, num_params=2, mode="linear")
+    param = TunableParameter((4, 1, 1), num_params=2, init=torch.nn.init.normal_)
+    x = torch.randn(3, 3, 5, 5)
+    omega = torch.rand(3, 2) if per_sample else torch.rand(2)
+    alphas = Alphas([conv, linear, fixed, param], omega)
+    for layer in (conv, linear, param):
+        torch.testing.assert_close(alphas.of(layer), layer.mlp(omega))
+    assert alphas.of(fixed) is omega
+
+    def net(o):
+        y = fixed(conv(x, o), o) * param(o)
+        return linear(y.permute(0, 2, 3, 1).reshape(3, 25, 4), o)
+
+    expected, got = net(omega), net(alphas)
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    grads = [layer.mlp.weight.grad.clone() for layer in (conv, linear, param)]
+    for layer in (conv, linear, param):
+        layer.mlp.weight.grad = None
+    expected.sum().backward()
+    for layer, grad in zip((conv, linear, param), grads):
+        torch.testing.assert_close(grad, layer.mlp.weight.grad)

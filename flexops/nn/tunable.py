@@ -3,15 +3,60 @@ with alpha, computed from the user's interactive parameters omega.
 
 mode "mlp": alpha = Linear(p, p)(omega), no activation; mode "linear": alpha = omega. omega is [p]
 (one setting for the whole batch) or [B, p] (one per sample).
+
+Inside a network, pass an `Alphas` where a layer takes omega: it holds every layer's alpha computed
+in one batched product, and the layers then skip the per-call checks (the network checked its
+input and omega once). A network of hundreds of small layers pays that fixed cost once, not per layer.
 """
 
 import torch
 from torch import nn
 
 from flexops.nn._init import default_init_
-from flexops.ops.tunable_conv2d import tunable_conv2d
+from flexops.ops._args import conv_params
+from flexops.ops.tunable_conv2d import tunable_conv2d, tunable_conv2d_unchecked
 
 MODES = ("mlp", "linear")
+
+
+class Alphas:
+    """Every tunable layer's alpha for one omega, computed together.
+
+    Args:
+        layers: the tunable layers (TunableConv2d, TunableLinear, TunableParameter), all with
+            num_params = p.
+        omega: [p] (shared by the batch) or [B, p] (per sample), already checked by the caller (a
+            network checks it against its input once): layers handed an Alphas do not check again.
+
+    The "mlp" layers' alphas come from one batched product of their stacked Linear(p, p) weights
+    (differentiable, so training goes through it too); "linear" layers get omega itself.
+
+    >>> conv1, conv2 = TunableConv2d(3, 8, 3, 2, padding=1), TunableConv2d(8, 3, 3, 2, padding=1)
+    >>> alphas = Alphas([conv1, conv2], torch.tensor([0.3, 0.7]))
+    >>> y = conv2(conv1(x, alphas), alphas)          # == conv2(conv1(x, omega), omega)
+    """
+
+    __slots__ = ("_by_layer",)
+
+    def __init__(self, layers, omega):
+        # Through the modules' own dicts: nn.Module.__getattr__ costs microseconds per layer, which
+        # for hundreds of layers is as much as the batched product itself.
+        mlps = [(layer, layer._modules.get("mlp")) for layer in layers]
+        mlp = [(layer, linear._parameters) for layer, linear in mlps if linear is not None]
+        self._by_layer = {layer: omega for layer, linear in mlps if linear is None}
+        if mlp:
+            p = omega.shape[-1]
+            rows = omega.reshape(-1, p)
+            weight = torch.stack([params["weight"] for _, params in mlp])  # [L, p, p]
+            bias = torch.stack([params["bias"] for _, params in mlp])  # [L, p]
+            # alpha[l, r] = W_l omega_r + b_l for every layer l and omega row r: [L, rows, p].
+            alpha = torch.baddbmm(bias.unsqueeze(1), rows.expand(len(mlp), -1, -1), weight.mT)
+            per_layer = alpha.unbind(0) if omega.dim() == 2 else alpha[:, 0].unbind(0)
+            self._by_layer.update(zip((layer for layer, _ in mlp), per_layer))
+
+    def of(self, layer):
+        """The alpha of `layer`: [p] or [B, p], like omega."""
+        return self._by_layer[layer]
 
 
 class _Tunable(nn.Module):
@@ -28,6 +73,9 @@ class _Tunable(nn.Module):
         self.mlp = nn.Linear(num_params, num_params) if mode == "mlp" else None
 
     def alpha(self, omega):
+        """alpha for omega [p] or [B, p] (checked), or the one an `Alphas` holds for this layer."""
+        if type(omega) is Alphas:
+            return omega.of(self)
         if not isinstance(omega, torch.Tensor) or omega.dim() not in (1, 2) or omega.shape[-1] != self.num_params:
             shape = tuple(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
             raise ValueError(f"omega must be [p] or [B, p] with p = {self.num_params}, got {shape}")
@@ -49,6 +97,7 @@ class TunableConv2d(_Tunable):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self._pairs = conv_params(stride, padding, dilation)  # normalised once, not per call
         self.weight = nn.Parameter(torch.empty(num_params, out_channels, in_channels // groups, kh, kw))
         self.bias = nn.Parameter(torch.empty(num_params, out_channels)) if bias else None
         self.reset_parameters()
@@ -59,8 +108,10 @@ class TunableConv2d(_Tunable):
             default_init_(self.weight[i], None if self.bias is None else self.bias[i])
 
     def forward(self, x, omega):
-        return tunable_conv2d(x, self.weight, self.bias, self.alpha(omega), self.stride, self.padding,
-                              self.dilation, self.groups)
+        """x [B, in_channels, H, W]; omega [p], [B, p] or an `Alphas` (then unchecked)."""
+        if type(omega) is Alphas:
+            return tunable_conv2d_unchecked(x, self.weight, self.bias, omega.of(self), *self._pairs, self.groups)
+        return tunable_conv2d(x, self.weight, self.bias, self.alpha(omega), *self._pairs, self.groups)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -79,6 +130,7 @@ class TunableParameter(_Tunable):
             init(self.weight[i])
 
     def forward(self, omega):
+        """omega [p], [B, p] or an `Alphas`; returns [*shape] or [B, *shape]."""
         alpha = self.alpha(omega)
         return (alpha @ self.weight.flatten(1)).unflatten(-1, self.shape)
 
@@ -98,14 +150,18 @@ class TunableLinear(_Tunable):
             default_init_(self.weight[i], None if self.bias is None else self.bias[i])
 
     def forward(self, x, omega):
+        """x [..., in_features] ([B, ..., in_features] with per-sample omega); omega [p], [B, p] or an
+        `Alphas` (then unchecked)."""
+        checked = type(omega) is Alphas
         alpha = self.alpha(omega)
-        if x.shape[-1] != self.in_features:
+        if not checked and x.shape[-1] != self.in_features:
             raise ValueError(f"x must end in in_features={self.in_features}, got shape {tuple(x.shape)}")
-        weight = torch.einsum("...p,poi->...oi", alpha, self.weight)
+        # One [rows, p] x [p, out * in] product: cheaper per call than an einsum.
+        weight = (alpha @ self.weight.flatten(1)).unflatten(-1, self.weight.shape[1:])
         bias = None if self.bias is None else alpha @ self.bias
         if alpha.dim() == 1:
             return torch.nn.functional.linear(x, weight, bias)
-        if x.shape[0] != alpha.shape[0]:
+        if not checked and x.shape[0] != alpha.shape[0]:
             raise ValueError(f"per-sample omega has {alpha.shape[0]} rows but x has batch {x.shape[0]}")
         flat = x.reshape(x.shape[0], -1, self.in_features)
         y = torch.bmm(flat, weight.transpose(1, 2))

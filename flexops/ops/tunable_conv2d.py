@@ -26,11 +26,27 @@ def tunable_conv2d(input, weight, bias, alpha, stride=1, padding=0, dilation=1, 
     """
     stride, padding, dilation = _args.conv_params(stride, padding, dilation)
     _check(input, weight, bias, alpha, stride, padding, dilation, groups)
+    return tunable_conv2d_unchecked(input, weight, bias, alpha, stride, padding, dilation, groups)
+
+
+def tunable_conv2d_unchecked(input, weight, bias, alpha, stride, padding, dilation, groups):
+    """tunable_conv2d on arguments that are already known to be valid, stride, padding and dilation
+    given as (h, w) pairs: the backend's kernel without the argument checks.
+
+    For layers inside a network that validated its input and omega once (`flexops.nn.tunable.Alphas`):
+    the checks cost more than a small layer's convolution. A shape error still surfaces, as the
+    platform convolution's RuntimeError.
+    """
     backend = backends.choose("tunable_conv2d", input.device, input.dtype)
     if backend == "reference":
         return reference.tunable_conv2d(input, weight, bias, alpha, stride, padding, dilation, groups)
-    op = torch.ops.flexops.tunable_conv2d_triton if backend == "triton" else torch.ops.flexops.tunable_conv2d
+    # The overload itself, not the packet: resolving the packet costs microseconds on every call.
+    op = _TRITON if backend == "triton" else _NATIVE
     return op(input, weight, bias, alpha, stride, padding, dilation, groups)
+
+
+_NATIVE = torch.ops.flexops.tunable_conv2d.default
+_TRITON = torch.ops.flexops.tunable_conv2d_triton.default
 
 
 def _check(input, weight, bias, alpha, stride, padding, dilation, groups):

@@ -1,0 +1,61 @@
+"""Whole-network cost of the tunable networks against their baked plain twins (net.bake(omega): the
+same network with nn.Conv2d layers holding the blended kernels), timed in the same run.
+
+1x3x128x128, shared omega (batch 1) and per-sample omega (batch 4, baseline: the baked network on the
+same batch), p = 2..6, CPU (and CUDA when present). The paper's claim is per layer (Fig. 3, V100):
+under 5 % for p <= 4, under 20 % for p <= 6. The zoo's goals: shared omega, p <= 4, at most 5 % for the
+ResNet (goal 2 %) and 10 % for NAFNet; per-sample omega, batch 4, at most 15 %.
+
+Columns: "noise" is the baked network timed a second time (how far two identical functions read);
+"per-layer p=2" runs the same network with every layer computing and checking its own alpha (the
+layers' public omega path), to show what computing all alphas at once saves.
+"""
+
+import pytest
+import torch
+
+from flexops.models.tunable import TunableEDSR, TunableNAFNet, TunableStyleNet
+from harness import compare, note, record
+
+SIZE = 128
+PARAMS = (2, 3, 4, 5, 6)
+PER_SAMPLE_BATCH = 4
+NETWORKS = {"ResNet": TunableEDSR, "NAFNet": TunableNAFNet, "StyleNet": TunableStyleNet}
+GOALS = {"ResNet": "5% (2%)", "NAFNet": "10%", "StyleNet": "-"}
+
+
+def devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per_sample"])
+@pytest.mark.parametrize("name", NETWORKS)
+def test_tunable_network_overhead(benchmark, name, per_sample, device):
+    torch.manual_seed(0)
+    batch = PER_SAMPLE_BATCH if per_sample else 1
+    x = torch.rand(batch, 3, SIZE, SIZE, device=device)
+    nets = {p: NETWORKS[name](num_params=p).to(device).eval() for p in PARAMS}
+    omegas = {p: torch.rand(batch, p, device=device) if per_sample else torch.rand(p, device=device) for p in PARAMS}
+    baked = nets[2].bake(omegas[2].reshape(-1, 2)[0])
+
+    def timed(fn):
+        if device == "cuda":
+            return lambda: (fn(), torch.cuda.synchronize())
+        return fn
+
+    fns = {"baked": timed(lambda: baked(x)), "baked again": timed(lambda: baked(x))}
+    for p in PARAMS:
+        fns[f"p{p}"] = timed(lambda net=nets[p], omega=omegas[p]: net(x, omega))
+    fns["per-layer p2"] = timed(lambda: nets[2].run(x, omegas[2]))  # each layer its own alpha and checks
+    best = compare(benchmark, fns)
+    kind = f"per-sample omega, {batch}x3x{SIZE}x{SIZE}" if per_sample else f"shared omega, 1x3x{SIZE}x{SIZE}"
+    table = f"tunable networks vs their baked plain twin, {kind}, {device}"
+    note(table, "cell: (tunable / baked - 1) in %, best of interleaved rounds; goals: shared p<=4 ResNet 5% (2%), "
+                "NAFNet 10%; per-sample 15%; paper (per layer, V100): <5% p<=4, <20% p<=6; 'noise': the baked "
+                "network timed twice; 'per-layer p=2': every layer computes and checks its own alpha")
+    row = f"{name} baked {1e3 * best['baked']:.1f}ms (goal {GOALS[name] if not per_sample else '15%'})"
+    record(table, row, "noise", f"{100 * (best['baked again'] / best['baked'] - 1):+.1f}%")
+    for p in PARAMS:
+        record(table, row, f"p={p}", f"{100 * (best[f'p{p}'] / best['baked'] - 1):+.1f}%")
+    record(table, row, "per-layer p=2", f"{100 * (best['per-layer p2'] / best['baked'] - 1):+.1f}%")

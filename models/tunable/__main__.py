@@ -1,0 +1,38 @@
+"""python -m flexops.models.tunable train [options]: trains a tunable network (see --help)."""
+
+from flexops.models import data
+from flexops.models import train as training
+from flexops.models.tunable.train import EXPERIMENTS, NETWORKS, train
+
+
+def main(argv=None):
+    parser = training.parser("python -m flexops.models.tunable",
+                             "Tunable Convolutions: train a tunable network with the parametric multi-loss")
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("train", help="train on folder images or the sample photos")
+    training.add_arguments(command, lr=1e-4)
+    command.add_argument("--experiment", choices=list(EXPERIMENTS), default="denoise",
+                         help="denoise: reconstruction vs noise preservation; joint: denoise + deblur; "
+                              "sr: x4 reconstruction vs perceptual; style: 3 styles (default %(default)s)")
+    command.add_argument("--network", choices=list(NETWORKS), default="edsr", help="(default %(default)s)")
+    command.add_argument("--blocks", type=int, help="residual blocks of the ResNet (default 16)")
+    command.add_argument("--features", type=int, help="channels of the ResNet (default 64)")
+    command.add_argument("--per-step", action="store_true", help="one omega per step instead of one per image")
+    command.add_argument("--style", nargs="+", help="the 3 style images of --experiment style")
+    command.add_argument("--vgg-weights", help="VGG-19 weights file (default: torch.hub's cache; never downloaded)")
+    args = parser.parse_args(argv)
+
+    def run():
+        kwargs = {}
+        if args.network == "edsr":
+            kwargs = {k: v for k, v in (("n_resblocks", args.blocks), ("n_feats", args.features)) if v is not None}
+        styles = [data.load_image(path) for path in args.style] if args.style else None
+        train(args.experiment, args.network, training.images(args.data), network_kwargs=kwargs,
+              patch_size=args.patch_size, per_sample=not args.per_step, style_images=styles,
+              vgg_weights=args.vgg_weights, seed=args.seed, **training.training_options(args))
+
+    training.run_command(parser, run)
+
+
+if __name__ == "__main__":
+    main()

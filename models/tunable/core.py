@@ -1,0 +1,190 @@
+"""What every tunable network of the zoo shares: its layers made by one factory (tunable or plain),
+omega checked once per forward, every layer's alpha computed at once, and `bake(omega)`.
+
+An architecture is written once, as a module built from `Layers` and run by `run(x, alphas)`:
+- the tunable network (`Layers(num_params, mode)`) runs it with the `Alphas` of its omega;
+- its plain twin (`Layers(None)`: nn.Conv2d, nn.Linear, nn.Parameter) runs it with alphas None.
+Inside `run`, a layer is called as `call(layer, x, alphas)` and a tunable tensor read as
+`value(param, alphas)`, so the same code serves both. `bake(omega)` fills the plain twin with the
+blended tensors: its state_dict keys are the tunable network's, less the omega MLPs, with each
+TunableParameter `name.weight` stored as the plain Parameter `name`.
+
+A new architecture (e.g. a tunable SwinIR) is one more file: the plain network built from a
+`layers` argument with a `run(x, alphas)`, and `class TunableX(TunableNetwork, X)` (see edsr.py).
+"""
+
+import torch
+from torch import nn
+
+from flexops.nn.tunable import MODES, Alphas, TunableConv2d, TunableLinear, TunableParameter
+
+TUNABLE = (TunableConv2d, TunableLinear, TunableParameter)
+
+
+class Layers:
+    """Makes a network's layers: tunable when `num_params` is an int, plain when it is None.
+
+    Args:
+        num_params: p, the length of omega (None: the plain twin).
+        mode: "mlp" (alpha = Linear(p, p)(omega), one per layer) or "linear" (alpha = omega).
+    """
+
+    def __init__(self, num_params=None, mode="mlp"):
+        if num_params is not None and (not isinstance(num_params, int) or num_params < 1):
+            raise ValueError(f"num_params must be a positive int, got {num_params!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.num_params, self.mode = num_params, mode
+
+    @property
+    def tunable(self):
+        return self.num_params is not None
+
+    def conv(self, in_channels, out_channels, kernel_size, stride=1, groups=1, bias=True):
+        """A square convolution with 'same' padding ((k - 1) // 2: 0 for the 2x2/s2 and 1x1 kernels)."""
+        padding = (kernel_size - 1) // 2
+        if self.tunable:
+            return TunableConv2d(in_channels, out_channels, kernel_size, self.num_params, stride=stride,
+                                 padding=padding, groups=groups, bias=bias, mode=self.mode)
+        return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                         bias=bias)
+
+    def linear(self, in_features, out_features, bias=True):
+        if self.tunable:
+            return TunableLinear(in_features, out_features, self.num_params, bias=bias, mode=self.mode)
+        return nn.Linear(in_features, out_features, bias=bias)
+
+    def param(self, shape, plain_shape=None, init=nn.init.zeros_):
+        """A tunable tensor of `shape` (TunableParameter, p copies initialised by `init`), or the plain
+        twin's nn.Parameter of `plain_shape` (default `shape`; the same elements, e.g. NAFNet's beta
+        [c, 1, 1] tunable, so per-sample values broadcast as [B, c, 1, 1], and [1, c, 1, 1] plain)."""
+        if self.tunable:
+            return TunableParameter(shape, self.num_params, mode=self.mode, init=init)
+        param = nn.Parameter(torch.empty(plain_shape or shape))
+        init(param.data)
+        return param
+
+
+def call(layer, x, alphas):
+    """Runs a convolution or linear layer of either twin: layer(x, alphas), or layer(x) when plain."""
+    return layer(x) if alphas is None else layer(x, alphas)
+
+
+def value(param, alphas):
+    """A tunable tensor's value ([...] for shared omega, [B, ...] per sample), or the plain Parameter."""
+    return param if alphas is None else param(alphas)
+
+
+def check_image(x, channels, name="x"):
+    """Validates an image batch [B, channels, H, W] of floating point."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be [B, {channels}, H, W]; got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point image; got {x.dtype}")
+
+
+class TunableNetwork:
+    """Mixin of the zoo's tunable networks: `forward(x, omega)`, `alphas(omega, x)`, `bake(omega)`.
+
+    `class TunableX(TunableNetwork, X)`, where X is the plain architecture built from `layers` with a
+    `run(x, alphas)`; TunableX's __init__ builds X with `Layers(num_params, mode)`, then calls
+    `_collect_tunable(num_params, mode)`, and defines `plain()` (X with the same settings).
+    """
+
+    def _collect_tunable(self, num_params, mode):
+        self.num_params, self.mode = num_params, mode
+        # Kept as a plain tuple (not submodules), in module order: found once, not per forward.
+        self._tunable = tuple(m for m in self.modules() if isinstance(m, TUNABLE))
+
+    @property
+    def tunable_layers(self):
+        """The tunable layers (convolutions, linears, parameters), in module order."""
+        return self._tunable
+
+    def check_omega(self, omega, x, name="omega"):
+        """Validates omega: [p] or [B, p] with B = x's batch, finite, of x's dtype and device."""
+        p = self.num_params
+        if not isinstance(omega, torch.Tensor) or omega.dim() not in (1, 2) or omega.shape[-1] != p:
+            shape = list(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
+            raise ValueError(f"{name} must be [{p}] (one setting for the batch) or [B, {p}] (one per image); "
+                             f"got {shape}")
+        if omega.dim() == 2 and omega.shape[0] != x.shape[0]:
+            raise ValueError(f"{name} is [{omega.shape[0]}, {p}] but x has batch {x.shape[0]}: "
+                             f"give one row per image or a single [{p}] setting")
+        if omega.dtype != x.dtype or omega.device != x.device:
+            raise ValueError(f"{name} must have x's dtype and device ({x.dtype}, {x.device}); "
+                             f"got {omega.dtype}, {omega.device}")
+        # One host sync per network forward (on a GPU), not per layer.
+        if not bool(torch.isfinite(omega).all()):
+            raise ValueError(f"{name} must be finite; got {omega.tolist()}")
+
+    def alphas(self, omega, x):
+        """Checks omega against the input x once and computes every tunable layer's alpha (`Alphas`)."""
+        self.check_omega(omega, x)
+        return Alphas(self._tunable, omega)
+
+    def forward(self, x, omega):
+        """x [B, C, H, W]; omega [p] (one setting for the batch) or [B, p] (one per image)."""
+        check_image(x, self.in_chans)
+        return self.run(x, self.alphas(omega, x))
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """nn.Module.load_state_dict, after checking that the checkpoint has this network's p."""
+        for name, module in self.named_modules():
+            if isinstance(module, TUNABLE) and f"{name}.weight" in state_dict:
+                found = state_dict[f"{name}.weight"].shape[0]
+                if found != self.num_params:
+                    raise ValueError(f"the state_dict holds {found} kernels per tunable layer ({name}.weight is "
+                                     f"{list(state_dict[f'{name}.weight'].shape)}) but this network has "
+                                     f"num_params={self.num_params}: build it with num_params={found}")
+                break  # every layer has the same p: one is enough
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def blended_state_dict(self, omega):
+        """The plain twin's state_dict at one setting omega [p]: every tunable tensor blended with its
+        layer's alpha (TunableParameter `name.weight` becomes `name`, omega MLPs dropped), everything
+        else (norms, buffers) as it is. Detached; tunable parameters keep their tunable shape."""
+        if not isinstance(omega, torch.Tensor) or omega.shape != (self.num_params,):
+            shape = list(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
+            raise ValueError(f"omega must be [{self.num_params}] (bake fixes one setting); got {shape}")
+        reference = next(self.parameters())
+        omega = omega.to(dtype=reference.dtype, device=reference.device)
+        if not bool(torch.isfinite(omega).all()):
+            raise ValueError(f"omega must be finite; got {omega.tolist()}")
+        names = {name: module for name, module in self.named_modules() if isinstance(module, TUNABLE)}
+        prefixes = tuple(f"{name}." for name in names)
+        # Copies: the plain network must not share its norms and buffers with this one.
+        state = {key: t.detach().clone() for key, t in self.state_dict().items() if not key.startswith(prefixes)}
+        with torch.no_grad():
+            alphas = Alphas(self._tunable, omega)
+            for name, module in names.items():
+                alpha = alphas.of(module)
+                if isinstance(module, TunableParameter):
+                    state[name] = _blend(module.weight, alpha)
+                    continue
+                state[f"{name}.weight"] = _blend(module.weight, alpha)
+                if module.bias is not None:
+                    state[f"{name}.bias"] = _blend(module.bias, alpha)
+        return state
+
+    def bake(self, omega):
+        """The plain network equal to this one at the fixed setting omega [p]: nn.Conv2d / nn.Linear /
+        nn.Parameter holding the blended tensors, `forward(x)`, on this network's device and dtype, in
+        its train/eval mode. A user who settled on a setting pays nothing for tunability at inference.
+
+        >>> net = TunableEDSR(n_resblocks=2, n_feats=8)
+        >>> plain = net.bake(torch.tensor([0.3, 0.7]))
+        >>> plain(x)                                       # == net(x, torch.tensor([0.3, 0.7]))
+        """
+        state = self.blended_state_dict(omega)
+        with torch.device("meta"):
+            plain = self.plain()
+        shapes = plain.state_dict()
+        plain.load_state_dict({key: t.reshape(shapes[key].shape) for key, t in state.items()}, assign=True)
+        return plain.train(self.training)
+
+
+def _blend(tensor, alpha):
+    """sum_i alpha_i tensor[i] for a [p, ...] tensor and alpha [p]."""
+    return (alpha @ tensor.flatten(1)).view(tensor.shape[1:])
