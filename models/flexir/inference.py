@@ -143,7 +143,7 @@ def _run_region(model, x, threshold, ref, max_pointer):
     index = torch.arange(x.shape[0])
     for j in range(max_pointer):
         tokens = model.layers[j](tokens)
-        y = model.finish(model.branch(j).reconstruct(tokens, x_first, padded), height, width)
+        y = model.finish(model.exit(j, tokens, x_first, padded), height, width)
         score = sharpness(y)
         if reference is None:
             reference = score

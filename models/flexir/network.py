@@ -26,6 +26,9 @@ class ExitBranch(Reconstruction, nn.Module):
         super().__init__()
         self.build_tail(embed_dim, num_out_ch, upscale, upsampler, resi_connection, norm_layer, num_feat)
 
+    def forward(self, tokens, x_first, x):
+        return self.reconstruct(tokens, x_first, x)
+
 
 @register("flexir")
 class FlexIR(SwinIR):
@@ -63,8 +66,14 @@ class FlexIR(SwinIR):
         return len(self.layers)
 
     def branch(self, index):
-        """Exit branch of B-RSTB index + 1 (0-based index)."""
+        """Exit branch of B-RSTB index + 1 (0-based index): a module with `reconstruct`."""
         return self if self.shared_tail else self.branches[index]
+
+    def exit(self, index, tokens, x_first, x):
+        """Exit branch index + 1 on the deep features (called as a module when it is one, so hooks see it)."""
+        if self.shared_tail:
+            return self.reconstruct(tokens, x_first, x)
+        return self.branches[index](tokens, x_first, x)
 
     def check_pointer(self, pointer, name="pointer"):
         if pointer is None:
@@ -80,7 +89,7 @@ class FlexIR(SwinIR):
         x, x_first, tokens = self.head(x)
         for layer in self.layers[:pointer]:
             tokens = layer(tokens)
-        return self.finish(self.branch(pointer - 1).reconstruct(tokens, x_first, x), height, width)
+        return self.finish(self.exit(pointer - 1, tokens, x_first, x), height, width)
 
     def exits(self, x, depth=None):
         """Training view: the outputs of exits 1..depth and the deep features after RSTB 1..depth.
@@ -95,7 +104,7 @@ class FlexIR(SwinIR):
         for j in range(depth):
             tokens = self.layers[j](tokens)
             features.append(tokens.permute(0, 3, 1, 2))
-            outputs.append(self.finish(self.branch(j).reconstruct(tokens, x_first, x), height, width))
+            outputs.append(self.finish(self.exit(j, tokens, x_first, x), height, width))
         return outputs, features
 
     def adaptive(self, x, threshold=1.1, ref="first", regions=4, max_pointer=None, mode="crop"):
