@@ -186,21 +186,20 @@ def _apply_in_boxes(function, radius, maps, boxes, running):
     return results
 
 
-def _masked_block(block, x, running_tokens):
-    """One Swin block where only running tokens are updated; windows with no running token are off."""
-    attn, ws, shift = block.attn, block.window_size, block.shift_size
-    active = active_windows(running_tokens, ws, shift)
-    needed = window_tokens(active, ws, shift)
-    qkv = x.new_zeros(*x.shape[:3], 3 * x.shape[3])
-    qkv[needed] = attn.qkv(block.norm1(x[needed]))
-    out = window_attention(qkv, attn.num_heads, ws, shift, attn.relative_position_bias(), attn.scale, active,
-                           attn.mask_value)
-    tokens = x[running_tokens]
-    tokens = tokens + attn.proj(out[running_tokens])
+def _masked_block(block, x, active, needed, running):
+    """One Swin block where only the running tokens (flat indices `running`) are updated: qkv for the
+    tokens of the active windows (`needed`), attention on those windows, proj and MLP on the running
+    tokens."""
+    attn = block.attn
+    batch, height, width, channels = x.shape
+    flat = x.reshape(-1, channels)
+    qkv = x.new_zeros(flat.shape[0], 3 * channels)
+    qkv.index_copy_(0, needed, attn.qkv(block.norm1(flat.index_select(0, needed))))
+    out = window_attention(qkv.view(batch, height, width, -1), attn.num_heads, block.window_size, block.shift_size,
+                           attn.relative_position_bias(), attn.scale, active, attn.mask_value).reshape(-1, channels)
+    tokens = flat.index_select(0, running) + attn.proj(out.index_select(0, running))
     tokens = tokens + block.mlp(block.norm2(tokens))
-    x = x.clone()
-    x[running_tokens] = tokens
-    return x
+    return flat.index_copy(0, running, tokens).view(x.shape)
 
 
 def _masked_rstb(layer, tokens, running, boxes):
@@ -209,9 +208,15 @@ def _masked_rstb(layer, tokens, running, boxes):
     running_tokens = torch.zeros(tokens.shape[:3], dtype=torch.bool, device=tokens.device)
     for r, (y0, y1, x0, x1) in enumerate(boxes):
         running_tokens[running[:, r], y0:y1, x0:x1] = True
+    flat_running = running_tokens.flatten().nonzero().squeeze(1)
+    windows = {}  # (window, shift) -> (active windows, flat indices of their tokens), shared by the blocks
     x = tokens
     for block in layer.residual_group.blocks:
-        x = _masked_block(block, x, running_tokens)
+        key = (block.window_size, block.shift_size)
+        if key not in windows:
+            active = active_windows(running_tokens, *key)
+            windows[key] = active, window_tokens(active, *key).flatten().nonzero().squeeze(1)
+        x = _masked_block(block, x, *windows[key], flat_running)
     out = tokens.clone()
     conv = lambda crop: as_tokens(layer.conv(as_image(crop)))  # noqa: E731
     for index, r, (y0, y1, x0, x1), result in _apply_in_boxes(conv, _conv_radius(layer.conv), [x], boxes, running):
