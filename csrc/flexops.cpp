@@ -61,20 +61,22 @@ TORCH_LIBRARY(flexops, m) {
   // Swin window attention (SwinIR numerics): qkv [B, H, W, 3C] token map as SwinIR's qkv Linear
   // gives it, rolled by -shift_size and cut into window_size^2 windows by index arithmetic;
   // rel_pos_bias [heads, N, N]; active bool [B, H/ws, W/ws] over the shifted window grid, inactive
-  // windows are not computed and give 0. Returns [B, H, W, C] in token order.
+  // windows are not computed and give 0; mask_value is added to the logits of pairs from different
+  // shift regions (SwinIR: -100), None excludes them exactly. Returns [B, H, W, C] in token order.
   m.def(
       "window_attention(Tensor qkv, int num_heads, int window_size, int shift_size, "
-      "Tensor? rel_pos_bias, float scale, Tensor? active) -> Tensor");
+      "Tensor? rel_pos_bias, float scale, Tensor? active, float? mask_value=None) -> Tensor");
   // Gradients for (qkv, rel_pos_bias); the bias's is empty when rel_pos_bias is None.
   m.def(
       "window_attention_backward(Tensor grad_output, Tensor qkv, int num_heads, int window_size, "
-      "int shift_size, Tensor? rel_pos_bias, float scale, Tensor? active) -> (Tensor, Tensor)");
+      "int shift_size, Tensor? rel_pos_bias, float scale, Tensor? active, float? mask_value=None) "
+      "-> (Tensor, Tensor)");
   // The same pair, run by the Triton kernels (flexops/triton/window_attention.py).
   m.def(
       "window_attention_triton(Tensor qkv, int num_heads, int window_size, int shift_size, "
-      "Tensor? rel_pos_bias, float scale, Tensor? active) -> Tensor");
+      "Tensor? rel_pos_bias, float scale, Tensor? active, float? mask_value=None) -> Tensor");
   m.def(
       "window_attention_backward_triton(Tensor grad_output, Tensor qkv, int num_heads, "
-      "int window_size, int shift_size, Tensor? rel_pos_bias, float scale, Tensor? active) "
-      "-> (Tensor, Tensor)");
+      "int window_size, int shift_size, Tensor? rel_pos_bias, float scale, Tensor? active, "
+      "float? mask_value=None) -> (Tensor, Tensor)");
 }

@@ -2,6 +2,10 @@
 
 `create(name, **kwargs)` builds a network by name, `list_models()` lists the names. Methods:
 - `cresmd`: CResMD (He et al., ECCV 2020), the controllable supernet TASNet searches in.
+- `swinir`: SwinIR (Liang et al., ICCVW 2021) on the fused window attention; official checkpoints
+  load (`swinir.load_official`) and its state_dicts load into the official code.
+- `flexir`: FlexIR: SwinIR with an exit branch per residual group, a pointer, adaptive per-region
+  early exit (`FlexIR.adaptive`), the paper's cost counting (`flexir.cost`) and its training.
 - `tasnet`: TASNet (Kim et al., ICCV 2021): the search form `TASNet`, `search(...)`, and the deploy
   form `TASNetDeploy`, which runs M task vectors on one image through `flexops.ops.masked_conv2d`.
 - `irnas`: IR-NAS (Zhang et al.): the ops with DCNv2, `SuperNet`, `viterbi`, the derived `IRNASNet`, `search(...)`.
@@ -11,9 +15,7 @@ Shared by every method: `data` (images, degradations, task vectors), `train` (th
 with progress, checkpoints and torchrun support).
 """
 
-from flexops.models import cresmd, tasnet
-from flexops.models import irnas
-from flexops.models import tunable
+from flexops.models import cresmd, flexir, irnas, swinir, tasnet, tunable
 from flexops.models.registry import create, list_models, register
 
-__all__ = ["create", "cresmd", "irnas", "list_models", "register", "tasnet", "tunable"]
+__all__ = ["create", "cresmd", "flexir", "irnas", "list_models", "register", "swinir", "tasnet", "tunable"]

@@ -198,6 +198,52 @@ def test_gradcheck(shift):
         assert torch.autograd.gradcheck(lambda qkv: window_attention(qkv, 2, 4, shift), (qkv,))
 
 
+def large_logit_inputs(dtype):
+    """Shift case with logits of about +-100, which trained SwinIR weights can reach: there -100 and
+    exact exclusion give different probabilities."""
+    generator = torch.Generator().manual_seed(5)
+    qkv = 10 * torch.randn(2, 8, 12, 3 * 2 * 8, generator=generator, dtype=dtype)
+    bias = 5 * torch.randn(2, 16, 16, generator=generator, dtype=dtype)
+    return qkv, bias
+
+
+@pytest.mark.parametrize(
+    "backend, dtype, tol",
+    [("reference", torch.float64, 1e-12), ("cpu", torch.float64, 1e-10), ("cpu", torch.float32, 1e-4),
+     ("triton", torch.float32, 1e-4)],
+)
+def test_mask_value_gives_swinir_at_large_logits(backend, dtype, tol):
+    qkv, bias = large_logit_inputs(dtype)
+    scale = 8**-0.5
+    swinir = swin_attention(qkv.double(), 2, 4, 2, bias.double(), scale).to(dtype)
+    leaves = [qkv.requires_grad_(), bias.requires_grad_()]
+    with backends.use(backend):
+        out = window_attention(qkv, 2, 4, 2, bias, scale, mask_value=-100.0)
+        exact = window_attention(qkv, 2, 4, 2, bias, scale)
+    torch.testing.assert_close(out, swinir, atol=tol, rtol=tol)
+    # The default, exact exclusion, is a different function at these logits.
+    assert (exact - swinir).abs().max() > 0.1
+    expected = reference.window_attention(qkv.double(), 2, 4, 2, bias.double(), scale, None, -100.0)
+    assert_grads_match(out, expected.to(dtype), leaves, 100 * tol, 100 * tol)
+
+
+def test_mask_value_gradcheck():
+    # Small: the bias gradient under mask_value is checked against the reference at large logits above.
+    qkv = torch.randn(1, 4, 8, 3 * 2, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(1, 16, 16, dtype=torch.float64)
+    with backends.use("cpu"):
+        assert torch.autograd.gradcheck(lambda q: window_attention(q, 1, 4, 2, bias, 0.7, mask_value=-3.0), (qkv,))
+
+
+def test_module_mask_value():
+    layer = flexops.WindowAttention(16, 4, 2, mask_value=-100.0)
+    x = 3 * torch.randn(1, 8, 8, 16)
+    qkv, bias = layer.qkv(x), layer.relative_position_bias()
+    expected = layer.proj(swin_attention(qkv, 2, 4, 2, bias, layer.scale))
+    torch.testing.assert_close(layer(x, 2), expected, atol=1e-5, rtol=1e-5)
+    assert "mask_value=-100.0" in repr(layer)
+
+
 def test_cpu_is_deterministic_across_thread_counts():
     qkv = torch.randn(3, 16, 24, 3 * 2 * 30, requires_grad=True)
     bias = torch.randn(2, 64, 64, requires_grad=True)
@@ -223,9 +269,12 @@ def test_opcheck():
         for b, a in ((bias, active), (None, None)):
             args = (qkv.clone().requires_grad_(), 2, 4, 2, b if b is None else b.clone().requires_grad_(), 0.5, a)
             torch.library.opcheck(getattr(torch.ops.flexops, name).default, args)
+            if b is not None:
+                torch.library.opcheck(getattr(torch.ops.flexops, name).default, (*args, -100.0))
     grad = torch.randn(2, 8, 16, 10)
     for name in ("window_attention_backward", "window_attention_backward_triton"):
         torch.library.opcheck(getattr(torch.ops.flexops, name).default, (grad, qkv, 2, 4, 2, bias, 0.5, active))
+        torch.library.opcheck(getattr(torch.ops.flexops, name).default, (grad, qkv, 2, 4, 2, bias, 0.5, active, -100.0))
 
 
 def test_compile_fullgraph():
@@ -330,6 +379,9 @@ def qkv_args(**change):
         (dict(active=torch.ones(1, 2, 3, dtype=torch.bool)), r"active must be \[B, H/ws, W/ws\] = \[1, 2, 4\]"),
         (dict(active=torch.ones(1, 2, 4, device="meta")), "active is on meta"),
         (dict(scale="big"), "scale must be a real number"),
+        (dict(mask_value=float("nan")), r"mask_value must be None or a real number below \+inf"),
+        (dict(mask_value=float("inf")), r"mask_value must be None or a real number below \+inf"),
+        (dict(mask_value="-100"), r"mask_value must be None or a real number below \+inf"),
     ],
 )
 def test_bad_input(change, message):

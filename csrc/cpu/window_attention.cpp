@@ -5,9 +5,10 @@
 // logits live in a per-thread buffer that stays in cache. The products run through a small
 // register-blocked matmul (ATen does not export its BLAS to extensions, and a dispatched op per
 // 64 x 64 product would cost more than the product) and the softmax through a vector exp, both
-// built for the baseline ISA and cloned for AVX2 + FMA, picked at load time. Shift regions are
-// excluded, not penalised: only the windows on the wrap-around seam mix regions, and only they pay
-// for the label test. The backward recomputes each window's probabilities instead of storing them;
+// built for the baseline ISA and cloned for AVX2 + FMA, picked at load time. Pairs of different
+// shift regions get mask_value added to their logits (-inf by default: excluded outright; SwinIR's
+// -100 on request): only the windows on the wrap-around seam mix regions, and only they pay for the
+// label test. The backward recomputes each window's probabilities instead of storing them;
 // the relative-position-bias gradient is summed per fixed block of windows and then over blocks in
 // order, so results do not depend on the thread count.
 #include <ATen/ATen.h>
@@ -274,12 +275,13 @@ inline Vec<double> exp_nonpositive(Vec<double> x) {
   return x;
 }
 
-// logits[0:n, 0:n] (row stride ld, a multiple of the vector width) += bias, then each row becomes
-// its softmax; pairs of different shift regions get probability 0. Every row keeps its own token,
-// so no row is empty. Columns from n to the next vector boundary are overwritten (with 0).
+// logits[0:n, 0:n] (row stride ld, a multiple of the vector width) += bias, pairs of different
+// shift regions += mask_value (-inf: probability 0), then each row becomes its softmax. Every row
+// keeps its own token, so no row is empty. Columns from n to the next vector boundary are
+// overwritten (with 0).
 template <typename T>
 [[gnu::always_inline]] inline void softmax_body(T* logits, int64_t ld, const T* bias,
-                                                const int8_t* region, int64_t n) {
+                                                const int8_t* region, T mask_value, int64_t n) {
   constexpr int64_t L = kLanes<T>;
   const int64_t padded = round_up(n, L);
   constexpr T kExcluded = -std::numeric_limits<T>::infinity();
@@ -290,7 +292,7 @@ template <typename T>
       for (int64_t j = 0; j < n; ++j) row[j] += bias_row[j];
     }
     if (region) {
-      for (int64_t j = 0; j < n; ++j) row[j] = region[j] == region[i] ? row[j] : kExcluded;
+      for (int64_t j = 0; j < n; ++j) row[j] += region[j] == region[i] ? T(0) : mask_value;
     }
     std::fill(row + n, row + padded, kExcluded);
     Vec<T> max = load(row);
@@ -314,13 +316,13 @@ template <typename T>
 }
 
 FLEXOPS_SIMD_CLONES void softmax_rows(float* logits, int64_t ld, const float* bias,
-                                      const int8_t* region, int64_t n) {
-  softmax_body(logits, ld, bias, region, n);
+                                      const int8_t* region, float mask_value, int64_t n) {
+  softmax_body(logits, ld, bias, region, mask_value, n);
 }
 
 FLEXOPS_SIMD_CLONES void softmax_rows(double* logits, int64_t ld, const double* bias,
-                                      const int8_t* region, int64_t n) {
-  softmax_body(logits, ld, bias, region, n);
+                                      const int8_t* region, double mask_value, int64_t n) {
+  softmax_body(logits, ld, bias, region, mask_value, n);
 }
 
 // Per-thread buffers of one (window, head) task, row-major and zero-padded for matmul: token rows
@@ -348,16 +350,16 @@ struct Task {
     }
   }
 
-  // probs = softmax(scale q k^T + bias) from the gathered q and kt.
-  void attention_probs(const T* bias, const Window& win, T scale) {
+  // probs = softmax(scale q k^T + bias + shift mask) from the gathered q and kt.
+  void attention_probs(const T* bias, const Window& win, T scale, T mask_value) {
     matmul(rows, token_ld, d, scale, q.data(), dim_ld, kt.data(), token_ld, probs.data(), token_ld);
-    softmax_rows(probs.data(), token_ld, bias, win.mixed ? win.region.data() : nullptr, n);
+    softmax_rows(probs.data(), token_ld, bias, win.mixed ? win.region.data() : nullptr, mask_value, n);
   }
 };
 
 template <typename T>
 void forward_kernel(const Tensor& qkv, const Tensor* bias, const std::optional<Tensor>& active,
-                    const Geometry& g, double scale, Tensor& out) {
+                    const Geometry& g, double scale, double mask_value, Tensor& out) {
   const auto [on, off] = split_windows(g, active);
   const Strides in(qkv), os(out);
   const T* map = qkv.const_data_ptr<T>();
@@ -375,7 +377,7 @@ void forward_kernel(const Tensor& qkv, const Tensor* bias, const std::optional<T
       gather(map, in, win, h * d, d, n, task.q.data(), task.dim_ld);
       gather_transposed(map, in, win, c + h * d, d, n, task.kt.data(), task.token_ld);
       gather(map, in, win, 2 * c + h * d, d, n, task.v.data(), task.dim_ld);
-      task.attention_probs(bias_data ? bias_data + h * n * n : nullptr, win, T(scale));
+      task.attention_probs(bias_data ? bias_data + h * n * n : nullptr, win, T(scale), T(mask_value));
       matmul(task.rows, task.dim_ld, n, T(1), task.probs.data(), task.token_ld, task.v.data(),
              task.dim_ld, task.out.data(), task.dim_ld);
       scatter(task.out.data(), task.dim_ld, win, h * d, d, n, os, out_data);
@@ -387,7 +389,7 @@ void forward_kernel(const Tensor& qkv, const Tensor* bias, const std::optional<T
 template <typename T>
 void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor* bias,
                      const std::optional<Tensor>& active, const Geometry& g, double scale,
-                     Tensor& grad_qkv, Tensor& grad_bias) {
+                     double mask_value, Tensor& grad_qkv, Tensor& grad_bias) {
   const auto [on, off] = split_windows(g, active);
   const Strides in(qkv), gs(grad_output), gq(grad_qkv);
   const T* map = qkv.const_data_ptr<T>();
@@ -416,7 +418,7 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
         gather_transposed(map, in, win, kc, d, n, t.kt.data(), tld);
         gather_transposed(map, in, win, vc, d, n, t.vt.data(), tld);
         gather(grad_map, gs, win, h * d, d, n, t.grad_out.data(), ld);
-        t.attention_probs(bias_data ? bias_data + h * square : nullptr, win, T(scale));
+        t.attention_probs(bias_data ? bias_data + h * square : nullptr, win, T(scale), T(mask_value));
         transpose(t.probs.data(), n, tld, t.probs_t.data());
         // dV = P^T dO, dP = dO V^T.
         matmul(t.rows, ld, n, T(1), t.probs_t.data(), tld, t.grad_out.data(), ld, t.grad_v.data(), ld);
@@ -456,6 +458,13 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
   }
 }
 
+// The logit offset of pairs of different shift regions: None excludes them (-inf).
+double shift_mask_value(const std::optional<double>& mask_value) {
+  TORCH_CHECK(!mask_value || (!std::isnan(*mask_value) && *mask_value < std::numeric_limits<double>::infinity()),
+              "window_attention: mask_value must be a number below +inf or None, got ", *mask_value);
+  return mask_value.value_or(-std::numeric_limits<double>::infinity());
+}
+
 // The map with unit channel stride (only a map whose channels are strided is copied).
 Tensor unit_channel_stride(const Tensor& map) {
   return map.stride(3) == 1 ? map : map.contiguous();
@@ -463,14 +472,16 @@ Tensor unit_channel_stride(const Tensor& map) {
 
 Tensor window_attention_cpu(const Tensor& qkv, int64_t num_heads, int64_t window_size,
                             int64_t shift_size, const std::optional<Tensor>& rel_pos_bias,
-                            double scale, const std::optional<Tensor>& active) {
+                            double scale, const std::optional<Tensor>& active,
+                            std::optional<double> mask_value) {
   const Geometry g = geometry(qkv, num_heads, window_size, shift_size, rel_pos_bias, active);
   Tensor out = cpu::empty_output({g.batch, g.height, g.width, g.channels()}, qkv.options());
   if (out.numel() == 0) return out;
   const Tensor map = unit_channel_stride(qkv);
   const Tensor bias = rel_pos_bias ? rel_pos_bias->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "window_attention_cpu", [&] {
-    forward_kernel<scalar_t>(map, rel_pos_bias ? &bias : nullptr, active, g, scale, out);
+    forward_kernel<scalar_t>(map, rel_pos_bias ? &bias : nullptr, active, g, scale,
+                             shift_mask_value(mask_value), out);
   });
   return out;
 }
@@ -478,7 +489,7 @@ Tensor window_attention_cpu(const Tensor& qkv, int64_t num_heads, int64_t window
 std::tuple<Tensor, Tensor> window_attention_backward_cpu(
     const Tensor& grad_output, const Tensor& qkv, int64_t num_heads, int64_t window_size,
     int64_t shift_size, const std::optional<Tensor>& rel_pos_bias, double scale,
-    const std::optional<Tensor>& active) {
+    const std::optional<Tensor>& active, std::optional<double> mask_value) {
   const Geometry g = geometry(qkv, num_heads, window_size, shift_size, rel_pos_bias, active);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({g.batch, g.height, g.width, g.channels()}),
               "window_attention_backward: grad_output must be [B, H, W, C], got ",
@@ -490,7 +501,7 @@ std::tuple<Tensor, Tensor> window_attention_backward_cpu(
   const Tensor bias = rel_pos_bias ? rel_pos_bias->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "window_attention_backward_cpu", [&] {
     backward_kernel<scalar_t>(grad_map, map, rel_pos_bias ? &bias : nullptr, active, g, scale,
-                              grad_qkv, grad_bias);
+                              shift_mask_value(mask_value), grad_qkv, grad_bias);
   });
   return {grad_qkv, grad_bias};
 }

@@ -58,9 +58,13 @@ class WindowAttention(nn.Module):
     forward(x [B, H, W, C], shift_size=0, active=None) -> [B, H, W, C]: where SwinIR's block rolls,
     partitions, attends and reverses, this one op does all of it on the token map. `active`
     [B, H/ws, W/ws] (see active_windows) skips windows; their tokens come out as 0.
+
+    mask_value: None (default) excludes pairs of tokens from different shift regions exactly;
+    -100.0 adds SwinIR's value to their logits, which official SwinIR weights need (they differ
+    once logits reach tens).
     """
 
-    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None):
+    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, mask_value=None):
         super().__init__()
         if isinstance(window_size, (tuple, list)):
             if len(set(window_size)) != 1:
@@ -68,7 +72,7 @@ class WindowAttention(nn.Module):
             window_size = window_size[0]
         if dim % num_heads:
             raise ValueError(f"dim = {dim} must be a multiple of num_heads = {num_heads}")
-        self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
+        self.dim, self.window_size, self.num_heads, self.mask_value = dim, window_size, num_heads, mask_value
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
@@ -85,7 +89,10 @@ class WindowAttention(nn.Module):
     def forward(self, x, shift_size=0, active=None):
         qkv = self.qkv(x)
         bias = self.relative_position_bias()
-        out = self.proj(window_attention(qkv, self.num_heads, self.window_size, shift_size, bias, self.scale, active))
+        attention = window_attention(
+            qkv, self.num_heads, self.window_size, shift_size, bias, self.scale, active, self.mask_value
+        )
+        out = self.proj(attention)
         if active is not None:  # proj's bias would make the skipped tokens nonzero
             out = torch.where(window_tokens(active != 0, self.window_size, shift_size).unsqueeze(-1), out, 0)
         return out
@@ -100,4 +107,5 @@ class WindowAttention(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self):
-        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
+        extra = "" if self.mask_value is None else f", mask_value={self.mask_value}"
+        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}{extra}"

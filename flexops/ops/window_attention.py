@@ -5,8 +5,13 @@ SwinIR computes it as roll -> window partition copy -> q k^T + relative position
 writes the output in token order: shift, partition and shift mask are index arithmetic inside the
 kernel. `active` switches windows off (FlexIR's adaptive early exit): they are not computed and
 their tokens get 0, so the cost follows the active fraction.
+
+SwinIR adds -100 to the logits of pairs of tokens from different shift regions; by default this op
+excludes such pairs exactly (probability 0). The two agree while logits are small, not once trained
+weights make them reach tens, so `mask_value=-100` reproduces SwinIR where its outputs must match.
 """
 
+import math
 import numbers
 
 import torch
@@ -15,7 +20,9 @@ from flexops import backends, reference
 from flexops.ops import _args
 
 
-def window_attention(qkv, num_heads, window_size, shift_size=0, rel_pos_bias=None, scale=None, active=None):
+def window_attention(
+    qkv, num_heads, window_size, shift_size=0, rel_pos_bias=None, scale=None, active=None, mask_value=None
+):
     """Window attention over a token map.
 
     Args:
@@ -27,19 +34,28 @@ def window_attention(qkv, num_heads, window_size, shift_size=0, rel_pos_bias=Non
         rel_pos_bias: [num_heads, N, N] added to the logits (SwinIR's gathered bias table), or None.
         scale: logit scale; None is head_dim ** -0.5.
         active: bool (or 0/1) [B, H/ws, W/ws] over the shifted window grid, or None (all windows).
+        mask_value: None (default) excludes pairs of tokens from different shift regions exactly;
+            a number (SwinIR: -100.0) is added to their logits instead. Only matters when shift_size > 0.
 
     Returns:
         [B, H, W, C] in token order; the tokens of inactive windows are 0. qkv and rel_pos_bias get
         gradients.
+
+    Example:
+        >>> qkv = torch.randn(1, 16, 16, 3 * 32)
+        >>> window_attention(qkv, 4, 8, shift_size=4, mask_value=-100.0).shape
+        torch.Size([1, 16, 16, 32])
     """
-    num_heads, window_size, shift_size, scale, active = _check(
-        qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active
+    num_heads, window_size, shift_size, scale, active, mask_value = _check(
+        qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value
     )
     backend = backends.choose("window_attention", qkv.device, qkv.dtype)
     if backend == "reference":
-        return reference.window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active)
+        return reference.window_attention(
+            qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value
+        )
     op = torch.ops.flexops.window_attention_triton if backend == "triton" else torch.ops.flexops.window_attention
-    return op(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active)
+    return op(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value)
 
 
 def _positive_int(value, name):
@@ -48,8 +64,9 @@ def _positive_int(value, name):
     return value
 
 
-def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
-    """Validates the arguments; returns (num_heads, window_size, shift_size, scale, active as bool)."""
+def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value):
+    """Validates the arguments; returns (num_heads, window_size, shift_size, scale, active as bool,
+    mask_value as float or None)."""
     _args.check_tensor("qkv", qkv, 4)
     _args.check_floating("qkv", qkv)
     num_heads = _positive_int(num_heads, "num_heads")
@@ -87,16 +104,25 @@ def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active)
         if list(active.shape) != grid:
             raise ValueError(f"active must be [B, H/ws, W/ws] = {grid}; got {list(active.shape)}")
         active = active.detach() != 0
-    return num_heads, window_size, shift_size, float(scale), active
+    if mask_value is not None:
+        if (
+            not isinstance(mask_value, numbers.Real)
+            or isinstance(mask_value, bool)
+            or math.isnan(mask_value)
+            or mask_value == math.inf
+        ):
+            raise ValueError(f"mask_value must be None or a real number below +inf (SwinIR: -100.0), got {mask_value!r}")
+        mask_value = float(mask_value)
+    return num_heads, window_size, shift_size, float(scale), active, mask_value
 
 
 @torch.library.register_fake("flexops::window_attention")
-def _fake(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+def _fake(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
     return qkv.new_empty((*qkv.shape[:3], qkv.shape[3] // 3))
 
 
 @torch.library.register_fake("flexops::window_attention_backward")
-def _fake_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+def _fake_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
     grad_bias = qkv.new_empty(0) if rel_pos_bias is None else qkv.new_empty(rel_pos_bias.shape)
     return qkv.new_empty(qkv.shape), grad_bias
 
@@ -106,33 +132,35 @@ torch.library.register_fake("flexops::window_attention_backward_triton")(_fake_b
 
 
 @torch.library.register_kernel("flexops::window_attention_triton", ("cpu", "cuda"))
-def _triton_forward(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+def _triton_forward(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
     from flexops.triton import window_attention as kernels
 
-    return kernels.window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active)
+    return kernels.window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value)
 
 
 @torch.library.register_kernel("flexops::window_attention_backward_triton", ("cpu", "cuda"))
-def _triton_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+def _triton_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
     from flexops.triton import window_attention as kernels
 
     return kernels.window_attention_backward(
-        grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active
+        grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value
     )
 
 
 def _setup_context(ctx, inputs, output):
-    qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active = inputs
+    qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value = inputs
     ctx.save_for_backward(qkv, rel_pos_bias, active)
     ctx.attention = (num_heads, window_size, shift_size)
-    ctx.scale = scale
+    ctx.scale, ctx.mask_value = scale, mask_value
 
 
 def _autograd(backward_op):
     def backward(ctx, grad_output):
         qkv, rel_pos_bias, active = ctx.saved_tensors
-        grad_qkv, grad_bias = backward_op(grad_output, qkv, *ctx.attention, rel_pos_bias, ctx.scale, active)
-        return grad_qkv, None, None, None, None if rel_pos_bias is None else grad_bias, None, None
+        grad_qkv, grad_bias = backward_op(
+            grad_output, qkv, *ctx.attention, rel_pos_bias, ctx.scale, active, ctx.mask_value
+        )
+        return grad_qkv, None, None, None, None if rel_pos_bias is None else grad_bias, None, None, None
 
     return backward
 

@@ -2,8 +2,9 @@
 
 roll the token map by -shift -> partition into ws x ws windows -> per head softmax(scale q k^T +
 bias) v, where tokens of different shift regions never attend to each other -> reverse the
-partition -> roll back by +shift. SwinIR adds -100 to the logits of such pairs; here they are
-excluded outright (probability exactly 0), which is what -100 approximates. Windows that `active`
+partition -> roll back by +shift. SwinIR adds -100 to the logits of such pairs; by default they
+are excluded outright (probability exactly 0), which is what -100 approximates, and mask_value=-100
+adds SwinIR's value instead. Windows that `active`
 switches off give 0 at their tokens. Differentiable by autograd in qkv and rel_pos_bias.
 """
 
@@ -20,7 +21,9 @@ def shift_regions(size, window_size, shift_size, device):
     return (coordinate >= size - window_size).long() + (coordinate >= size - shift_size).long()
 
 
-def window_attention(qkv, num_heads, window_size, shift_size=0, rel_pos_bias=None, scale=None, active=None):
+def window_attention(
+    qkv, num_heads, window_size, shift_size=0, rel_pos_bias=None, scale=None, active=None, mask_value=None
+):
     batch, height, width, channels3 = qkv.shape
     channels = channels3 // 3
     head_dim = channels // num_heads
@@ -43,7 +46,10 @@ def window_attention(qkv, num_heads, window_size, shift_size=0, rel_pos_bias=Non
         region_x = shift_regions(width, ws, shift, qkv.device).reshape(1, cols, 1, ws)
         region = (3 * region_y + region_x).reshape(rows, cols, 1, tokens)  # per window, per token
         apart = region.unsqueeze(-1) != region.unsqueeze(-2)  # [rows, cols, 1, N, N]
-        logits = logits.masked_fill(apart, float("-inf"))
+        if mask_value is None:
+            logits = logits.masked_fill(apart, float("-inf"))
+        else:
+            logits = torch.where(apart, logits + mask_value, logits)
     out = logits.softmax(-1) @ v  # [B, rows, cols, heads, N, hd]
     if active is not None:
         out = torch.where(active.reshape(batch, rows, cols, 1, 1, 1), out, 0)

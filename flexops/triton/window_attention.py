@@ -2,8 +2,9 @@
 
 A window holds N = ws * ws tokens, few enough for a single tile: the program loads the window's q, k
 and v straight from the qkv token map (the cyclic shift is index arithmetic with wrap-around, no
-rolled copy), computes S = scale q k^T + bias with tl.dot, excludes pairs of tokens from different
-shift regions and padding columns with -inf, takes an fp32 softmax and writes P v back at the
+rolled copy), computes S = scale q k^T + bias with tl.dot, adds mask_value to pairs of tokens from
+different shift regions (-inf, i.e. excluded, unless SwinIR's -100 is asked for), excludes padding
+columns with -inf, takes an fp32 softmax and writes P v back at the
 tokens' original positions. N and the head dim are padded to powers of two (at least 16, tl.dot's
 minimum) by masking. The backward recomputes P and forms dQ, dK, dV in the same program; each
 (token, head) is owned by one program, so only the bias gradient, summed over windows, needs atomics.
@@ -52,18 +53,18 @@ def _window_setup(qkv_ptr, active_ptr, H, W, rows, cols, shift, hd,
 
 
 @triton.jit
-def _probabilities(q, k, bias_ptr, region, valid, scale,
+def _probabilities(q, k, bias_ptr, region, valid, scale, mask_value,
                    HAS_BIAS: tl.constexpr, N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                    BLOCK_N: tl.constexpr):
-    """softmax(scale q k^T + bias) over the tokens of the same shift region, in fp32."""
+    """softmax(scale q k^T + bias + mask_value between shift regions), in fp32."""
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale
     i = tl.arange(0, BLOCK_N)
     pair_valid = valid[:, None] & valid[None, :]
     if HAS_BIAS:
         s += tl.load(bias_ptr + i[:, None] * N + i[None, :], mask=pair_valid, other=0.0).to(tl.float32)
     # A padding row keeps every valid column so that no row is all -inf (its values are never used).
-    allowed = valid[None, :] & ((region[:, None] == region[None, :]) | ~valid[:, None])
-    s = tl.where(allowed, s, float("-inf"))
+    s = tl.where((region[:, None] == region[None, :]) | ~valid[:, None], s, s + mask_value)
+    s = tl.where(valid[None, :], s, float("-inf"))
     p = tl.exp(s - tl.max(s, axis=1)[:, None])
     return p / tl.sum(p, axis=1)[:, None]
 
@@ -71,7 +72,7 @@ def _probabilities(q, k, bias_ptr, region, valid, scale,
 @triton.jit
 def _window_attention_fwd_kernel(
     qkv_ptr, bias_ptr, active_ptr, out_ptr,
-    H, W, rows, cols, shift, C, hd, scale,
+    H, W, rows, cols, shift, C, hd, scale, mask_value,
     sq_b, sq_h, sq_w, sq_c,
     so_b, so_h, so_w, so_c,
     sa_b, sa_h, sa_w,
@@ -89,7 +90,7 @@ def _window_attention_fwd_kernel(
         q = tl.load(q_ptrs, mask=tile_ok, other=0.0)
         k = tl.load(q_ptrs + C * sq_c, mask=tile_ok, other=0.0)
         v = tl.load(q_ptrs + 2 * C * sq_c, mask=tile_ok, other=0.0)
-        p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale,
+        p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale, mask_value,
                            HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
         acc = tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
 
@@ -100,7 +101,7 @@ def _window_attention_fwd_kernel(
 @triton.jit
 def _window_attention_bwd_kernel(
     grad_out_ptr, qkv_ptr, bias_ptr, active_ptr, grad_qkv_ptr, grad_bias_ptr,
-    H, W, rows, cols, shift, C, hd, scale,
+    H, W, rows, cols, shift, C, hd, scale, mask_value,
     sg_b, sg_h, sg_w, sg_c,
     sq_b, sq_h, sq_w, sq_c,
     sd_b, sd_h, sd_w, sd_c,
@@ -123,7 +124,7 @@ def _window_attention_bwd_kernel(
         v = tl.load(q_ptrs + 2 * C * sq_c, mask=tile_ok, other=0.0)
         grad_token = grad_out_ptr + b.to(tl.int64) * sg_b + y[:, None] * sg_h + x[:, None] * sg_w
         do = tl.load(grad_token + channel[None, :] * sg_c, mask=tile_ok, other=0.0).to(v.dtype)
-        p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale,
+        p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale, mask_value,
                            HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
 
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=INPUT_PRECISION)
@@ -167,8 +168,14 @@ def _launch_config(qkv, num_heads, window_size, rel_pos_bias, active):
     return grid, bias, active, active_strides, (height, width, rows, cols), channels, head_dim, constants
 
 
-def window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
-    """-> out [B, H, W, C], new contiguous tensor of qkv's dtype."""
+def _mask_value(mask_value):
+    """The kernels' logit offset between shift regions: None excludes such pairs (-inf)."""
+    return float("-inf") if mask_value is None else mask_value
+
+
+def window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
+    """-> out [B, H, W, C], new contiguous tensor of qkv's dtype. mask_value None excludes pairs of
+    different shift regions."""
     batch, height, width, channels3 = qkv.shape
     out = torch.empty((batch, height, width, channels3 // 3), device=qkv.device, dtype=qkv.dtype)
     if out.numel() == 0:
@@ -177,14 +184,16 @@ def window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scal
         qkv, num_heads, window_size, rel_pos_bias, active)
     _window_attention_fwd_kernel[grid](
         qkv, bias, active, out,
-        *geometry, shift_size, channels, head_dim, scale,
+        *geometry, shift_size, channels, head_dim, scale, _mask_value(mask_value),
         *qkv.stride(), *out.stride(), *active_strides,
         **constants,
     )
     return out
 
 
-def window_attention_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active):
+def window_attention_backward(
+    grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None
+):
     """-> (grad_qkv [B, H, W, 3C] contiguous, grad_rel_pos_bias [heads, N, N] or qkv.new_empty(0) when
     rel_pos_bias is None)"""
     # Every (token, channel) of grad_qkv is written by exactly one program.
@@ -198,7 +207,7 @@ def window_attention_backward(grad_output, qkv, num_heads, window_size, shift_si
             qkv, num_heads, window_size, rel_pos_bias, active)
         _window_attention_bwd_kernel[grid](
             grad_output, qkv, bias, active, grad_qkv, grad_bias,
-            *geometry, shift_size, channels, head_dim, scale,
+            *geometry, shift_size, channels, head_dim, scale, _mask_value(mask_value),
             *grad_output.stride(), *qkv.stride(), *grad_qkv.stride(), *active_strides,
             **constants,
         )
