@@ -13,11 +13,12 @@ import torch.nn.functional as F
 
 import flexops
 from flexops import reference
-from harness import compare, note, record
+from harness import compare, note, plot, record, tables
 
 CHANNELS, SIZE = 64, 128
 DENSITIES = (0.125, 0.25, 0.5, 1.0)
 TASKS = (1, 27)
+TABLE = f"masked conv 64->64 3x3 on a shared 1x64x{SIZE}x{SIZE} map, M tasks, CPU ({torch.get_num_threads()} threads)"
 
 
 def random_masks(tasks, channels, density, generator):
@@ -51,18 +52,36 @@ def test_masked_conv2d(benchmark, tasks, density):
                                                      (1, 1), (1, 1), (1, 1)),
     }
     best = compare(benchmark, fns)
-    threads = torch.get_num_threads()
-    table = f"masked conv 64->64 3x3 on a shared 1x64x{SIZE}x{SIZE} map, M tasks, CPU ({threads} threads)"
-    note(table, "d = fraction of input and of output channels kept per task (random per task); "
+    note(TABLE, "d = fraction of input and of output channels kept per task (random per task); "
                 "speedup = time of M dense convs over all channels / masked (batched: as one call with one "
-                "[M, 64, H, W] output); ideal = 1 / (d_in * d_out); "
-                "best of interleaved rounds")
+                "[M, 64, H, W] output), beside the ideal 1 / (d_in * d_out); best of interleaved rounds, warmed "
+                "process")
     row = f"M={tasks:<2} d_in=d_out={100 * density:g}%"
-    record(table, row, "masked ms", f"{1e3 * best['masked']:.1f}")
-    record(table, row, "dense ms", f"{1e3 * best['dense']:.1f}")
-    record(table, row, "batched ms", f"{1e3 * best['dense batched']:.1f}")
-    record(table, row, "reference ms", f"{1e3 * best['reference']:.1f}")
-    record(table, row, "vs dense", f"{best['dense'] / best['masked']:.1f}x")
-    record(table, row, "vs batched", f"{best['dense batched'] / best['masked']:.1f}x")
-    record(table, row, "ideal", f"{1 / density ** 2:.0f}x")
-    record(table, row, "vs reference", f"{best['reference'] / best['masked']:.1f}x")
+    ideal = 1 / density**2
+    for name, column in (("masked", "masked ms"), ("dense", "dense ms"), ("dense batched", "batched ms"),
+                         ("reference", "reference ms")):
+        record(TABLE, row, column, f"{1e3 * best[name]:.1f}", 1e3 * best[name])
+    for name, column in (("dense", "vs dense"), ("dense batched", "vs batched")):
+        ratio = best[name] / best["masked"]
+        record(TABLE, row, column, f"{ratio:.1f}x", ratio, f"ideal {ideal:.0f}x")
+    record(TABLE, row, "vs reference", f"{best['reference'] / best['masked']:.1f}x", best["reference"] / best["masked"])
+
+
+@plot("masked_speedup.png")
+def draw(figure):
+    """Speed-up over M dense convolutions against the kept fraction, with the ideal 1 / d^2."""
+    cells = tables.get(TABLE)
+    if not cells:
+        return False
+    axes = figure.add_subplot()
+    for tasks in TASKS:
+        rows = [(d, f"M={tasks:<2} d_in=d_out={100 * d:g}%") for d in DENSITIES]
+        rows = [(d, r) for d, r in rows if (r, "vs dense") in cells]
+        axes.plot([d for d, _ in rows], [cells[(r, "vs dense")].value for _, r in rows], "o-", label=f"M={tasks}")
+    axes.plot(DENSITIES, [1 / d**2 for d in DENSITIES], "k--", label="ideal 1 / d^2")
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log", base=2)
+    axes.set_xlabel("kept fraction d of input and of output channels")
+    axes.set_ylabel("M dense convs time / masked time")
+    axes.set_title(f"masked_conv2d 64->64 3x3, shared 1x64x{SIZE}x{SIZE} map")
+    axes.legend()

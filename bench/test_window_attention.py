@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 
 import flexops
-from harness import compare, note, record
+from harness import compare, note, plot, record, tables
 
 CHANNELS, HEADS, WINDOW, SHIFT = 180, 6, 8, 4
 SIZES = (64, 128, 256)
 FRACTIONS = (1.0, 0.5, 0.25)
+TABLE = (f"window attention, C {CHANNELS}, {HEADS} heads, window {WINDOW}, shift {SHIFT}, "
+         f"CPU ({torch.get_num_threads()} threads)")
 
 
 def shift_mask(size, window, shift):
@@ -91,17 +93,39 @@ def test_window_attention(benchmark, size, grad):
     fns["sdpa"] = timed(lambda: swinir_path(sdpa)(qkv, bias, mask))
     best = compare(benchmark, fns, grad=grad)
 
-    threads = torch.get_num_threads()
-    table = f"window attention, C {CHANNELS}, {HEADS} heads, window {WINDOW}, shift {SHIFT}, CPU ({threads} threads)"
-    note(table, "swinir / sdpa = SwinIR's roll + partition + attention + reverse + roll, with naive matmul-softmax "
+    note(TABLE, "swinir / sdpa = SwinIR's roll + partition + attention + reverse + roll, with naive matmul-softmax "
                 "or SDPA; x = their time / flexops (all windows); a% = flexops with a% of the windows active, as "
-                "a fraction of its all-active time; best of interleaved rounds")
+                "a fraction of its all-active time, beside the ideal a; best of interleaved rounds, warmed process")
     row = f"{size}x{size} {'fwd+bwd' if grad else 'fwd'}"
     full = best["flexops 100%"]
-    record(table, row, "flexops ms", f"{1e3 * full:.1f}")
-    record(table, row, "swinir ms", f"{1e3 * best['swinir']:.1f}")
-    record(table, row, "sdpa ms", f"{1e3 * best['sdpa']:.1f}")
-    record(table, row, "vs swinir", f"{best['swinir'] / full:.2f}x")
-    record(table, row, "vs sdpa", f"{best['sdpa'] / full:.2f}x")
+    for name in ("swinir", "sdpa"):
+        record(TABLE, row, f"{name} ms", f"{1e3 * best[name]:.1f}", 1e3 * best[name])
+    record(TABLE, row, "flexops ms", f"{1e3 * full:.1f}", 1e3 * full)
+    for name in ("swinir", "sdpa"):
+        record(TABLE, row, f"vs {name}", f"{best[name] / full:.2f}x", best[name] / full)
     for f in FRACTIONS[1:]:
-        record(table, row, f"{100 * f:g}% / 100%", f"{best[f'flexops {100 * f:g}%'] / full:.2f}")
+        fraction = best[f"flexops {100 * f:g}%"] / full
+        record(TABLE, row, f"{100 * f:g}% / 100%", f"{fraction:.2f}", fraction, f"ideal {f:g}")
+
+
+@plot("window_attention.png")
+def draw(figure):
+    """Time against the fraction of active windows (early exit), beside SwinIR's path and SDPA."""
+    cells = tables.get(TABLE)
+    if not cells:
+        return False
+    rows = [r for r in dict.fromkeys(r for r, _ in cells) if r.endswith("fwd")]
+    for i, row in enumerate(rows):
+        axes = figure.add_subplot(1, len(rows), i + 1)
+        full = cells[(row, "flexops ms")].value
+        times = [full] + [full * cells[(row, f"{100 * f:g}% / 100%")].value for f in FRACTIONS[1:]]
+        axes.plot(FRACTIONS, times, "o-", label="flexops")
+        axes.axhline(cells[(row, "swinir ms")].value, color="tab:red", ls="--", label="SwinIR path")
+        axes.axhline(cells[(row, "sdpa ms")].value, color="tab:green", ls=":", label="SwinIR path + SDPA")
+        axes.set_ylim(bottom=0)
+        axes.set_xlabel("active windows")
+        axes.set_title(row, fontsize=9)
+        if i == 0:
+            axes.set_ylabel("ms (forward)")
+            axes.legend(fontsize=7)
+    figure.suptitle("window attention with early exit, C 180, 6 heads, window 8", fontsize=10)
