@@ -353,6 +353,11 @@ class SwinIR(Reconstruction, nn.Module):
     forward does, cropped back. `tile`: restore in overlapping tiles as the official test script
     (bounded memory for large photos); without it an input whose estimated activations exceed
     max_memory bytes is refused with a tile size that fits.
+
+    >>> net = SwinIR(img_size=128, window_size=8, depths=[6] * 6, embed_dim=180, num_heads=[6] * 6,
+    ...              mlp_ratio=2, upscale=1, upsampler="")          # colour denoising
+    >>> load_official(net, "005_colorDN_DFWB_s128w8_SwinIR-M_noise25.pth")   # the official release file
+    >>> y = net(noisy, tile=256)                                     # bounded memory on a large photo
     """
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6), num_heads=(6, 6, 6, 6),

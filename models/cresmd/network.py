@@ -66,6 +66,10 @@ class CResMD(nn.Module):
     [B, cond_dim] or [cond_dim] (shared by the batch). Returns [B, out_nc, H, W].
 
     2,559,759 parameters at the defaults (2,557,708 with cond_dim=2).
+
+    >>> net = CResMD()
+    >>> net.load_state_dict(torch.load("3D_modulation.pth"))       # the official checkpoint, strict
+    >>> y = net(torch.rand(1, 3, 320, 480), torch.tensor([0.25, 0.3, 0.0]))
     """
 
     def __init__(self, in_nc=3, out_nc=3, nf=64, nb=32, cond_dim=3):

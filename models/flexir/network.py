@@ -34,6 +34,11 @@ class ExitBranch(Reconstruction, nn.Module):
 class FlexIR(SwinIR):
     """FlexIR(**SwinIR arguments, shared_tail=False).
 
+    Args:
+        *args, **kwargs: SwinIR's constructor arguments (flexops.models.swinir.SwinIR).
+        shared_tail: False (the paper's): one exit branch per B-RSTB, each SwinIR's tail (norm,
+            conv_after_body, the reconstruction); True: one tail shared by every exit, with SwinIR's names.
+
     FlexIR's configuration (paper section 4.1): img_size 128, window_size 8, depths [6] * 6,
     embed_dim 180, num_heads [6] * 6, mlp_ratio 2, upsampler "", upscale 1 (colour denoising); the
     JPEG models use in_chans 1, window_size 7, img_size 126, img_range 255.

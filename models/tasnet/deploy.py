@@ -41,6 +41,10 @@ class TASNetDeploy(nn.Module):
         max_memory: bytes the forward's feature maps may take (default 4 GiB); see `forward`.
 
     forward(x [1, 3, H, W], tasks [M, cond_dim]) -> [M, 3, H, W]: output m restores x at task m.
+
+    >>> deploy = TASNetDeploy.from_widths(CResMD(), n_shared=42, ta_width=32, ts_width=18)
+    >>> outputs = deploy(torch.rand(1, 3, 320, 480), data.CRESMD_27_TASKS)     # [27, 3, 320, 480]
+    >>> deploy.macs(320, 480, data.CRESMD_27_TASKS)                           # what that call cost
     """
 
     def __init__(self, supernet, ta_masks, controller, task_mean, ts_width=None, max_memory=DEFAULT_MAX_MEMORY):

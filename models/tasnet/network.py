@@ -68,6 +68,11 @@ class TASNet(nn.Module):
         gamma: eq. 6's agreement threshold. momentum: the EMA factor mu of z^a and of the mean task
             vector t-bar that shared residual blocks scale with (tasnet.md 3.3).
         hidden: width of the controller heads.
+
+    >>> model = TASNet(nf=64, nb=32)
+    >>> out = model(degraded, tasks)              # [M, 3, H, W] and [M, 3]: one search step's forward
+    >>> loss = F.l1_loss(out.image, target) + 0.05 * out.flops + 0.05 * out.agreement    # eq. 8
+    >>> deploy = model.eval().deploy()            # after the search (see `search`)
     """
 
     def __init__(self, in_nc=3, out_nc=3, nf=64, nb=32, cond_dim=3, share=True, gamma=0.9, momentum=0.99, hidden=64):
