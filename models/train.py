@@ -98,7 +98,7 @@ def load_model(path):
 
 def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9, 0.99), milestones=None,
           gamma=0.5, checkpoint=None, save_every=1000, config=None, num_workers=0, progress=True,
-          description="train"):
+          description="train", find_unused_parameters=False):
     """Trains `model` for `steps` optimiser steps (in all, counting steps of a resumed run).
 
     Args:
@@ -115,6 +115,8 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
         config: a dict describing the run (network settings); a resumed checkpoint must have been made
             with the same, else a ValueError says what differs.
         num_workers: DataLoader worker processes. progress: show the progress bar (rank 0 only).
+        find_unused_parameters: for a model whose steps leave some parameters out (FlexIR's pointer
+            schedule runs only the first blocks): DDP then reduces their gradients as zeros.
 
     Returns the trained model (unwrapped, on its device), in eval mode.
     """
@@ -139,7 +141,7 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         first = state["step"]
-    runner = DistributedDataParallel(model) if world > 1 else model
+    runner = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters) if world > 1 else model
 
     def save(step):
         if checkpoint is not None and rank == 0:

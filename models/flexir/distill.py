@@ -154,5 +154,6 @@ def train(teacher=None, images=None, *, steps=1000, patch_size=128, batch_size=8
 
     trained = training.train(model, loss_fn, dataset, steps=steps, batch_size=batch_size, lr=lr, betas=(0.9, 0.999),
                              checkpoint=checkpoint, save_every=save_every, config=config, num_workers=num_workers,
-                             progress=progress, description="FlexIR PSD")
+                             progress=progress, description="FlexIR PSD",
+                             find_unused_parameters=True)  # blocks past the scheduled pointer do not run
     return trained.student.eval()
