@@ -50,6 +50,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "KERNEL_SIZE",
     "Level",
+    "NoisyPairs",
+    "PatchPairs",
     "RestorationPairs",
     "add_noise",
     "degrade",
@@ -59,6 +61,7 @@ __all__ = [
     "level_to_task",
     "load_folder",
     "load_image",
+    "noise_levels",
     "random_patch",
     "sample_images",
     "sample_level_cresmd",
@@ -283,8 +286,9 @@ def sample_pair_relative(generator: torch.Generator | None) -> tuple[Level, Leve
 def _check_image(image: torch.Tensor, name: str = "image") -> None:
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
-    if image.dim() not in (3, 4) or image.shape[-3] != 3:
-        raise ValueError(f"{name} must have shape [3, H, W] or [B, 3, H, W], got {list(image.shape)}")
+    if image.dim() not in (3, 4) or image.shape[-3] not in (1, 3):
+        raise ValueError(f"{name} must have shape [C, H, W] or [B, C, H, W] with C = 3 (RGB) or 1 (gray), "
+                         f"got {list(image.shape)}")
     if not image.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor in [0, 1], got dtype {image.dtype}")
 
@@ -530,13 +534,13 @@ def load_image(path) -> torch.Tensor:
 
 
 def save_image(image: torch.Tensor, path) -> None:
-    """Writes a ``[3, H, W]`` image in ``[0, 1]`` (clipped, rounded to 8 bits) to ``path``; the
+    """Writes a ``[3, H, W]`` (or gray ``[1, H, W]``) image in ``[0, 1]`` (clipped, rounded to 8 bits) to ``path``; the
     format follows the file extension (PNG for lossless output)."""
     from PIL import Image
 
     _check_image(image)
     array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(np.ascontiguousarray(array)).save(path)
+    Image.fromarray(np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array)).save(path)
 
 
 def random_patch(image: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -579,40 +583,28 @@ def random_patch(image: torch.Tensor, size: int, generator: torch.Generator | No
 # --------------------------------------------------------------------------------------------- #
 
 
-class RestorationPairs(torch.utils.data.Dataset):
-    """Random training patches with their degraded version and task vector.
+class PatchPairs(torch.utils.data.Dataset):
+    """Random training patches of ``images`` made into training items by ``make_item(clean, generator)``:
+    the one dataset skeleton the zoo's methods share (each supplies its degradation).
 
     Item ``i`` is a deterministic function of ``(seed, i)``: it uses its own generator seeded with
     ``seed * 1_000_003 + i``, so data-loader workers, distributed ranks and resumed runs see the
-    same data. Image ``i % len(images)`` is cropped with :func:`random_patch`.
-
-    - ``relative=False`` (CResMD, absolute ground truth): ``level = sample_level_cresmd``,
-      ``degraded = degrade(clean, level)``, ``target = clean``, ``task = level_to_task(level)``.
-    - ``relative=True`` (TASNet, spec eq. 11): ``level_in, level_gt = sample_pair_relative``,
-      ``degraded = degrade(clean, level_in)``, ``target = degrade(clean, level_gt)``,
-      ``task = level_to_task(level_in) - level_to_task(level_gt)``. Both use the same standard
-      normal noise field (scaled by their own sigma), so equal levels give identical images and
-      the target's noise is a scaled-down copy of the input's, not an unpredictable new draw.
+    same data. Image ``i % len(images)`` is cropped with :func:`random_patch` (crop, flips and
+    transposition), then ``make_item`` degrades the clean patch with the same generator.
 
     Args:
-        images: non-empty sequence of ``[3, H, W]`` float tensors in [0, 1], each at least
+        images: non-empty sequence of ``[C, H, W]`` float tensors in [0, 1], each at least
             ``patch_size`` on both sides (e.g. :func:`sample_images` or :func:`load_folder`).
-        patch_size: side of the square patches (64 in CResMD).
-        relative: use TASNet's relative ground truth instead of CResMD's absolute one.
+        patch_size: side of the square patches.
+        make_item: ``(clean [C, p, p], generator) -> tuple`` of the item's tensors.
         seed: base seed.
         length: number of items; default ``len(images) * 1000`` (a virtual epoch).
+        channels: the image channel counts accepted (RGB or gray by default).
 
-    ``dataset[i]`` returns ``(degraded [3, p, p], target [3, p, p], task [3])``, all float32.
+    Example: ``PatchPairs(sample_images(), 64, lambda y, g: (add_noise(y, 25, g), y))``.
     """
 
-    def __init__(
-        self,
-        images: Sequence[torch.Tensor],
-        patch_size: int = 64,
-        relative: bool = False,
-        seed: int = 0,
-        length: int | None = None,
-    ) -> None:
+    def __init__(self, images, patch_size, make_item, seed=0, length=None, channels=(1, 3)) -> None:
         images = list(images)
         if not images:
             raise ValueError("images must not be empty")
@@ -620,9 +612,9 @@ class RestorationPairs(torch.utils.data.Dataset):
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         for k, img in enumerate(images):
-            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != 3:
+            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] not in channels:
                 shape = list(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-                raise ValueError(f"images[{k}] must be a [3, H, W] tensor, got {shape}")
+                raise ValueError(f"images[{k}] must be a [C, H, W] tensor with C in {channels}, got {shape}")
             h, w = img.shape[1:]
             if h < patch_size or w < patch_size:
                 raise ValueError(
@@ -630,7 +622,7 @@ class RestorationPairs(torch.utils.data.Dataset):
                 )
         self.images = images
         self.patch_size = patch_size
-        self.relative = bool(relative)
+        self.make_item = make_item
         self.seed = operator.index(seed)
         self.length = len(images) * 1000 if length is None else operator.index(length)
         if self.length < 0:
@@ -643,7 +635,7 @@ class RestorationPairs(torch.utils.data.Dataset):
         """The generator that item ``index`` draws from (seeded with ``seed * 1_000_003 + index``)."""
         return torch.Generator().manual_seed((self.seed * 1_000_003 + index) % (1 << 63))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int):
         index = operator.index(index)
         if index < 0:
             index += self.length
@@ -651,12 +643,67 @@ class RestorationPairs(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
         g = self.generator(index)
         clean = random_patch(self.images[index % len(self.images)], self.patch_size, g).float()
-        if not self.relative:
-            level = sample_level_cresmd(g)
-            return degrade(clean, level, g), clean, level_to_task(level)
+        return self.make_item(clean, g)
+
+
+class RestorationPairs(PatchPairs):
+    """CResMD's and TASNet's training items: ``(degraded [3, p, p], target [3, p, p], task [3])``.
+
+    - ``relative=False`` (CResMD, absolute ground truth): ``level = sample_level_cresmd``,
+      ``degraded = degrade(clean, level)``, ``target = clean``, ``task = level_to_task(level)``.
+    - ``relative=True`` (TASNet, spec eq. 11): ``level_in, level_gt = sample_pair_relative``,
+      ``degraded = degrade(clean, level_in)``, ``target = degrade(clean, level_gt)``,
+      ``task = level_to_task(level_in) - level_to_task(level_gt)``. Both use the same standard
+      normal noise field (scaled by their own sigma), so equal levels give identical images and
+      the target's noise is a scaled-down copy of the input's, not an unpredictable new draw.
+
+    Args:
+        images, patch_size (64 in CResMD), seed, length: as :class:`PatchPairs` (RGB images).
+        relative: use TASNet's relative ground truth instead of CResMD's absolute one.
+    """
+
+    def __init__(self, images, patch_size=64, relative=False, seed=0, length=None) -> None:
+        super().__init__(images, patch_size, self._relative_item if relative else self._absolute_item, seed, length,
+                         channels=(3,))
+        self.relative = bool(relative)
+
+    @staticmethod
+    def _absolute_item(clean, g):
+        level = sample_level_cresmd(g)
+        return degrade(clean, level, g), clean, level_to_task(level)
+
+    @staticmethod
+    def _relative_item(clean, g):
         level_in, level_gt = sample_pair_relative(g)
         noise_seed = int(torch.randint(1 << 62, (), generator=g))
         degraded = degrade(clean, level_in, torch.Generator().manual_seed(noise_seed))
         target = degrade(clean, level_gt, torch.Generator().manual_seed(noise_seed))
         task = level_to_task(level_in) - level_to_task(level_gt)
         return degraded, target, task
+
+
+def noise_levels(sigma) -> tuple:
+    """``sigma`` (a noise level in (0, 255] or a non-empty sequence of them) as a tuple of levels."""
+    sigmas = (sigma,) if isinstance(sigma, (int, float)) else tuple(sigma)
+    if not sigmas or any(not isinstance(s, (int, float)) or not 0 < s <= 255 for s in sigmas):
+        raise ValueError(f"sigma must be a noise level in (0, 255] or a non-empty sequence of them, got {sigma!r}")
+    return sigmas
+
+
+class NoisyPairs(PatchPairs):
+    """Denoising items ``(noisy [C, p, p], clean [C, p, p])``: white Gaussian noise (clipped, 8-bit) of
+    ``sigma``, or of one level drawn per item from a sequence of them (0-255 scale). RGB or gray images.
+
+    Args:
+        images, patch_size, seed, length: as :class:`PatchPairs`.
+        sigma: a noise level in (0, 255] or a non-empty sequence of them.
+    """
+
+    def __init__(self, images, patch_size=64, sigma=25.0, seed=0, length=None) -> None:
+        self.sigmas = noise_levels(sigma)
+        super().__init__(images, patch_size, self._noisy_item, seed, length)
+
+    def _noisy_item(self, clean, g):
+        # A draw only when there is a choice: a single level keeps the generator's stream for the noise.
+        sigma = self.sigmas[int(torch.randint(len(self.sigmas), (), generator=g))] if len(self.sigmas) > 1 else self.sigmas[0]
+        return add_noise(clean, sigma, g), clean

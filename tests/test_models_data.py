@@ -414,3 +414,28 @@ def test_restoration_pairs_on_sample_images():
     assert len(ds) == 1000 * len(data.sample_images())
     x, y, t = ds[5]
     assert x.shape == y.shape == (3, 64, 64) and t.shape == (3,)
+
+
+def test_noisy_pairs_rgb_and_gray():
+    rgb = data.sample_images()[0]
+    pairs = data.NoisyPairs([rgb], 32, sigma=25, seed=1)
+    noisy, clean = pairs[3]
+    assert noisy.shape == clean.shape == (3, 32, 32)
+    assert torch.equal(noisy, pairs[3][0]) and not torch.equal(noisy, pairs[4][0])
+    assert 20 < 255 * (noisy - clean).std() < 30
+    gray = data.NoisyPairs([rgb[:1]], 32, sigma=(10, 70), seed=1)
+    spreads = {round(float(255 * (n - c).std()) / 30) for n, c in (gray[i] for i in range(20))}
+    assert gray[0][0].shape == (1, 32, 32) and spreads == {0, 2}  # both levels drawn
+    with pytest.raises(ValueError, match=r"sigma must be a noise level in \(0, 255\]"):
+        data.NoisyPairs([rgb], 32, sigma=[])
+    with pytest.raises(ValueError, match=r"images\[0\] must be a \[C, H, W\] tensor with C in \(1, 3\)"):
+        data.NoisyPairs([torch.rand(2, 40, 40)], 32)
+
+
+def test_patch_pairs_hands_the_item_generator_to_make_item():
+    seen = []
+    pairs = data.PatchPairs([torch.rand(3, 40, 40)], 16, lambda clean, g: seen.append(torch.rand(1, generator=g)) or (clean,))
+    pairs[7]
+    expected = pairs.generator(7)
+    data.random_patch(pairs.images[0], 16, expected)
+    assert torch.equal(seen[0], torch.rand(1, generator=expected))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from flexops.models import create, data, irnas
-from flexops.models.irnas import (OP_NAMES, OPS, DenoisingPairs, IRNASNet, MixedOp, SuperNet, cell_genotype,
+from flexops.models.irnas import (OP_NAMES, OPS, denoising_pairs, IRNASNet, MixedOp, SuperNet, cell_genotype,
                                   irnas_loss, log_ssim_loss, search, ssim, viterbi)
 
 # ---- ops -----------------------------------------------------------------------------------------
@@ -301,15 +301,15 @@ def test_gray_denoising_pairs():
     rgb = data.sample_images()[0]
     gray = irnas.to_gray(rgb)
     torch.testing.assert_close(gray[0], 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
-    pairs = DenoisingPairs([rgb], 32, sigma=50, seed=3)
+    pairs = denoising_pairs([rgb], 32, sigma=50, seed=3)
     noisy, clean = pairs[5]
     assert noisy.shape == clean.shape == (1, 32, 32)
     assert torch.equal(noisy, pairs[5][0]) and not torch.equal(noisy, pairs[6][0])
     assert 40 < 255 * (noisy - clean).std() < 55  # sigma 50, a little clipping
     with pytest.raises(ValueError, match="smaller than the patch size 64x64"):
-        DenoisingPairs([torch.rand(3, 20, 80)], 64)
+        denoising_pairs([torch.rand(3, 20, 80)], 64)
     with pytest.raises(ValueError, match="sigma must be"):
-        DenoisingPairs([rgb], 32, sigma=-5)
+        denoising_pairs([rgb], 32, sigma=-5)
 
 
 def test_search_runs_end_to_end_and_an_interrupted_search_resumes_to_the_same_state(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops.models import data
 from flexops.models import train as training
 from flexops.models.flexir.network import FlexIR
 from flexops.models.swinir import SwinIR
@@ -91,31 +92,6 @@ class Distillation(nn.Module):
         return total, dict(logs, d=depth)
 
 
-class DenoisingPairs(torch.utils.data.Dataset):
-    """(noisy, clean) random patches with horizontal and vertical flips (FlexIR's colour denoising
-    data); item i is a function of (seed, i) alone, as models.data.RestorationPairs."""
-
-    def __init__(self, images, patch_size=128, sigma=25.0, seed=0, length=None):
-        from flexops.models import data
-
-        self.pairs = data.RestorationPairs(images, patch_size, seed=seed, length=length)
-        self.sigma = sigma
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, index):
-        from flexops.models import data
-
-        generator = self.pairs.generator(index)
-        clean = data.random_patch(self.pairs.images[index % len(self.pairs.images)], self.pairs.patch_size,
-                                  generator).float()
-        flips = torch.rand(2, generator=generator) < 0.5
-        dims = [d for d, flip in zip((-1, -2), flips) if flip]
-        clean = clean.flip(dims) if dims else clean
-        return data.add_noise(clean, self.sigma, generator), clean
-
-
 def train(teacher=None, images=None, *, steps=1000, patch_size=128, batch_size=8, lr=1e-5, sigma=25.0, alpha=ALPHA,
           shared_tail=False, network=None, seed=0, checkpoint=None, save_every=1000, num_workers=0, progress=True):
     """Trains FlexIR from a SwinIR teacher by progressive self-distillation (module docstring).
@@ -142,7 +118,7 @@ def train(teacher=None, images=None, *, steps=1000, patch_size=128, batch_size=8
         raise ValueError(f"teacher must be a flexops.models.swinir.SwinIR, got {type(teacher).__name__}")
     student = FlexIR.from_swinir(teacher, shared_tail=shared_tail).train()
     model = Distillation(student, teacher)
-    dataset = DenoisingPairs(images, patch_size, sigma, seed)
+    dataset = data.NoisyPairs(images, patch_size, sigma, seed)
     config = {"model": "flexir", "network": {k: v for k, v in teacher.config.items() if k != "norm_layer"},
               "shared_tail": shared_tail, "sigma": sigma, "alpha": alpha, "patch_size": patch_size,
               "batch_size": batch_size, "seed": seed}

@@ -21,11 +21,11 @@ later HiNAS): a searched cell (which op on which edge) stacked along a searched 
 from flexops.models.irnas.loss import irnas_loss, log_ssim_loss, psnr, ssim
 from flexops.models.irnas.network import ILLUSTRATIVE_GENOTYPE, ILLUSTRATIVE_PATH, IRNASNet, check_genotype
 from flexops.models.irnas.ops import OP_NAMES, OPS
-from flexops.models.irnas.search import DenoisingPairs, SearchResult, evaluate, search, split_images, to_gray, train
+from flexops.models.irnas.search import denoising_pairs, SearchResult, evaluate, search, split_images, to_gray, train
 from flexops.models.irnas.supernet import MixedOp, SuperCell, SuperNet, cell_genotype, num_edges
 from flexops.models.irnas.viterbi import beta_rows, check_path, viterbi
 
-__all__ = ["ILLUSTRATIVE_GENOTYPE", "ILLUSTRATIVE_PATH", "IRNASNet", "MixedOp", "OPS", "OP_NAMES", "DenoisingPairs",
+__all__ = ["ILLUSTRATIVE_GENOTYPE", "ILLUSTRATIVE_PATH", "IRNASNet", "MixedOp", "OPS", "OP_NAMES", "denoising_pairs",
            "SearchResult", "SuperCell", "SuperNet", "beta_rows", "cell_genotype", "check_genotype", "check_path",
            "evaluate", "irnas_loss", "log_ssim_loss", "num_edges", "psnr", "search", "split_images", "ssim",
            "to_gray", "train", "viterbi"]

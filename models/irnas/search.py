@@ -1,6 +1,6 @@
 """IR-NAS's search and training entry points on gray Gaussian denoising (the zoo's irnas.md, section 6).
 
-- `DenoisingPairs`: gray patches (BT.601 luma of RGB images) and their noisy versions at sigma 30,
+- `denoising_pairs`: gray patches (BT.601 luma of RGB images) and their noisy versions at sigma 30,
   50 or 70 (0-255 scale), each item a function of its index.
 - `search(...)`: weights-only warm-up (the paper's epochs 1-20 of 100: the first 20 % of the steps),
   then per step one architecture step (Adam on alpha, beta) on a Train A batch and one weight step
@@ -14,7 +14,6 @@
 """
 
 import math
-import operator
 import pathlib
 from typing import NamedTuple
 
@@ -40,53 +39,13 @@ def to_gray(image):
     return torch.tensordot(torch.tensor(LUMA, dtype=image.dtype), image, dims=1).unsqueeze(0)
 
 
-def _sigmas(sigma):
-    sigmas = (sigma,) if isinstance(sigma, (int, float)) else tuple(sigma)
-    if not sigmas or any(not isinstance(s, (int, float)) or not 0 < s <= 255 for s in sigmas):
-        raise ValueError(f"sigma must be a noise level in (0, 255] or a non-empty sequence of them, got {sigma!r}")
-    return sigmas
+def denoising_pairs(images, patch_size=64, sigma=SIGMAS, seed=0, length=None):
+    """IR-NAS's data: `data.NoisyPairs` of the gray (`to_gray`) images, items (noisy [1, p, p],
+    clean [1, p, p]) with one noise level of `sigma` drawn per item (0-255 scale).
 
-
-class DenoisingPairs(torch.utils.data.Dataset):
-    """Gray training patches with white Gaussian noise: item i = (noisy [1, p, p], clean [1, p, p]).
-
-    Args:
-        images: [3, H, W] RGB (converted with `to_gray`) or [1, H, W] gray tensors in [0, 1], each at
-            least `patch_size` on both sides.
-        patch_size: patch side. sigma: a noise level or a sequence of them (0-255 scale), one drawn
-            uniformly per item. seed: base seed. length: items (default 1000 per image).
-
-    Item i crops image i % len(images) with `data.random_patch` (crop, flips, transpose: all 8
-    rotations/reflections) and adds noise with `data.add_noise` (clipped and quantised to 8 bits),
-    all drawn from a generator seeded with seed * 1_000_003 + i.
-
-    Example: `noisy, clean = DenoisingPairs(data.sample_images(), 64, sigma=50)[0]`.
+    Example: `noisy, clean = denoising_pairs(data.sample_images(), 64, sigma=50)[0]`.
     """
-
-    def __init__(self, images, patch_size=64, sigma=SIGMAS, seed=0, length=None):
-        images = [to_gray(image) for image in images]
-        if not images:
-            raise ValueError("images must not be empty")
-        self.patch_size = operator.index(patch_size)
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-        for k, image in enumerate(images):
-            if min(image.shape[1:]) < self.patch_size:
-                raise ValueError(f"images[{k}] of size {image.shape[1]}x{image.shape[2]} is smaller than the "
-                                 f"patch size {self.patch_size}x{self.patch_size}")
-        self.images, self.sigmas, self.seed = images, _sigmas(sigma), seed
-        self.length = 1000 * len(images) if length is None else operator.index(length)
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % (1 << 63))
-        clean = data.random_patch(self.images[index % len(self.images)], self.patch_size, g)
-        sigma = self.sigmas[int(torch.randint(len(self.sigmas), (), generator=g))]
-        # data.add_noise takes RGB: the gray patch as three equal channels, one of which is kept.
-        noisy = data.add_noise(clean.expand(3, -1, -1), sigma, g)[:1]
-        return noisy, clean
+    return data.NoisyPairs([to_gray(image) for image in images], patch_size, sigma, seed, length)
 
 
 def split_images(images, val_portion=0.02, seed=0):
@@ -121,7 +80,7 @@ def evaluate(model, images, sigma=SIGMAS, patch_size=64, seed=0, batch_size=16):
     model.eval()
     outputs, targets = [], []
     with torch.no_grad():
-        for sigma_value in _sigmas(sigma):
+        for sigma_value in data.noise_levels(sigma):
             noisy = data.add_noise(clean.expand(-1, 3, -1, -1), sigma_value, g)[:, :1]
             for start in range(0, len(clean), batch_size):
                 outputs.append(model(noisy[start:start + batch_size].to(device)).cpu())
@@ -181,11 +140,11 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
                          f"got {steps}, {warmup}, {batch_size}, {eval_every}, {save_every}")
     images = training.images() if images is None else images
     val_images, weight_images, arch_images = split_images(images, val_portion, seed)
-    weight_data = DenoisingPairs(weight_images, patch_size, sigma, seed=2 * seed)
-    arch_data = DenoisingPairs(arch_images, patch_size, sigma, seed=2 * seed + 1)
+    weight_data = denoising_pairs(weight_images, patch_size, sigma, seed=2 * seed)
+    arch_data = denoising_pairs(arch_images, patch_size, sigma, seed=2 * seed + 1)
     network = dict(in_chans=1, layers=layers, nodes=nodes, width=width)
     config = {"model": "irnas_supernet", "network": network, "steps": steps, "warmup": warmup,
-              "patch_size": patch_size, "batch_size": batch_size, "sigma": list(_sigmas(sigma)), "seed": seed,
+              "patch_size": patch_size, "batch_size": batch_size, "sigma": list(data.noise_levels(sigma)), "seed": seed,
               "val_portion": val_portion}
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -279,12 +238,12 @@ def train(images=None, *, genotype=ILLUSTRATIVE_GENOTYPE, path=ILLUSTRATIVE_PATH
     Example: `net = train(genotype=result.genotype, path=result.path, sigma=50, steps=600_000)`.
     """
     images = training.images() if images is None else images
-    dataset = DenoisingPairs(images, patch_size, sigma, seed=seed)
+    dataset = denoising_pairs(images, patch_size, sigma, seed=seed)
     network = dict(genotype=[list(pair) for pair in check_genotype(genotype, nodes)], path=check_path(path),
                    width=width, nodes=nodes, in_chans=1)
     torch.manual_seed(seed)
     model = IRNASNet(**network)
-    config = {"model": "irnas", "network": network, "sigma": list(_sigmas(sigma)), "patch_size": patch_size,
+    config = {"model": "irnas", "network": network, "sigma": list(data.noise_levels(sigma)), "patch_size": patch_size,
               "batch_size": batch_size, "seed": seed}
 
     def loss(net, batch, step=None):
