@@ -121,7 +121,7 @@ def test_argument_errors_are_value_and_runtime_errors(name, caught):
     args = [change.get(i, a) for i, a in enumerate(args)]
     with pytest.raises(caught, match=message) as error:
         op(*args)
-    assert type(error.value) is flexops.ops._args.ArgumentError
+    assert type(error.value) is flexops.ops.ArgumentError
 
 
 def test_non_tensor_argument_is_also_a_type_error():

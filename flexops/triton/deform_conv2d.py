@@ -87,8 +87,9 @@ def _columns(img, y0, x0, ly, lx, y0_ok, y1_ok, x0_ok, x1_ok, modulation, chans,
     cols += (ly * hx)[:, None] * _gather(img, y0 + 1, x0, y1_ok & x0_ok, chans, chan_ok, s_c, s_h, s_w)
     cols += (ly * lx)[:, None] * _gather(img, y0 + 1, x0 + 1, y1_ok & x1_ok, chans, chan_ok, s_c, s_h, s_w)
     # The mask multiplies the blended value, as in torchvision: an infinite mask gives inf, not the
-    # NaN of inf times a zero corner weight.
-    return cols * modulation[:, None]
+    # NaN of inf times a zero corner weight. Lanes past the last channel stay 0 (not inf * 0), as
+    # the product with the weight tile sums over them.
+    return tl.where(chan_ok[None, :], cols * modulation[:, None], 0.0)
 
 
 @triton.jit
