@@ -31,14 +31,26 @@ def fx_leaf(op):
 
     @functools.wraps(op)
     def leaf(*args, **kwargs):
-        for value in (*args, *kwargs.values()):
-            if isinstance(value, torch.fx.Proxy):
-                proxy = value.tracer.create_proxy("call_function", leaf, args, kwargs)
-                proxy.node.meta["is_wrapped"] = True
-                return proxy
+        for value in args:
+            if isinstance(value, _Proxy):
+                return _record(value, leaf, args, kwargs)
+        if kwargs:
+            for value in kwargs.values():
+                if isinstance(value, _Proxy):
+                    return _record(value, leaf, args, kwargs)
         return op(*args, **kwargs)
 
     return leaf
+
+
+_Proxy = torch.fx.Proxy
+
+
+def _record(proxy, op, args, kwargs):
+    """The call op(*args, **kwargs) as a node of proxy's graph, as torch.fx.wrap records one."""
+    result = proxy.tracer.create_proxy("call_function", op, args, kwargs)
+    result.node.meta["is_wrapped"] = True
+    return result
 
 
 def pair(value, name, minimum):
