@@ -107,6 +107,37 @@ def test_triton_float16():
     torch.testing.assert_close(got.double(), want, atol=5e-2, rtol=5e-3)
 
 
+def non_finite_cases():
+    """(name, input, offset, mask) where torchvision's arithmetic order decides the result."""
+    inf, nan = float("inf"), float("nan")
+    one = torch.ones(1, 1, 1, 1)
+    half_down = torch.tensor([0.5, 0.0]).reshape(1, 2, 1, 1)  # half on the pixel, half outside
+    x = torch.arange(1.0, 13.0).reshape(1, 1, 3, 4)
+    offset = torch.full((1, 18, 3, 4), 0.25)
+    return {
+        "inf mask, half outside": (one, half_down, torch.full((1, 1, 1, 1), inf)),
+        "-inf mask, wholly outside": (one, torch.full((1, 2, 1, 1), 5.0), torch.full((1, 1, 1, 1), -inf)),
+        "inf mask, zero pixel": (torch.zeros(1, 1, 1, 1), half_down, torch.full((1, 1, 1, 1), inf)),
+        "inf pixel": (x.index_put((torch.tensor([0]), torch.tensor([0]), torch.tensor([1]), torch.tensor([2])),
+                                  torch.tensor(inf)), offset, torch.rand(1, 9, 3, 4)),
+        "nan pixel on a border": (x.index_put((torch.tensor([0]), torch.tensor([0]), torch.tensor([2]),
+                                               torch.tensor([3])), torch.tensor(nan)), offset, None),
+        "inf offset": (x, offset.index_fill(1, torch.tensor([4]), inf), torch.rand(1, 9, 3, 4)),
+    }
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("name", sorted(non_finite_cases()))
+def test_non_finite_values_as_torchvision(name, backend):
+    x, offset, mask = non_finite_cases()[name]
+    kernel = offset.shape[1] // 2
+    weight = torch.ones(1, 1, 3, 3) if kernel == 9 else torch.ones(1, 1, 1, 1)
+    padding = 1 if kernel == 9 else 0
+    want = torchvision_ops.deform_conv2d(x, offset, weight, padding=padding, mask=mask)
+    got = with_backend(backend)(x, offset, weight, padding=padding, mask=mask)
+    torch.testing.assert_close(got, want, equal_nan=True)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_zero_offset_and_unit_mask_is_conv2d(backend):
     x, weight, bias = torch.randn(2, 6, 9, 7), torch.randn(4, 3, 3, 2), torch.randn(4)
@@ -194,14 +225,22 @@ def test_batch_zero():
         (dict(weight=torch.randn(4, 4, 3)), "weight must have 4 dimensions"),
         (dict(bias=torch.randn(3)), r"bias must be \[Cout\]"),
         (dict(mask=torch.rand(2, 9, 6, 6, dtype=torch.float64)), "mask has dtype"),
+        # Shapes are checked before dtypes, as torchvision does.
+        (dict(offset=torch.randn(2, 18, 5, 6), mask=torch.rand(2, 9, 6, 6, dtype=torch.float64)), "offset must be"),
+        (dict(x=torch.randn(2, 4, 6, 6, dtype=torch.float64), weight=torch.randn(4, 3, 3, 3)), "must divide input"),
     ],
 )
-def test_bad_input(change, message):
+@pytest.mark.parametrize("caught", [ValueError, RuntimeError])  # RuntimeError: what torchvision raises
+def test_bad_input(change, message, caught):
     args = dict(x=torch.randn(2, 4, 6, 6), offset=torch.randn(2, 18, 6, 6), weight=torch.randn(4, 4, 3, 3),
                 bias=torch.randn(4), mask=torch.rand(2, 9, 6, 6))
     args.update(change)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(caught, match=message):
         deform_conv2d(args["x"], args["offset"], args["weight"], args["bias"], padding=1, mask=args["mask"])
+    with pytest.raises(RuntimeError) as theirs:  # torchvision fails on the same input, and not on dtype first
+        torchvision_ops.deform_conv2d(args["x"], args["offset"], args["weight"], args["bias"], padding=1,
+                                      mask=args["mask"])
+    assert "dtype" in message or "scalar type" not in str(theirs.value)
 
 
 def test_deform_conv2d_module_matches_torchvision():

@@ -319,17 +319,19 @@ CornerRows<scalar_t> corner_rows(const BilinearCorners<acc_t>& c, const acc_t* w
 // -O3 for whatever instruction set the build targets. They are kept out of line: inlined into the
 // tile loops, the compiler ran out of registers and reloaded the row pointers every iteration.
 
-// dst[c] = sum_q weight[q] * row[q][c] for c in [begin, end).
+// dst[c] = mask * sum_q weight[q] * row[q][c] for c in [begin, end). The mask multiplies the
+// sampled value, as in torchvision: folded into the corner weights, an infinite mask would meet a
+// zero weight and give NaN where torchvision gives inf.
 template <typename scalar_t>
 __attribute__((noinline)) void blend(scalar_t* __restrict dst, const CornerRows<scalar_t>& r,
-                                     int64_t begin, int64_t end) {
+                                     scalar_t mask, int64_t begin, int64_t end) {
   const scalar_t* __restrict r0 = r.row[0];
   const scalar_t* __restrict r1 = r.row[1];
   const scalar_t* __restrict r2 = r.row[2];
   const scalar_t* __restrict r3 = r.row[3];
   const scalar_t w0 = r.weight[0], w1 = r.weight[1], w2 = r.weight[2], w3 = r.weight[3];
   for (int64_t c = begin; c < end; ++c) {
-    dst[c] = w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c];
+    dst[c] = mask * (w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c]);
   }
 }
 
@@ -444,12 +446,11 @@ void forward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar_
             if (!bilinear_corners(y, x, int(s.height), int(s.width), corners)) {
               corners = BilinearCorners<acc_t>{{-1, -1, -1, -1}, {}, {}, {}};
             }
-            const acc_t weights[4] = {m * corners.weight[0], m * corners.weight[1],
-                                      m * corners.weight[2], m * corners.weight[3]};
-            const auto rows = corner_rows(corners, weights, image, zeros.data(), s.in_channels);
+            const auto rows =
+                corner_rows(corners, corners.weight, image, zeros.data(), s.in_channels);
             for (size_t r = r0; r < r1; ++r) {
-              blend(columns + p * s.row + runs[r].column + k * s.group_in, rows, runs[r].begin,
-                    runs[r].end);
+              blend(columns + p * s.row + runs[r].column + k * s.group_in, rows, scalar_t(m),
+                    runs[r].begin, runs[r].end);
             }
           });
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from flexops.nn._init import default_init_
-from flexops.ops._args import conv_params
+from flexops.ops._args import ArgumentError, conv_params, fx_leaf
 from flexops.ops.tunable_conv2d import tunable_conv2d, tunable_conv2d_unchecked
 
 MODES = ("mlp", "linear")
@@ -76,13 +76,20 @@ class _Tunable(nn.Module):
         """alpha for omega [p] or [B, p] (checked), or the one an `Alphas` holds for this layer."""
         if type(omega) is Alphas:
             return omega.of(self)
-        if not isinstance(omega, torch.Tensor) or omega.dim() not in (1, 2) or omega.shape[-1] != self.num_params:
-            shape = tuple(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
-            raise ValueError(f"omega must be [p] or [B, p] with p = {self.num_params}, got {shape}")
+        omega = _checked_omega(omega, self.num_params)
         return omega if self.mlp is None else self.mlp(omega)
 
     def extra_repr(self):
         return f"num_params={self.num_params}, mode={self.mode!r}"
+
+
+@fx_leaf
+def _checked_omega(omega, num_params):
+    """omega itself once it is [p] or [B, p]; one node under torch.fx, where its shape is unknown."""
+    if not isinstance(omega, torch.Tensor) or omega.dim() not in (1, 2) or omega.shape[-1] != num_params:
+        shape = tuple(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
+        raise ArgumentError(f"omega must be [p] or [B, p] with p = {num_params}, got {shape}")
+    return omega
 
 
 class TunableConv2d(_Tunable):
@@ -153,22 +160,28 @@ class TunableLinear(_Tunable):
         """x [..., in_features] ([B, ..., in_features] with per-sample omega); omega [p], [B, p] or an
         `Alphas` (then unchecked)."""
         checked = type(omega) is Alphas
-        alpha = self.alpha(omega)
-        if not checked and x.shape[-1] != self.in_features:
-            raise ValueError(f"x must end in in_features={self.in_features}, got shape {tuple(x.shape)}")
-        # One [rows, p] x [p, out * in] product: cheaper per call than an einsum.
-        weight = (alpha @ self.weight.flatten(1)).unflatten(-1, self.weight.shape[1:])
-        bias = None if self.bias is None else alpha @ self.bias
-        if alpha.dim() == 1:
-            return torch.nn.functional.linear(x, weight, bias)
-        if not checked and x.shape[0] != alpha.shape[0]:
-            raise ValueError(f"per-sample omega has {alpha.shape[0]} rows but x has batch {x.shape[0]}")
-        flat = x.reshape(x.shape[0], -1, self.in_features)
-        y = torch.bmm(flat, weight.transpose(1, 2))
-        if bias is not None:
-            y = y + bias[:, None, :]
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return _tunable_linear(x, self.weight, self.bias, self.alpha(omega), self.in_features, checked)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, {super().extra_repr()}")
+
+
+@fx_leaf
+def _tunable_linear(x, weight, bias, alpha, in_features, checked):
+    """TunableLinear's product for alpha [p] or [B, p]; x is checked unless `checked`. One node under
+    torch.fx: which product runs depends on alpha's rank."""
+    if not checked and x.shape[-1] != in_features:
+        raise ArgumentError(f"x must end in in_features={in_features}, got shape {tuple(x.shape)}")
+    # One [rows, p] x [p, out * in] product: cheaper per call than an einsum.
+    blended = (alpha @ weight.flatten(1)).unflatten(-1, weight.shape[1:])
+    blended_bias = None if bias is None else alpha @ bias
+    if alpha.dim() == 1:
+        return torch.nn.functional.linear(x, blended, blended_bias)
+    if not checked and x.shape[0] != alpha.shape[0]:
+        raise ArgumentError(f"per-sample omega has {alpha.shape[0]} rows but x has batch {x.shape[0]}")
+    flat = x.reshape(x.shape[0], -1, in_features)
+    y = torch.bmm(flat, blended.transpose(1, 2))
+    if blended_bias is not None:
+        y = y + blended_bias[:, None, :]
+    return y.reshape(*x.shape[:-1], weight.shape[1])

@@ -1,10 +1,56 @@
 """Argument normalisation and validation shared by the flexops ops.
 
 Every error names the argument and says what was expected, so a user sees the mistake in their own
-terms instead of a failure deep inside a kernel.
+terms instead of a failure deep inside a kernel. The errors are ArgumentError: code written for
+torchvision's ops (`except RuntimeError`) and code written for flexops' first releases (`except
+ValueError`) both catch them.
 """
 
+import functools
+
 import torch
+import torch.fx
+
+
+class ArgumentError(ValueError, RuntimeError):
+    """A flexops op was called with an argument of the wrong shape, value, device or dtype."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument that must be a tensor is not one (still caught as TypeError, as before)."""
+
+
+def fx_leaf(op):
+    """Makes `op` one call node under torch.fx.symbolic_trace, however it is reached.
+
+    torch.fx.wrap patches one module's global name only; a user's `from flexops.ops import op` or a
+    flexops layer would still call the original and reach the argument checks with FX proxies. This
+    records the call on the tracer instead when an argument is a proxy; the graph then calls `op`
+    with real tensors, checks included.
+    """
+
+    @functools.wraps(op)
+    def leaf(*args, **kwargs):
+        for value in args:
+            if isinstance(value, _Proxy):
+                return _record(value, leaf, args, kwargs)
+        if kwargs:
+            for value in kwargs.values():
+                if isinstance(value, _Proxy):
+                    return _record(value, leaf, args, kwargs)
+        return op(*args, **kwargs)
+
+    return leaf
+
+
+_Proxy = torch.fx.Proxy
+
+
+def _record(proxy, op, args, kwargs):
+    """The call op(*args, **kwargs) as a node of proxy's graph, as torch.fx.wrap records one."""
+    result = proxy.tracer.create_proxy("call_function", op, args, kwargs)
+    result.node.meta["is_wrapped"] = True
+    return result
 
 
 def pair(value, name, minimum):
@@ -13,9 +59,9 @@ def pair(value, name, minimum):
         value = (value, value)
     value = tuple(value)
     if len(value) != 2 or not all(isinstance(v, int) for v in value):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise ArgumentError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ArgumentError(f"{name} must be >= {minimum}, got {value!r}")
     return value
 
 
@@ -27,19 +73,19 @@ def conv_params(stride, padding, dilation):
 def check_tensor(name, tensor, dim, like=None):
     """A tensor of rank `dim` (None: any); with `like`, on its device and of its dtype."""
     if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if dim is not None and tensor.dim() != dim:
-        raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(tensor.shape)}")
+        raise ArgumentError(f"{name} must have {dim} dimensions, got shape {tuple(tensor.shape)}")
     if like is not None:
         if tensor.device != like.device:
-            raise ValueError(f"{name} is on {tensor.device} but input is on {like.device}")
+            raise ArgumentError(f"{name} is on {tensor.device} but input is on {like.device}")
         if tensor.dtype != like.dtype:
-            raise ValueError(f"{name} has dtype {tensor.dtype} but input has dtype {like.dtype}")
+            raise ArgumentError(f"{name} has dtype {tensor.dtype} but input has dtype {like.dtype}")
 
 
 def check_floating(name, tensor):
     if not tensor.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+        raise ArgumentError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
 
 
 def conv_output_size(size, kernel, stride, padding, dilation, name="input"):
@@ -48,7 +94,7 @@ def conv_output_size(size, kernel, stride, padding, dilation, name="input"):
     for n, k, s, p, d in zip(size, kernel, stride, padding, dilation):
         extent = d * (k - 1) + 1
         if n + 2 * p < extent:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} of spatial size {tuple(size)} with padding {tuple(padding)} is smaller "
                 f"than the dilated kernel {tuple(kernel)} (dilation {tuple(dilation)})"
             )

@@ -11,6 +11,7 @@ from flexops import backends, reference
 from flexops.ops import _args
 
 
+@_args.fx_leaf
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
     """Deformable 2-D convolution.
 
@@ -35,42 +36,52 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
 
 def _check(input, offset, weight, bias, mask, stride, padding, dilation):
-    _args.check_tensor("input", input, 4)
-    _args.check_floating("input", input)
-    _args.check_tensor("weight", weight, 4, like=input)
-    _args.check_tensor("offset", offset, 4, like=input)
+    # torchvision's order, so both report the same first error: ranks, then groups and channels,
+    # then shapes, then dtypes (torchvision finds those last, in its kernel), then bias. Devices
+    # come first, as torchvision's CUDA kernel checks them before anything else.
+    _args.check_tensor("input", input, None)
+    for name, tensor in (("offset", offset), ("mask", mask), ("weight", weight), ("bias", bias)):
+        if tensor is not None:
+            _args.check_tensor(name, tensor, None)
+            if tensor.device != input.device:
+                raise _args.ArgumentError(f"{name} is on {tensor.device} but input is on {input.device}")
+    for name, tensor in (("input", input), ("offset", offset), ("mask", mask), ("weight", weight)):
+        if tensor is not None:
+            _args.check_tensor(name, tensor, 4)
     batch, in_channels = input.shape[:2]
     out_channels, cin_per_group, kh, kw = weight.shape
     if cin_per_group == 0 or in_channels % cin_per_group:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"weight's second dimension ({cin_per_group}) must divide input channels ({in_channels}): "
             "weight is [Cout, Cin / groups, kh, kw]"
         )
     groups = in_channels // cin_per_group
     if out_channels % groups:
-        raise ValueError(f"output channels ({out_channels}) must be divisible by groups ({groups})")
-    out_size = _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+        raise _args.ArgumentError(f"output channels ({out_channels}) must be divisible by groups ({groups})")
     points = kh * kw
     if offset.shape[1] % (2 * points) or offset.shape[1] == 0:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"offset must have 2 * offset_groups * kh * kw channels (a multiple of {2 * points}); "
             f"got {offset.shape[1]}"
         )
     offset_groups = offset.shape[1] // (2 * points)
     if in_channels % offset_groups:
-        raise ValueError(f"offset groups ({offset_groups}) must divide input channels ({in_channels})")
+        raise _args.ArgumentError(f"offset groups ({offset_groups}) must divide input channels ({in_channels})")
+    out_size = _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
     expected = (batch, 2 * offset_groups * points, *out_size)
     if tuple(offset.shape) != expected:
-        raise ValueError(f"offset must be [B, 2*og*kh*kw, Ho, Wo] = {list(expected)}; got {list(offset.shape)}")
-    if mask is not None:
-        _args.check_tensor("mask", mask, 4, like=input)
-        expected = (batch, offset_groups * points, *out_size)
-        if tuple(mask.shape) != expected:
-            raise ValueError(f"mask must be [B, og*kh*kw, Ho, Wo] = {list(expected)}; got {list(mask.shape)}")
-    if bias is not None:
-        _args.check_tensor("bias", bias, 1, like=input)
-        if bias.shape[0] != out_channels:
-            raise ValueError(f"bias must be [Cout] = [{out_channels}]; got {list(bias.shape)}")
+        raise _args.ArgumentError(
+            f"offset must be [B, 2*og*kh*kw, Ho, Wo] = {list(expected)}; got {list(offset.shape)}"
+        )
+    expected = (batch, offset_groups * points, *out_size)
+    if mask is not None and tuple(mask.shape) != expected:
+        raise _args.ArgumentError(f"mask must be [B, og*kh*kw, Ho, Wo] = {list(expected)}; got {list(mask.shape)}")
+    _args.check_floating("input", input)
+    for name, tensor in (("weight", weight), ("offset", offset), ("mask", mask), ("bias", bias)):
+        if tensor is not None:
+            _args.check_tensor(name, tensor, None, like=input)
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise _args.ArgumentError(f"bias must be [Cout] = [{out_channels}]; got {list(bias.shape)}")
 
 
 def _contiguous_like(t):

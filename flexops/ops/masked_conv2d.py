@@ -12,6 +12,7 @@ from flexops import backends, reference
 from flexops.ops import _args
 
 
+@_args.fx_leaf
 def masked_conv2d(input, weight, bias=None, in_mask=None, out_mask=None, stride=1, padding=0, dilation=1):
     """Channel-masked 2-D convolution.
 
@@ -45,9 +46,9 @@ def _mask(mask, name, channels, input):
         return torch.ones(1, channels, dtype=torch.bool, device=input.device)
     _args.check_tensor(name, mask, None)
     if mask.device != input.device:
-        raise ValueError(f"{name} is on {mask.device} but input is on {input.device}")
+        raise _args.ArgumentError(f"{name} is on {mask.device} but input is on {input.device}")
     if mask.dim() not in (1, 2) or mask.shape[-1] != channels:
-        raise ValueError(f"{name} must be [{channels}] or [M, {channels}]; got {list(mask.shape)}")
+        raise _args.ArgumentError(f"{name} must be [{channels}] or [M, {channels}]; got {list(mask.shape)}")
     return mask.detach().reshape(-1, channels) != 0
 
 
@@ -59,24 +60,24 @@ def _check(input, weight, bias, in_mask, out_mask, stride, padding, dilation):
     batch, in_channels = input.shape[:2]
     out_channels, _, kh, kw = weight.shape
     if weight.shape[1] != in_channels:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"weight must be [Cout, Cin, kh, kw] = [{out_channels}, {in_channels}, kh, kw] for input of "
             f"{in_channels} channels; got {list(weight.shape)}"
         )
     if bias is not None:
         _args.check_tensor("bias", bias, 1, like=input)
         if bias.shape[0] != out_channels:
-            raise ValueError(f"bias must be [Cout] = [{out_channels}]; got {list(bias.shape)}")
+            raise _args.ArgumentError(f"bias must be [Cout] = [{out_channels}]; got {list(bias.shape)}")
     in_mask = _mask(in_mask, "in_mask", in_channels, input)
     out_mask = _mask(out_mask, "out_mask", out_channels, input)
     tasks = max(in_mask.shape[0], out_mask.shape[0])
     if in_mask.shape[0] not in (1, tasks) or out_mask.shape[0] not in (1, tasks):
-        raise ValueError(
+        raise _args.ArgumentError(
             f"in_mask and out_mask must have the same number of task rows M (or one of them a single row); "
             f"got in_mask {in_mask.shape[0]} and out_mask {out_mask.shape[0]} rows"
         )
     if tasks > 1 and batch not in (1, tasks):
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input batch must be 1 (shared by the M = {tasks} tasks) or M = {tasks} (one sample per task); "
             f"got input of shape {list(input.shape)}"
         )

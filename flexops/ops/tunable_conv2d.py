@@ -10,6 +10,7 @@ from flexops import backends, reference
 from flexops.ops import _args
 
 
+@_args.fx_leaf
 def tunable_conv2d(input, weight, bias, alpha, stride=1, padding=0, dilation=1, groups=1):
     """Tunable 2-D convolution.
 
@@ -56,26 +57,26 @@ def _check(input, weight, bias, alpha, stride, padding, dilation, groups):
     _args.check_tensor("alpha", alpha, None, like=input)
     p, cout, cin_per_group, kh, kw = weight.shape
     if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+        raise _args.ArgumentError(f"groups must be a positive int, got {groups!r}")
     if input.shape[1] % groups or cout % groups:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"groups={groups} must divide input channels ({input.shape[1]}) and output channels ({cout})"
         )
     if cin_per_group * groups != input.shape[1]:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"weight must be [p, Cout, Cin/groups, kh, kw] = [p, {cout}, {input.shape[1] // groups}, kh, kw] "
             f"for input of {input.shape[1]} channels and groups={groups}; got {tuple(weight.shape)}"
         )
     if p < 1:
-        raise ValueError("weight must hold at least one kernel (p >= 1)")
+        raise _args.ArgumentError("weight must hold at least one kernel (p >= 1)")
     if alpha.shape not in ((p,), (input.shape[0], p)):
-        raise ValueError(
+        raise _args.ArgumentError(
             f"alpha must be [p] = [{p}] or [B, p] = [{input.shape[0]}, {p}]; got {tuple(alpha.shape)}"
         )
     if bias is not None:
         _args.check_tensor("bias", bias, 2, like=input)
         if bias.shape != (p, cout):
-            raise ValueError(f"bias must be [p, Cout] = [{p}, {cout}] or None; got {tuple(bias.shape)}")
+            raise _args.ArgumentError(f"bias must be [p, Cout] = [{p}, {cout}] or None; got {tuple(bias.shape)}")
     _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
 
 

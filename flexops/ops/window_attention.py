@@ -20,6 +20,7 @@ from flexops import backends, reference
 from flexops.ops import _args
 
 
+@_args.fx_leaf
 def window_attention(
     qkv, num_heads, window_size, shift_size=0, rel_pos_bias=None, scale=None, active=None, mask_value=None
 ):
@@ -60,7 +61,7 @@ def window_attention(
 
 def _positive_int(value, name):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise _args.ArgumentError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
@@ -72,15 +73,15 @@ def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active,
     num_heads = _positive_int(num_heads, "num_heads")
     window_size = _positive_int(window_size, "window_size")
     if not isinstance(shift_size, int) or isinstance(shift_size, bool) or not 0 <= shift_size < window_size:
-        raise ValueError(f"shift_size must be an int in [0, window_size = {window_size}), got {shift_size!r}")
+        raise _args.ArgumentError(f"shift_size must be an int in [0, window_size = {window_size}), got {shift_size!r}")
     batch, height, width, channels3 = qkv.shape
     if channels3 % (3 * num_heads):
-        raise ValueError(
+        raise _args.ArgumentError(
             f"qkv's last dimension must be 3 * C with C a multiple of num_heads = {num_heads}; "
             f"got qkv of shape {list(qkv.shape)}"
         )
     if height % window_size or width % window_size:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"qkv's H and W must be multiples of window_size = {window_size}; got H = {height}, W = {width} "
             "(pad the token map first)"
         )
@@ -88,21 +89,21 @@ def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active,
     if rel_pos_bias is not None:
         _args.check_tensor("rel_pos_bias", rel_pos_bias, 3, like=qkv)
         if tuple(rel_pos_bias.shape) != (num_heads, tokens, tokens):
-            raise ValueError(
+            raise _args.ArgumentError(
                 f"rel_pos_bias must be [num_heads, N, N] = [{num_heads}, {tokens}, {tokens}] "
                 f"(N = window_size^2); got {list(rel_pos_bias.shape)}"
             )
     if scale is None:
         scale = (channels3 // (3 * num_heads)) ** -0.5
     elif not isinstance(scale, numbers.Real) or isinstance(scale, bool):
-        raise ValueError(f"scale must be a real number or None, got {scale!r}")
+        raise _args.ArgumentError(f"scale must be a real number or None, got {scale!r}")
     if active is not None:
         grid = [batch, height // window_size, width // window_size]
         _args.check_tensor("active", active, 3)
         if active.device != qkv.device:
-            raise ValueError(f"active is on {active.device} but qkv is on {qkv.device}")
+            raise _args.ArgumentError(f"active is on {active.device} but qkv is on {qkv.device}")
         if list(active.shape) != grid:
-            raise ValueError(f"active must be [B, H/ws, W/ws] = {grid}; got {list(active.shape)}")
+            raise _args.ArgumentError(f"active must be [B, H/ws, W/ws] = {grid}; got {list(active.shape)}")
         active = active.detach() != 0
     if mask_value is not None:
         if (
@@ -111,7 +112,7 @@ def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active,
             or math.isnan(mask_value)
             or mask_value == math.inf
         ):
-            raise ValueError(f"mask_value must be None or a real number below +inf (SwinIR: -100.0), got {mask_value!r}")
+            raise _args.ArgumentError(f"mask_value must be None or a real number below +inf (SwinIR: -100.0), got {mask_value!r}")
         mask_value = float(mask_value)
     return num_heads, window_size, shift_size, float(scale), active, mask_value
 

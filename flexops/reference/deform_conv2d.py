@@ -51,7 +51,10 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
         inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
         index = (cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1)).long()
         values = torch.gather(channels, 3, index.expand(-1, -1, channels.shape[2], -1))
-        columns = columns + values * (corner_weight * inside)
+        # torchvision's arithmetic, which decides non-finite results: a corner outside contributes
+        # weight * 0 (not the clamped pixel times 0, which is NaN for an infinite pixel) and the
+        # mask multiplies the blended value (an infinite mask times a zero weight would be NaN).
+        columns = columns + torch.where(inside, values, 0) * corner_weight
     if mask is not None:
         columns = columns * mask.reshape(batch, offset_groups, 1, samples)
 

@@ -82,11 +82,14 @@ def _columns(img, y0, x0, ly, lx, y0_ok, y1_ok, x0_ok, x1_ok, modulation, chans,
     """A [pixels, channels] tile of the columns: mask * bilinear sample, fp32."""
     hy = 1.0 - ly
     hx = 1.0 - lx
-    cols = (hy * hx * modulation)[:, None] * _gather(img, y0, x0, y0_ok & x0_ok, chans, chan_ok, s_c, s_h, s_w)
-    cols += (hy * lx * modulation)[:, None] * _gather(img, y0, x0 + 1, y0_ok & x1_ok, chans, chan_ok, s_c, s_h, s_w)
-    cols += (ly * hx * modulation)[:, None] * _gather(img, y0 + 1, x0, y1_ok & x0_ok, chans, chan_ok, s_c, s_h, s_w)
-    cols += (ly * lx * modulation)[:, None] * _gather(img, y0 + 1, x0 + 1, y1_ok & x1_ok, chans, chan_ok, s_c, s_h, s_w)
-    return cols
+    cols = (hy * hx)[:, None] * _gather(img, y0, x0, y0_ok & x0_ok, chans, chan_ok, s_c, s_h, s_w)
+    cols += (hy * lx)[:, None] * _gather(img, y0, x0 + 1, y0_ok & x1_ok, chans, chan_ok, s_c, s_h, s_w)
+    cols += (ly * hx)[:, None] * _gather(img, y0 + 1, x0, y1_ok & x0_ok, chans, chan_ok, s_c, s_h, s_w)
+    cols += (ly * lx)[:, None] * _gather(img, y0 + 1, x0 + 1, y1_ok & x1_ok, chans, chan_ok, s_c, s_h, s_w)
+    # The mask multiplies the blended value, as in torchvision: an infinite mask gives inf, not the
+    # NaN of inf times a zero corner weight. Lanes past the last channel stay 0 (not inf * 0), as
+    # the product with the weight tile sums over them.
+    return tl.where(chan_ok[None, :], cols * modulation[:, None], 0.0)
 
 
 @triton.jit
