@@ -144,3 +144,11 @@ def test_alphas_computed_together_equal_each_layers_own(per_sample):
     expected.sum().backward()
     for layer, grad in zip((conv, linear, param), grads):
         torch.testing.assert_close(grad, layer.mlp.weight.grad)
+
+
+def test_layer_errors_speak_the_layers_language():
+    layer = TunableConv2d(64, 64, 3, num_params=2, padding=1)
+    with pytest.raises(ValueError, match=r"x must be \[B, in_channels=64, H, W\] for this layer, got \[1, 32, 8, 8\]"):
+        layer(torch.randn(1, 32, 8, 8), torch.rand(2))
+    with pytest.raises(RuntimeError, match="omega has 3 rows .* but x has 2 images"):
+        layer(torch.randn(2, 64, 8, 8), torch.rand(3, 2))

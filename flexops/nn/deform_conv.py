@@ -18,7 +18,18 @@ from flexops.ops.deform_conv2d import deform_conv2d
 
 
 class DeformConv2d(nn.Module):
-    """forward(input, offset, mask=None); the parameters of torchvision.ops.DeformConv2d."""
+    """Deformable convolution (DCN, DCNv2 with a mask) with torchvision.ops.DeformConv2d's parameters
+    and numerics, on flexops.ops.deform_conv2d.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as nn.Conv2d.
+
+    forward(input [B, in, H, W], offset [B, 2 * og * kh * kw, Ho, Wo], mask [B, og * kh * kw, Ho, Wo]
+    or None) -> [B, out, Ho, Wo]; offsets are (dy, dx) pairs per kernel point, og offset groups.
+
+    >>> dcn = DeformConv2d(64, 64, 3, padding=1)
+    >>> y = dcn(x, offset, mask)           # what torchvision.ops.DeformConv2d gives, faster
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
         super().__init__()

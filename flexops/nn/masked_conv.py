@@ -10,7 +10,22 @@ from flexops.ops.masked_conv2d import masked_conv2d
 
 
 class MaskedConv2d(nn.Module):
-    """forward(input, in_mask=None, out_mask=None); parameters as nn.Conv2d's (weight, bias)."""
+    """A convolution whose active input and output channels are chosen per call (TASNet), on
+    flexops.ops.masked_conv2d: work is proportional to active inputs x active outputs per task.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as nn.Conv2d (its
+            parameters, weight and bias, too).
+
+    forward(input [B, in, H, W], in_mask=None, out_mask=None): masks [in] / [out] for one task, or
+    [M, in] / [M, out] for M tasks (bool or 0/1; None: all on). With M tasks the input batch is 1
+    (one feature map shared by the tasks) or M. Returns [max(B, M), out, Ho, Wo]; channels off in
+    out_mask are exactly 0, channels off in in_mask count as 0 whatever the input holds.
+
+    >>> conv = MaskedConv2d(64, 64, 3, padding=1)
+    >>> keep_in, keep_out = torch.rand(27, 64) < 0.3, torch.rand(27, 64) < 0.3     # 27 tasks
+    >>> y = conv(torch.randn(1, 64, 128, 128), keep_in, keep_out)                 # [27, 64, 128, 128]
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True):
         super().__init__()

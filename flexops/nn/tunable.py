@@ -93,7 +93,25 @@ def _checked_omega(omega, num_params):
 
 
 class TunableConv2d(_Tunable):
-    """Conv2d with p kernels blended by alpha(omega): forward(x, omega)."""
+    """Conv2d with p kernels blended by alpha(omega) (Tunable Convolutions, Maggioni et al., CVPR 2023).
+
+    y = conv(x, sum_i alpha_i W_i) + sum_i alpha_i b_i, where omega are the user's interactive
+    parameters (e.g. omega = (1, 0): the first objective, (0, 1): the second, anything in between:
+    a blend) and alpha = Linear(p, p)(omega) (mode "mlp", learned) or alpha = omega ("linear").
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as nn.Conv2d.
+        num_params: p, the number of kernels (and of omega's entries).
+        mode: "mlp" or "linear" (see above).
+
+    forward(x, omega): x [B, in_channels, H, W]; omega [p] (one setting for the batch) or [B, p]
+    (one per image) -> [B, out_channels, Ho, Wo]. Parameters: weight [p, out, in/groups, kh, kw],
+    bias [p, out], mlp (mode "mlp").
+
+    >>> layer = TunableConv2d(64, 64, kernel_size=3, num_params=2, padding=1)
+    >>> y = layer(torch.randn(1, 64, 128, 128), torch.tensor([0.3, 0.7]))
+    >>> y = layer(torch.randn(4, 64, 128, 128), torch.rand(4, 2))        # a setting per image
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, num_params, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, mode="mlp"):
@@ -118,7 +136,9 @@ class TunableConv2d(_Tunable):
         """x [B, in_channels, H, W]; omega [p], [B, p] or an `Alphas` (then unchecked)."""
         if type(omega) is Alphas:
             return tunable_conv2d_unchecked(x, self.weight, self.bias, omega.of(self), *self._pairs, self.groups)
-        return tunable_conv2d(x, self.weight, self.bias, self.alpha(omega), *self._pairs, self.groups)
+        alpha = self.alpha(omega)
+        return tunable_conv2d(_layer_input(x, alpha, self.in_channels), self.weight, self.bias, alpha, *self._pairs,
+                              self.groups)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -126,8 +146,29 @@ class TunableConv2d(_Tunable):
                 f"groups={self.groups}, bias={self.bias is not None}, {super().extra_repr()}")
 
 
+@fx_leaf
+def _layer_input(x, alpha, in_channels):
+    """x itself once it fits a TunableConv2d: its errors speak of the layer's in_channels and omega,
+    not of the op's weight and alpha. One node under torch.fx, where shapes are unknown."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_channels:
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ArgumentError(f"x must be [B, in_channels={in_channels}, H, W] for this layer, got {shape}")
+    if alpha.dim() == 2 and alpha.shape[0] != x.shape[0]:
+        raise ArgumentError(f"omega has {alpha.shape[0]} rows (one setting per image) but x has {x.shape[0]} "
+                            "images: give omega [p] for the whole batch or [B, p]")
+    return x
+
+
 class TunableParameter(_Tunable):
-    """A tensor blended from p tensors: forward(omega) -> [*shape] or [B, *shape]."""
+    """A tensor blended from p tensors: forward(omega) -> [*shape] or [B, *shape].
+
+    Args:
+        shape: the blended tensor's shape. num_params: p. mode: "mlp" or "linear" (as TunableConv2d).
+        init: initialiser applied to each of the p tensors (default zeros).
+
+    >>> scale = TunableParameter((64, 1, 1), num_params=2, init=torch.nn.init.ones_)
+    >>> y = x * scale(torch.tensor([0.5, 0.5]))        # NAFNet's beta/gamma, tunable
+    """
 
     def __init__(self, shape, num_params, mode="mlp", init=nn.init.zeros_):
         super().__init__(num_params, mode)
@@ -145,7 +186,14 @@ class TunableParameter(_Tunable):
 class TunableLinear(_Tunable):
     """Linear with p weight matrices blended by alpha(omega): forward(x, omega).
 
+    Args:
+        in_features, out_features, bias: as nn.Linear. num_params: p. mode: "mlp" or "linear" (as
+            TunableConv2d).
+
     x is [..., in_features]; with per-sample omega [B, p], x's first dimension is the batch.
+
+    >>> fc = TunableLinear(180, 360, num_params=2)
+    >>> y = fc(torch.randn(4, 64, 180), torch.rand(4, 2))      # [4, 64, 360], a setting per image
     """
 
     def __init__(self, in_features, out_features, num_params, bias=True, mode="mlp"):
