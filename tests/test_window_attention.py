@@ -241,7 +241,7 @@ def test_gradcheck_per_image_bias():
     bias = torch.randn(2, 1, 16, 16, dtype=torch.float64, requires_grad=True)
     active = torch.tensor([[[True, True]], [[False, True]]])
     with backends.use("cpu"):
-        assert torch.autograd.gradcheck(lambda qkv, bias: window_attention(qkv, 1, 4, 2, bias, 0.7, active), (qkv, bias))
+        assert torch.autograd.gradcheck(lambda q, b: window_attention(q, 1, 4, 2, b, 0.7, active), (qkv, bias))
 
 
 def test_mask_value_gradcheck():
