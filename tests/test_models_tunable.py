@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from flexops.models import create, data, list_models
+from flexops.models.swinir import SwinIR
 from flexops.models.tunable import (EXPERIMENTS, ParametricMultiLoss, TunableEDSR, TunableNAFNet, TunablePairs,
-                                    TunableStyleNet, sample_omega, train)
+                                    TunableStyleNet, TunableSwinIR, sample_omega, train)
 from flexops.models.tunable import loss as losses
 from flexops.models.tunable.__main__ import main
 from flexops.models.tunable.core import TUNABLE
@@ -60,6 +61,17 @@ def style_counts():
     return sum(convs) + conv(64, 3, 9), len(convs) + 1, norms
 
 
+def swinir_counts(embed=180, depths=6, blocks=6, heads=6, window=8, hidden=360):
+    """Colour denoising SwinIR-M: conv_first, per block qkv, proj, bias table, fc1, fc2 (and two
+    LayerNorms), per RSTB its conv, conv_after_body, conv_last; patch_embed.norm and the final norm."""
+    linear = lambda cin, cout: cout * cin + cout  # noqa: E731
+    block = [linear(embed, 3 * embed), linear(embed, embed), (2 * window - 1) ** 2 * heads, linear(embed, hidden),
+             linear(hidden, embed)]
+    tunable = [conv(3, embed, 3)] + (block * blocks + [conv(embed, embed, 3)]) * depths
+    tunable += [conv(embed, embed, 3), conv(embed, 3, 3)]
+    return sum(tunable), len(tunable), (2 * depths * blocks + 2) * 2 * embed
+
+
 def params(p, counts):
     tunable, layers, untunable = counts
     return p * tunable + (p * p + p) * layers + untunable
@@ -70,9 +82,11 @@ def params(p, counts):
     (TunableEDSR, {"scale": 4}, edsr_counts(4), {1: 1_480_643, 2: 2_961_502, 3: 4_442_361}),
     (TunableNAFNet, {}, nafnet_counts(), {1: 29_159_715, 2: 58_281_794, 3: 87_403_873}),
     (TunableStyleNet, {}, style_counts(), {1: 8_780_739, 2: 17_553_034, 3: 26_325_329}),
-], ids=["resnet", "resnet_x4", "nafnet", "stylenet"])
+    (TunableSwinIR, {}, swinir_counts(), {1: 11_504_163, 2: 22_982_820, 3: 34_461_477}),
+], ids=["resnet", "resnet_x4", "nafnet", "stylenet", "swinir"])
 def test_full_size_parameter_counts(cls, kwargs, counts, expected):
-    layers = {TunableEDSR: 34 + 2 * ("scale" in kwargs), TunableNAFNet: 298, TunableStyleNet: 22}[cls]
+    layers = {TunableEDSR: 34 + 2 * ("scale" in kwargs), TunableNAFNet: 298, TunableStyleNet: 22,
+              TunableSwinIR: 189}[cls]
     assert counts[1] == layers
     with torch.device("meta"):
         for p, count in expected.items():
@@ -88,6 +102,7 @@ def test_which_tensors_are_tunable():
     with torch.device("meta"):
         net = TunableNAFNet(num_params=3, width=4, enc_blk_nums=(1,), middle_blk_num=1, dec_blk_nums=(1,))
         style = TunableStyleNet(num_params=3, num_channels=4, num_blocks=(1, 1, 1))
+        swinir = TunableSwinIR(num_params=3)
     shapes = {name: tuple(t.shape) for name, t in net.named_parameters()}
     assert shapes["encoders.0.0.beta.weight"] == (3, 4, 1, 1) and shapes["middle_blks.0.gamma.weight"] == (3, 8, 1, 1)
     assert shapes["encoders.0.0.norm1.weight"] == (4,) and shapes["encoders.0.0.sca.1.weight"] == (3, 4, 4, 1, 1)
@@ -96,10 +111,19 @@ def test_which_tensors_are_tunable():
     assert all(shapes[f"{name}.mlp.weight"] == (3, 3) for name, m in net.named_modules() if m in net.tunable_layers)
     assert all(t.shape == (4 * 2 ** i,) for i, t in enumerate(
         [style.encoder[0].norm.weight, style.encoder[1].norm.weight]))
+    shapes = {name: tuple(t.shape) for name, t in swinir.named_parameters()}
+    block = "layers.5.residual_group.blocks.5"
+    assert shapes[f"{block}.attn.relative_position_bias_table.weight"] == (3, 225, 6)
+    assert shapes[f"{block}.attn.qkv.weight"] == (3, 540, 180) and shapes[f"{block}.attn.qkv.bias"] == (3, 540)
+    assert shapes[f"{block}.mlp.fc1.weight"] == (3, 360, 180) and shapes[f"{block}.attn.proj.mlp.weight"] == (3, 3)
+    assert shapes["conv_first.weight"] == (3, 180, 3, 3, 3) and shapes["layers.0.conv.weight"] == (3, 180, 180, 3, 3)
+    norms = [n for n in shapes if "norm" in n]
+    assert len(norms) == 2 * (2 * 36 + 2) and all(shapes[n] == (180,) for n in norms)
+    assert sum(1 for n in shapes if n.endswith("mlp.weight")) == 189
 
 
 def test_registry():
-    assert {"tunable_edsr", "tunable_nafnet", "tunable_stylenet"} <= set(list_models())
+    assert {"tunable_edsr", "tunable_nafnet", "tunable_stylenet", "tunable_swinir"} <= set(list_models())
     assert isinstance(create("tunable_edsr", n_resblocks=1, n_feats=4), TunableEDSR)
 
 
@@ -233,6 +257,59 @@ def test_per_sample_omega_equals_one_call_per_sample_and_shared_equals_broadcast
     for b in range(shape[0]):
         torch.testing.assert_close(batch[b:b + 1], net(x[b:b + 1], omega[b]), rtol=0, atol=1e-10)
     torch.testing.assert_close(net(x, omega[0]), net(x, omega[:1].expand(shape[0], -1)), rtol=0, atol=1e-10)
+
+
+# A small SwinIR with both shifted and unshifted blocks, two RSTBs of different head counts.
+SMALL_SWINIR = dict(img_size=16, window_size=4, depths=[2, 2], embed_dim=12, num_heads=[2, 3], mlp_ratio=2)
+
+
+@pytest.mark.parametrize("upsampler", ["", "pixelshuffle"])
+def test_swinir_per_sample_omega_and_bake(upsampler):
+    settings = dict(SMALL_SWINIR, upsampler=upsampler, upscale=2, num_feat=8)
+    net = randomised(TunableSwinIR(**settings)).eval()
+    x = torch.rand(3, 3, 13, 10, dtype=torch.float64)  # padded to the window, cropped back
+    omega = torch.rand(3, 2, dtype=torch.float64)
+    batch = net(x, omega)
+    assert batch.shape == (3, 3, 13 * (2 if upsampler else 1), 10 * (2 if upsampler else 1))
+    for b in range(3):  # each image blends its own bias tables: the op gets a [B, heads, N, N] bias
+        torch.testing.assert_close(batch[b:b + 1], net(x[b:b + 1], omega[b]), rtol=0, atol=1e-10)
+    torch.testing.assert_close(net(x, omega[0]), net(x, omega[:1].expand(3, -1)), rtol=0, atol=1e-10)
+    plain = net.bake(omega[1])
+    assert type(plain) is SwinIR and not any(isinstance(m, TUNABLE) for m in plain.modules())
+    torch.testing.assert_close(plain(x), net(x, omega[1]), rtol=1e-10, atol=1e-10)
+    table = "layers.1.residual_group.blocks.1.attn.relative_position_bias_table"
+    layer = net.get_submodule(table)
+    alpha = layer.mlp.weight @ omega[1] + layer.mlp.bias
+    torch.testing.assert_close(plain.get_parameter(table), torch.einsum("p,p...->...", alpha, layer.weight).detach())
+    SwinIR(**settings).double().load_state_dict(plain.state_dict())  # strict: official names
+
+
+def test_swinir_from_swinir_reproduces_it_on_the_simplex():
+    swinir = randomised(SwinIR(**SMALL_SWINIR, upscale=1)).eval()
+    net = TunableSwinIR.from_swinir(swinir, 3)
+    assert net.mode == "linear" and not net.training and net.conv_first.weight.dtype == torch.float64
+    torch.testing.assert_close(net.conv_first.weight[2], swinir.conv_first.weight, rtol=0, atol=0)
+    x = torch.rand(2, 3, 8, 12, dtype=torch.float64)
+    expected = swinir(x)
+    for omega in ([0.2, 0.3, 0.5], [0.0, 1.0, 0.0], [[0.6, 0.4, 0.0], [0.1, 0.1, 0.8]]):  # sums of 1 in float64
+        torch.testing.assert_close(net(x, torch.tensor(omega, dtype=torch.float64)), expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="swinir must be a flexops.models.swinir.SwinIR, got TunableSwinIR"):
+        TunableSwinIR.from_swinir(net, 3)
+
+
+def test_swinir_bad_inputs_name_the_problem():
+    net = TunableSwinIR(**SMALL_SWINIR)
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"omega must be \[2\] .* or \[B, 2\] .*got \[3\]"):
+        net(x, torch.rand(3))
+    with pytest.raises(ValueError, match=r"omega is \[3, 2\] but x has batch 2"):
+        net(x, torch.rand(3, 2))
+    with pytest.raises(ValueError, match="omega must be finite"):
+        net(x, torch.tensor([[0.5, 0.5], [float("nan"), 0.5]]))
+    with pytest.raises(ValueError, match=r"omega must be \[2\] \(bake fixes one setting\)"):
+        net.bake(torch.rand(2, 2))
+    with pytest.raises(ValueError, match="holds 3 kernels per tunable layer .* build it with num_params=3"):
+        net.load_state_dict(TunableSwinIR(3, **SMALL_SWINIR).state_dict())
 
 
 def test_gradients_reach_every_kernel_and_mlp():

@@ -52,8 +52,8 @@ def swin_attention(qkv, heads, ws, shift, bias, scale):
     bn, n, _ = windows.shape
     q, k, v = windows.reshape(bn, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     attn = (q * scale) @ k.transpose(-2, -1)
-    if bias is not None:
-        attn = attn + bias.unsqueeze(0)
+    if bias is not None:  # [heads, N, N] for every window, or [B, heads, N, N] for the windows of each image
+        attn = attn + (bias.unsqueeze(0) if bias.dim() == 3 else bias.repeat_interleave((h // ws) * (w // ws), 0))
     if shift:
         mask = swin_shift_mask(h, w, ws, shift).to(qkv)
         attn = attn.view(b, mask.shape[0], heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
@@ -105,10 +105,14 @@ def random_cases(count, seed, max_windows=3, max_batch=2, head_dims=(30, 30, 4, 
     return cases
 
 
+def per_image_bias_cases(count, seed, **kwargs):
+    """Random cases whose bias is [B, heads, N, N], one per image, on batches of 1 to 3."""
+    return [dict(case, bias="per_image") for case in random_cases(count, seed, max_batch=3, **kwargs)]
+
+
 def case_id(case):
-    return "b{batch}_ws{ws}_s{shift}_{rows}x{cols}_h{heads}x{head_dim}_{active}_{layout}".format(**case) + (
-        "_bias" if case["bias"] else ""
-    )
+    bias = {False: "", True: "_bias", "per_image": "_bias_per_image"}[case["bias"]]
+    return "b{batch}_ws{ws}_s{shift}_{rows}x{cols}_h{heads}x{head_dim}_{active}_{layout}".format(**case) + bias
 
 
 def make_inputs(case, dtype):
@@ -120,7 +124,9 @@ def make_inputs(case, dtype):
         qkv = torch.randn(b, h, w, c3 + 5, dtype=dtype)[..., 2:2 + c3]
     elif case["layout"] == "transposed":  # H and W swapped in memory
         qkv = qkv.transpose(1, 2).contiguous().transpose(1, 2)
-    bias = torch.randn(heads, ws * ws, ws * ws, dtype=dtype) if case["bias"] else None
+    bias = None
+    if case["bias"]:
+        bias = torch.randn(*([b] if case["bias"] == "per_image" else []), heads, ws * ws, ws * ws, dtype=dtype)
     active = None
     if case["active"] == "random":
         active = torch.rand(b, case["rows"], case["cols"]) < 0.6
@@ -144,10 +150,12 @@ def check_against_reference(backend, case, dtype, atol, rtol):
     assert_grads_match(out, expected, leaves, atol, rtol)
 
 
-SWIN_CASES = random_cases(12, seed=1)
-CPU_CASES = random_cases(40, seed=2)
+SWIN_CASES = random_cases(12, seed=1) + per_image_bias_cases(4, seed=4)
+CPU_CASES = random_cases(40, seed=2) + per_image_bias_cases(16, seed=5)
 # The Triton interpreter costs about 1 ms per program (one per window and head): few, small windows.
-TRITON_CASES = random_cases(8, seed=3, max_windows=2, max_batch=1, head_dims=(30, 4))
+TRITON_CASES = random_cases(8, seed=3, max_windows=2, max_batch=1, head_dims=(30, 4)) + per_image_bias_cases(
+    3, seed=6, max_windows=1, head_dims=(30, 4)
+)
 
 
 @pytest.mark.parametrize("case", SWIN_CASES, ids=case_id)
@@ -164,7 +172,7 @@ def test_cpu_matches_reference(case):
     check_against_reference("cpu", case, torch.float64, atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("case", CPU_CASES[:12], ids=case_id)
+@pytest.mark.parametrize("case", CPU_CASES[:12] + CPU_CASES[-4:], ids=case_id)
 def test_cpu_float32_matches_reference(case):
     check_against_reference("cpu", case, torch.float32, atol=1e-4, rtol=1e-4)
 
@@ -227,6 +235,15 @@ def test_mask_value_gives_swinir_at_large_logits(backend, dtype, tol):
     assert_grads_match(out, expected.to(dtype), leaves, 100 * tol, 100 * tol)
 
 
+def test_gradcheck_per_image_bias():
+    # One head, two windows per image: each image's bias gets only its own windows' gradient.
+    qkv = torch.randn(2, 4, 8, 3 * 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, 1, 16, 16, dtype=torch.float64, requires_grad=True)
+    active = torch.tensor([[[True, True]], [[False, True]]])
+    with backends.use("cpu"):
+        assert torch.autograd.gradcheck(lambda q, b: window_attention(q, 1, 4, 2, b, 0.7, active), (qkv, bias))
+
+
 def test_mask_value_gradcheck():
     # Small: the bias gradient under mask_value is checked against the reference at large logits above.
     qkv = torch.randn(1, 4, 8, 3 * 2, dtype=torch.float64, requires_grad=True)
@@ -244,9 +261,10 @@ def test_module_mask_value():
     assert "mask_value=-100.0" in repr(layer)
 
 
-def test_cpu_is_deterministic_across_thread_counts():
+@pytest.mark.parametrize("per_image", [False, True], ids=["shared_bias", "per_image_bias"])
+def test_cpu_is_deterministic_across_thread_counts(per_image):
     qkv = torch.randn(3, 16, 24, 3 * 2 * 30, requires_grad=True)
-    bias = torch.randn(2, 64, 64, requires_grad=True)
+    bias = torch.randn(*([3] if per_image else []), 2, 64, 64, requires_grad=True)
     grad = torch.randn(3, 16, 24, 60)
     results = []
     threads = torch.get_num_threads()
@@ -277,6 +295,16 @@ def test_opcheck():
         torch.library.opcheck(getattr(torch.ops.flexops, name).default, (grad, qkv, 2, 4, 2, bias, 0.5, active, -100.0))
 
 
+def test_opcheck_per_image_bias():
+    qkv, bias = torch.randn(2, 4, 8, 3 * 2 * 5), torch.randn(2, 2, 16, 16)
+    active = torch.tensor([[[True, False]], [[True, True]]])
+    for name in ("window_attention", "window_attention_triton"):
+        args = (qkv.clone().requires_grad_(), 2, 4, 2, bias.clone().requires_grad_(), 0.5, active)
+        torch.library.opcheck(getattr(torch.ops.flexops, name).default, args)
+    grad = torch.randn(2, 4, 8, 10)
+    torch.library.opcheck(torch.ops.flexops.window_attention_backward.default, (grad, qkv, 2, 4, 2, bias, 0.5, active))
+
+
 def test_compile_fullgraph():
     torch._dynamo.reset()
     layer = flexops.WindowAttention(12, 4, 3)
@@ -285,6 +313,17 @@ def test_compile_fullgraph():
     torch.testing.assert_close(compiled(x, 2, active), layer(x, 2, active))
     compiled(x, 2, active).sum().backward()
     assert layer.relative_position_bias_table.grad is not None and layer.qkv.weight.grad is not None
+
+
+def test_module_per_image_bias_table():
+    layer = flexops.WindowAttention(12, 4, 3).double()
+    x, tables = torch.randn(3, 8, 8, 12, dtype=torch.float64), torch.randn(3, 49, 3, dtype=torch.float64)
+    out = layer(x, 2, bias_table=tables)
+    for i in range(3):
+        torch.testing.assert_close(out[i:i + 1], layer(x[i:i + 1], 2, bias_table=tables[i]), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(layer(x, 2, bias_table=layer.relative_position_bias_table), layer(x, 2))
+    with pytest.raises(ValueError, match=r"bias table must be \[\(2 ws - 1\)\^2, heads\] = \[49, 3\]"):
+        layer(x, 2, bias_table=torch.randn(3, 48, 3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("shift", [0, 4])
@@ -354,6 +393,9 @@ def test_flop_count_counts_active_windows():
     with FlopCounterMode(display=False) as counter:
         window_attention(qkv, 3, 4, 2, active=active)
     assert counter.get_total_flops() == 2 * attention
+    with FlopCounterMode(display=False) as counter:  # a bias per image adds no multiply-adds
+        window_attention(qkv, 3, 4, 2, torch.randn(2, 3, 16, 16), active=active)
+    assert counter.get_total_flops() == 2 * attention
 
 
 def qkv_args(**change):
@@ -375,6 +417,9 @@ def qkv_args(**change):
         (dict(window_size=0), "window_size must be a positive int"),
         (dict(num_heads=2.0), "num_heads must be a positive int"),
         (dict(rel_pos_bias=torch.randn(3, 9, 9)), r"rel_pos_bias must be \[num_heads, N, N\] = \[3, 16, 16\]"),
+        (dict(rel_pos_bias=torch.randn(2, 3, 16, 16)),
+         r"or, one per image, \[B, num_heads, N, N\] = \[1, 3, 16, 16\] \(N = window_size\^2\); got \[2, 3, 16, 16\]"),
+        (dict(rel_pos_bias=torch.randn(1, 1, 3, 16, 16)), r"rel_pos_bias must be \[num_heads, N, N\]"),
         (dict(rel_pos_bias=torch.randn(3, 16, 16).double()), "rel_pos_bias has dtype torch.float64"),
         (dict(active=torch.ones(1, 2, 3, dtype=torch.bool)), r"active must be \[B, H/ws, W/ws\] = \[1, 2, 4\]"),
         (dict(active=torch.ones(1, 2, 4, device="meta")), "active is on meta"),

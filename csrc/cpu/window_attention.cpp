@@ -10,7 +10,8 @@
 // -100 on request): only the windows on the wrap-around seam mix regions, and only they pay for the
 // label test. The backward recomputes each window's probabilities instead of storing them;
 // the relative-position-bias gradient is summed per fixed block of windows and then over blocks in
-// order, so results do not depend on the thread count.
+// order, so results do not depend on the thread count. The bias is [heads, N, N] for the batch or
+// [B, heads, N, N] per image; a per-image bias's blocks each hold windows of one image.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -30,14 +31,19 @@ namespace {
 using at::Tensor;
 
 // Blocks of windows whose bias-gradient partials are summed separately (fixed, not the thread
-// count, because it sets the summation order).
+// count, because it sets the summation order); a per-image bias splits them among the images.
 constexpr int64_t kBiasBlocks = 32;
 
 struct Geometry {
   int64_t batch, height, width, heads, head_dim, window, shift;
   int64_t rows, cols, tokens;
+  bool bias_per_image = false;  // rel_pos_bias is [B, heads, N, N], not [heads, N, N]
   int64_t channels() const { return heads * head_dim; }
   int64_t windows() const { return batch * rows * cols; }
+  // Offset of the [N, N] bias of head h for the windows of image `image`.
+  int64_t bias_offset(int64_t image, int64_t h) const {
+    return ((bias_per_image ? image * heads : 0) + h) * tokens * tokens;
+  }
 };
 
 Geometry geometry(const Tensor& qkv, int64_t heads, int64_t window, int64_t shift,
@@ -53,8 +59,11 @@ Geometry geometry(const Tensor& qkv, int64_t heads, int64_t window, int64_t shif
   Geometry g{qkv.size(0), qkv.size(1), qkv.size(2), heads, qkv.size(3) / (3 * heads), window,
              shift, qkv.size(1) / window, qkv.size(2) / window, window * window};
   if (bias) {
-    TORCH_CHECK(bias->sizes() == at::IntArrayRef({heads, g.tokens, g.tokens}),
+    g.bias_per_image = bias->dim() == 4;
+    TORCH_CHECK(bias->sizes() == at::IntArrayRef({heads, g.tokens, g.tokens}) ||
+                    bias->sizes() == at::IntArrayRef({g.batch, heads, g.tokens, g.tokens}),
                 "window_attention: rel_pos_bias must be [heads, N, N] = [", heads, ", ", g.tokens,
+                ", ", g.tokens, "] or [B, heads, N, N] = [", g.batch, ", ", heads, ", ", g.tokens,
                 ", ", g.tokens, "], got ", bias->sizes());
     TORCH_CHECK(bias->scalar_type() == qkv.scalar_type() && bias->device() == qkv.device(),
                 "window_attention: rel_pos_bias must have qkv's dtype and device");
@@ -82,6 +91,34 @@ std::pair<std::vector<int64_t>, std::vector<int64_t>> split_windows(
   for (int64_t w = 0; w < g.windows(); ++w) (flag[w] ? on : off).push_back(w);
   return {on, off};
 }
+
+// The backward's blocks of windows: ranges [first, last) of the computed windows `on`, at most
+// kBiasBlocks of them, each within one image when the bias is per image. Blocks first[i] to
+// first[i + 1] make up bias i (the only one when it is shared, image i when per image).
+struct BiasBlocks {
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  std::vector<int64_t> first;
+
+  BiasBlocks(const std::vector<int64_t>& on, const Geometry& g) {
+    const int64_t count = static_cast<int64_t>(on.size());
+    const int64_t biases = g.bias_per_image ? g.batch : 1;
+    const int64_t per_image = g.rows * g.cols;
+    const int64_t blocks_per_bias = std::max<int64_t>(1, kBiasBlocks / biases);
+    int64_t begin = 0;
+    for (int64_t image = 0; image < biases; ++image) {
+      first.push_back(static_cast<int64_t>(ranges.size()));
+      // `on` is sorted, so the windows of one image are contiguous in it.
+      const int64_t end = g.bias_per_image
+          ? std::lower_bound(on.begin(), on.end(), (image + 1) * per_image) - on.begin()
+          : count;
+      const int64_t size = end - begin, blocks = std::min(blocks_per_bias, size);
+      const int64_t step = blocks ? (size + blocks - 1) / blocks : 0;
+      for (int64_t start = begin; start < end; start += step) ranges.emplace_back(start, std::min(end, start + step));
+      begin = end;
+    }
+    first.push_back(static_cast<int64_t>(ranges.size()));
+  }
+};
 
 // Element strides of a [B, H, W, channels] map.
 struct Strides {
@@ -377,7 +414,8 @@ void forward_kernel(const Tensor& qkv, const Tensor* bias, const std::optional<T
       gather(map, in, win, h * d, d, n, task.q.data(), task.dim_ld);
       gather_transposed(map, in, win, c + h * d, d, n, task.kt.data(), task.token_ld);
       gather(map, in, win, 2 * c + h * d, d, n, task.v.data(), task.dim_ld);
-      task.attention_probs(bias_data ? bias_data + h * n * n : nullptr, win, T(scale), T(mask_value));
+      task.attention_probs(bias_data ? bias_data + g.bias_offset(win.batch, h) : nullptr, win, T(scale),
+                           T(mask_value));
       matmul(task.rows, task.dim_ld, n, T(1), task.probs.data(), task.token_ld, task.v.data(),
              task.dim_ld, task.out.data(), task.dim_ld);
       scatter(task.out.data(), task.dim_ld, win, h * d, d, n, os, out_data);
@@ -397,9 +435,8 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
   const T* bias_data = bias ? bias->const_data_ptr<T>() : nullptr;
   T* grad_data = grad_qkv.mutable_data_ptr<T>();
   const int64_t n = g.tokens, d = g.head_dim, c = g.channels(), square = n * n;
-  const int64_t count = static_cast<int64_t>(on.size());
-  const int64_t blocks = std::min(kBiasBlocks, count);
-  const int64_t per_block = blocks ? (count + blocks - 1) / blocks : 0;
+  const BiasBlocks bias_blocks(on, g);
+  const int64_t blocks = static_cast<int64_t>(bias_blocks.ranges.size());
   // partial[block][head]: the bias gradient summed over the block's windows.
   std::vector<T> partial(bias ? blocks * g.heads * square : 0, T(0));
 
@@ -408,17 +445,19 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
     Window win(g);
     const int64_t ld = t.dim_ld, tld = t.token_ld;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t block = item / g.heads, h = item % g.heads;
+      const int64_t h = item % g.heads;
+      const auto [first, last] = bias_blocks.ranges[item / g.heads];
       const int64_t qc = h * d, kc = c + h * d, vc = 2 * c + h * d;
       T* grad_bias_part = bias ? partial.data() + item * square : nullptr;
-      for (int64_t i = block * per_block; i < std::min(count, (block + 1) * per_block); ++i) {
+      for (int64_t i = first; i < last; ++i) {
         win.locate(g, on[i]);
         gather(map, in, win, qc, d, n, t.q.data(), ld);
         gather(map, in, win, kc, d, n, t.k.data(), ld);
         gather_transposed(map, in, win, kc, d, n, t.kt.data(), tld);
         gather_transposed(map, in, win, vc, d, n, t.vt.data(), tld);
         gather(grad_map, gs, win, h * d, d, n, t.grad_out.data(), ld);
-        t.attention_probs(bias_data ? bias_data + h * square : nullptr, win, T(scale), T(mask_value));
+        t.attention_probs(bias_data ? bias_data + g.bias_offset(win.batch, h) : nullptr, win, T(scale),
+                          T(mask_value));
         transpose(t.probs.data(), n, tld, t.probs_t.data());
         // dV = P^T dO, dP = dO V^T.
         matmul(t.rows, ld, n, T(1), t.probs_t.data(), tld, t.grad_out.data(), ld, t.grad_v.data(), ld);
@@ -446,12 +485,16 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
   });
   zero_windows(off, g, 3 * c, gq, grad_data);
   if (bias) {
+    // grad_bias[image][h] (one image when shared) = sum of its blocks' partials, in block order.
     T* grad_bias_data = grad_bias.mutable_data_ptr<T>();
-    at::parallel_for(0, g.heads * square, 4096, [&](int64_t begin, int64_t end) {
+    const int64_t per_bias = g.heads * square;
+    at::parallel_for(0, grad_bias.numel(), 4096, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
-        const int64_t h = j / square, e = j % square;
+        const int64_t image = j / per_bias, e = j % per_bias;
         T sum = 0;
-        for (int64_t block = 0; block < blocks; ++block) sum += partial[(block * g.heads + h) * square + e];
+        for (int64_t block = bias_blocks.first[image]; block < bias_blocks.first[image + 1]; ++block) {
+          sum += partial[block * per_bias + e];
+        }
         grad_bias_data[j] = sum;
       }
     });

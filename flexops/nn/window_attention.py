@@ -55,9 +55,11 @@ class WindowAttention(nn.Module):
     load. relative_position_index is a non-persistent buffer (it follows from window_size); a
     checkpoint that stores it still loads, after the stored copy is checked against it.
 
-    forward(x [B, H, W, C], shift_size=0, active=None) -> [B, H, W, C]: where SwinIR's block rolls,
-    partitions, attends and reverses, this one op does all of it on the token map. `active`
-    [B, H/ws, W/ws] (see active_windows) skips windows; their tokens come out as 0.
+    forward(x [B, H, W, C], shift_size=0, active=None, bias_table=None) -> [B, H, W, C]: where SwinIR's
+    block rolls, partitions, attends and reverses, this one op does all of it on the token map.
+    `active` [B, H/ws, W/ws] (see active_windows) skips windows; their tokens come out as 0.
+    `bias_table` replaces the layer's own table: [(2 ws - 1)^2, heads], or [B, (2 ws - 1)^2, heads]
+    with one table per image (a tunable SwinIR with per-sample omega blends one per image).
 
     mask_value: None (default) excludes pairs of tokens from different shift regions exactly;
     -100.0 adds SwinIR's value to their logits, which official SwinIR weights need (they differ
@@ -80,19 +82,31 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def relative_position_bias(self):
-        """[heads, N, N], the table gathered by the index."""
+    def relative_position_bias(self, table=None):
+        """The table gathered by the index: [heads, N, N] from the layer's own table (table None) or a
+        given [(2 ws - 1)^2, heads] one; [B, heads, N, N] from per-image tables [B, (2 ws - 1)^2, heads]."""
+        if table is None:
+            table = self.relative_position_bias_table
+        entries = (2 * self.window_size - 1) ** 2
+        if table.dim() not in (2, 3) or tuple(table.shape[-2:]) != (entries, self.num_heads):
+            raise ValueError(
+                f"the bias table must be [(2 ws - 1)^2, heads] = [{entries}, {self.num_heads}] or, one per image, "
+                f"[B, {entries}, {self.num_heads}]; got {list(table.shape)}"
+            )
         tokens = self.window_size**2
-        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
-        return bias.reshape(tokens, tokens, self.num_heads).permute(2, 0, 1)
+        bias = table[..., self.relative_position_index.reshape(-1), :]
+        return bias.unflatten(-2, (tokens, tokens)).movedim(-1, -3)
 
-    def forward(self, x, shift_size=0, active=None):
-        qkv = self.qkv(x)
-        bias = self.relative_position_bias()
-        attention = window_attention(
+    def attend(self, qkv, shift_size=0, active=None, bias_table=None):
+        """The attention between the two projections: qkv [B, H, W, 3C] -> [B, H, W, C], with the
+        layer's bias table or `bias_table` (see forward)."""
+        bias = self.relative_position_bias(bias_table)
+        return window_attention(
             qkv, self.num_heads, self.window_size, shift_size, bias, self.scale, active, self.mask_value
         )
-        out = self.proj(attention)
+
+    def forward(self, x, shift_size=0, active=None, bias_table=None):
+        out = self.proj(self.attend(self.qkv(x), shift_size, active, bias_table))
         if active is not None:  # proj's bias would make the skipped tokens nonzero
             out = torch.where(window_tokens(active != 0, self.window_size, shift_size).unsqueeze(-1), out, 0)
         return out

@@ -32,7 +32,9 @@ def window_attention(
         window_size: ws; H and W must be multiples of it. N = ws * ws tokens per window.
         shift_size: cyclic shift of the window grid, 0 <= shift_size < ws (SwinIR uses 0 and ws // 2).
             Tokens of different shift regions never attend to each other.
-        rel_pos_bias: [num_heads, N, N] added to the logits (SwinIR's gathered bias table), or None.
+        rel_pos_bias: [num_heads, N, N] added to the logits (SwinIR's gathered bias table), shared by
+            the batch; or [B, num_heads, N, N], one per image (a tunable SwinIR with per-sample omega);
+            or None.
         scale: logit scale; None is head_dim ** -0.5.
         active: bool (or 0/1) [B, H/ws, W/ws] over the shifted window grid, or None (all windows).
         mask_value: None (default) excludes pairs of tokens from different shift regions exactly;
@@ -40,7 +42,7 @@ def window_attention(
 
     Returns:
         [B, H, W, C] in token order; the tokens of inactive windows are 0. qkv and rel_pos_bias get
-        gradients.
+        gradients (a per-image bias one per image).
 
     Example:
         >>> qkv = torch.randn(1, 16, 16, 3 * 32)
@@ -87,11 +89,12 @@ def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active,
         )
     tokens = window_size * window_size
     if rel_pos_bias is not None:
-        _args.check_tensor("rel_pos_bias", rel_pos_bias, 3, like=qkv)
-        if tuple(rel_pos_bias.shape) != (num_heads, tokens, tokens):
+        _args.check_tensor("rel_pos_bias", rel_pos_bias, None, like=qkv)
+        if tuple(rel_pos_bias.shape) not in ((num_heads, tokens, tokens), (batch, num_heads, tokens, tokens)):
             raise _args.ArgumentError(
-                f"rel_pos_bias must be [num_heads, N, N] = [{num_heads}, {tokens}, {tokens}] "
-                f"(N = window_size^2); got {list(rel_pos_bias.shape)}"
+                f"rel_pos_bias must be [num_heads, N, N] = [{num_heads}, {tokens}, {tokens}] or, one per image, "
+                f"[B, num_heads, N, N] = [{batch}, {num_heads}, {tokens}, {tokens}] (N = window_size^2); "
+                f"got {list(rel_pos_bias.shape)}"
             )
     if scale is None:
         scale = (channels3 // (3 * num_heads)) ** -0.5

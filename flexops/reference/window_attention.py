@@ -4,8 +4,8 @@ roll the token map by -shift -> partition into ws x ws windows -> per head softm
 bias) v, where tokens of different shift regions never attend to each other -> reverse the
 partition -> roll back by +shift. SwinIR adds -100 to the logits of such pairs; by default they
 are excluded outright (probability exactly 0), which is what -100 approximates, and mask_value=-100
-adds SwinIR's value instead. Windows that `active`
-switches off give 0 at their tokens. Differentiable by autograd in qkv and rel_pos_bias.
+adds SwinIR's value instead. The bias is [heads, N, N] for the whole batch or [B, heads, N, N]
+per image. Windows that `active` switches off give 0 at their tokens. Differentiable by autograd in qkv and rel_pos_bias.
 """
 
 import torch
@@ -40,7 +40,8 @@ def window_attention(
 
     logits = (q * scale) @ k.transpose(-2, -1)  # [B, rows, cols, heads, N, N]
     if rel_pos_bias is not None:
-        logits = logits + rel_pos_bias
+        # [heads, N, N] is shared by every window; [B, heads, N, N] by the windows of one image.
+        logits = logits + (rel_pos_bias if rel_pos_bias.dim() == 3 else rel_pos_bias[:, None, None])
     if shift:
         region_y = shift_regions(height, ws, shift, qkv.device).reshape(rows, 1, ws, 1)
         region_x = shift_regions(width, ws, shift, qkv.device).reshape(1, cols, 1, ws)

@@ -8,6 +8,8 @@ columns with -inf, takes an fp32 softmax and writes P v back at the
 tokens' original positions. N and the head dim are padded to powers of two (at least 16, tl.dot's
 minimum) by masking. The backward recomputes P and forms dQ, dK, dV in the same program; each
 (token, head) is owned by one program, so only the bias gradient, summed over windows, needs atomics.
+The bias is [heads, N, N] for the batch or [B, heads, N, N] per image: a batch stride of 0 or
+heads * N * N picks the window's.
 """
 
 import torch
@@ -72,7 +74,7 @@ def _probabilities(q, k, bias_ptr, region, valid, scale, mask_value,
 @triton.jit
 def _window_attention_fwd_kernel(
     qkv_ptr, bias_ptr, active_ptr, out_ptr,
-    H, W, rows, cols, shift, C, hd, scale, mask_value,
+    H, W, rows, cols, shift, C, hd, scale, mask_value, sb_b,
     sq_b, sq_h, sq_w, sq_c,
     so_b, so_h, so_w, so_c,
     sa_b, sa_h, sa_w,
@@ -90,8 +92,8 @@ def _window_attention_fwd_kernel(
         q = tl.load(q_ptrs, mask=tile_ok, other=0.0)
         k = tl.load(q_ptrs + C * sq_c, mask=tile_ok, other=0.0)
         v = tl.load(q_ptrs + 2 * C * sq_c, mask=tile_ok, other=0.0)
-        p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale, mask_value,
-                           HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
+        p = _probabilities(q, k, bias_ptr + b.to(tl.int64) * sb_b + head * N * N, region, valid, scale,
+                           mask_value, HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
         acc = tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
 
     out = out_ptr + b.to(tl.int64) * so_b + y[:, None] * so_h + x[:, None] * so_w + channel[None, :] * so_c
@@ -101,7 +103,7 @@ def _window_attention_fwd_kernel(
 @triton.jit
 def _window_attention_bwd_kernel(
     grad_out_ptr, qkv_ptr, bias_ptr, active_ptr, grad_qkv_ptr, grad_bias_ptr,
-    H, W, rows, cols, shift, C, hd, scale, mask_value,
+    H, W, rows, cols, shift, C, hd, scale, mask_value, sb_b,
     sg_b, sg_h, sg_w, sg_c,
     sq_b, sq_h, sq_w, sq_c,
     sd_b, sd_h, sd_w, sd_c,
@@ -124,8 +126,8 @@ def _window_attention_bwd_kernel(
         v = tl.load(q_ptrs + 2 * C * sq_c, mask=tile_ok, other=0.0)
         grad_token = grad_out_ptr + b.to(tl.int64) * sg_b + y[:, None] * sg_h + x[:, None] * sg_w
         do = tl.load(grad_token + channel[None, :] * sg_c, mask=tile_ok, other=0.0).to(v.dtype)
-        p = _probabilities(q, k, bias_ptr + head * N * N, region, valid, scale, mask_value,
-                           HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
+        p = _probabilities(q, k, bias_ptr + b.to(tl.int64) * sb_b + head * N * N, region, valid, scale,
+                           mask_value, HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
 
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=INPUT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
@@ -136,7 +138,7 @@ def _window_attention_bwd_kernel(
         if HAS_BIAS:
             # Summed over windows in fp32; the atomics' order, hence the rounding, is not deterministic on GPU.
             i = tl.arange(0, BLOCK_N)
-            tl.atomic_add(grad_bias_ptr + head * N * N + i[:, None] * N + i[None, :], ds,
+            tl.atomic_add(grad_bias_ptr + b.to(tl.int64) * sb_b + head * N * N + i[:, None] * N + i[None, :], ds,
                           mask=valid[:, None] & valid[None, :])
 
     grad = grad_qkv_ptr + b.to(tl.int64) * sd_b + y[:, None] * sd_h + x[:, None] * sd_w
@@ -155,6 +157,8 @@ def _launch_config(qkv, num_heads, window_size, rel_pos_bias, active):
     has_bias, has_active = rel_pos_bias is not None, active is not None
     # Placeholder pointers when absent: never read.
     bias = rel_pos_bias.contiguous() if has_bias else qkv
+    # Element stride between the images' biases: 0 when one bias serves the batch.
+    bias_batch_stride = bias.stride(0) if has_bias and bias.dim() == 4 else 0
     active_strides = active.stride() if has_active else (0, 0, 0)
     active = active.view(torch.uint8) if has_active else qkv
     # fp32 follows torch.matmul's rule: TF32 when allowed (other dtypes ignore the setting).
@@ -165,7 +169,8 @@ def _launch_config(qkv, num_heads, window_size, rel_pos_bias, active):
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
     )
     grid = (batch * rows * cols, num_heads)
-    return grid, bias, active, active_strides, (height, width, rows, cols), channels, head_dim, constants
+    geometry = (height, width, rows, cols)
+    return grid, bias, bias_batch_stride, active, active_strides, geometry, channels, head_dim, constants
 
 
 def _mask_value(mask_value):
@@ -180,11 +185,11 @@ def window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scal
     out = torch.empty((batch, height, width, channels3 // 3), device=qkv.device, dtype=qkv.dtype)
     if out.numel() == 0:
         return out
-    grid, bias, active, active_strides, geometry, channels, head_dim, constants = _launch_config(
+    grid, bias, bias_batch_stride, active, active_strides, geometry, channels, head_dim, constants = _launch_config(
         qkv, num_heads, window_size, rel_pos_bias, active)
     _window_attention_fwd_kernel[grid](
         qkv, bias, active, out,
-        *geometry, shift_size, channels, head_dim, scale, _mask_value(mask_value),
+        *geometry, shift_size, channels, head_dim, scale, _mask_value(mask_value), bias_batch_stride,
         *qkv.stride(), *out.stride(), *active_strides,
         **constants,
     )
@@ -194,8 +199,8 @@ def window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scal
 def window_attention_backward(
     grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None
 ):
-    """-> (grad_qkv [B, H, W, 3C] contiguous, grad_rel_pos_bias [heads, N, N] or qkv.new_empty(0) when
-    rel_pos_bias is None)"""
+    """-> (grad_qkv [B, H, W, 3C] contiguous, grad_rel_pos_bias of rel_pos_bias's shape ([heads, N, N] or
+    [B, heads, N, N]), or qkv.new_empty(0) when rel_pos_bias is None)"""
     # Every (token, channel) of grad_qkv is written by exactly one program.
     grad_qkv = torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype)
     if rel_pos_bias is None:
@@ -203,11 +208,11 @@ def window_attention_backward(
     else:
         grad_bias = torch.zeros(rel_pos_bias.shape, device=qkv.device, dtype=torch.float32)
     if grad_qkv.numel() > 0:
-        grid, bias, active, active_strides, geometry, channels, head_dim, constants = _launch_config(
-            qkv, num_heads, window_size, rel_pos_bias, active)
+        grid, bias, bias_batch_stride, active, active_strides, geometry, channels, head_dim, constants = (
+            _launch_config(qkv, num_heads, window_size, rel_pos_bias, active))
         _window_attention_bwd_kernel[grid](
             grad_output, qkv, bias, active, grad_qkv, grad_bias,
-            *geometry, shift_size, channels, head_dim, scale, _mask_value(mask_value),
+            *geometry, shift_size, channels, head_dim, scale, _mask_value(mask_value), bias_batch_stride,
             *grad_output.stride(), *qkv.stride(), *grad_qkv.stride(), *active_strides,
             **constants,
         )

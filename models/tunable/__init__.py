@@ -3,17 +3,18 @@
 One network whose behaviour the user tunes at inference with omega in [0, 1]^p, trained with a loss
 whose weights are the same omega (the zoo's tunable.md):
 - networks, each `net(x, omega)` with omega [p] (one setting for the batch) or [B, p] (per image):
-  `TunableEDSR` (the paper's ResNet), `TunableNAFNet`, `TunableStyleNet`; `net.bake(omega)` returns
-  the plain twin (`EDSRNet`, `NAFNet`, `StyleNet`) holding the blended weights;
+  `TunableEDSR` (the paper's ResNet), `TunableNAFNet`, `TunableStyleNet`, `TunableSwinIR` (+
+  `TunableSwinIR.from_swinir`); `net.bake(omega)` returns the plain twin (`EDSRNet`, `NAFNet`,
+  `StyleNet`, the zoo's `SwinIR`) holding the blended weights;
 - `ParametricMultiLoss` (eq. 7), `sample_omega`, the experiments' objectives (loss.py);
 - `train(experiment, network, ...)`, also `python -m flexops.models.tunable train`.
 
 A network computes every layer's alpha once per forward (`flexops.nn.tunable.Alphas`) and checks
 its input and omega once: the layers skip their per-call checks. New architectures reuse core.py
-(`Layers`, `TunableNetwork`): a tunable SwinIR is one more file of this package.
+(`Layers`, `TunableNetwork`), one file each.
 
 Not here yet: the RaGAN adversarial term of the x4 SR objective (the shared training loop has one
-optimiser, a GAN needs the discriminator's too), and the tunable SwinIR.
+optimiser, a GAN needs the discriminator's too).
 
 >>> from flexops.models.tunable import TunableEDSR
 >>> net = TunableEDSR()                                            # 2,370,642 parameters
@@ -26,7 +27,9 @@ from flexops.models.tunable.edsr import EDSRNet, TunableEDSR
 from flexops.models.tunable.loss import ParametricMultiLoss, sample_omega
 from flexops.models.tunable.nafnet import NAFNet, TunableNAFNet
 from flexops.models.tunable.style import StyleNet, TunableStyleNet
+from flexops.models.tunable.swinir import TunableSwinIR
 from flexops.models.tunable.train import EXPERIMENTS, TunablePairs, train
 
 __all__ = ["EDSRNet", "EXPERIMENTS", "Layers", "NAFNet", "ParametricMultiLoss", "StyleNet", "TunableEDSR",
-           "TunableNAFNet", "TunableNetwork", "TunablePairs", "TunableStyleNet", "sample_omega", "train"]
+           "TunableNAFNet", "TunableNetwork", "TunablePairs", "TunableStyleNet", "TunableSwinIR", "sample_omega",
+           "train"]

@@ -181,8 +181,19 @@ class TunableNetwork:
         with torch.device("meta"):
             plain = self.plain()
         shapes = plain.state_dict()
+        copy_unsaved_buffers(plain, self)  # first: loading checks stored buffers against them (SwinIR's index)
         plain.load_state_dict({key: t.reshape(shapes[key].shape) for key, t in state.items()}, assign=True)
         return plain.train(self.training)
+
+
+def copy_unsaved_buffers(target, source):
+    """Replaces `target`'s buffers on the meta device by copies of `source`'s of the same names: a
+    network built on meta and then loaded from a state_dict would keep the buffers that a state_dict
+    does not hold (non-persistent ones, e.g. SwinIR's mean and index) on meta."""
+    for name, buffer in target.named_buffers():
+        if buffer.is_meta:
+            module, _, leaf = name.rpartition(".")
+            target.get_submodule(module)._buffers[leaf] = source.get_buffer(name).clone()
 
 
 def _blend(tensor, alpha):

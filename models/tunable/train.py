@@ -16,7 +16,8 @@ from flexops.models import train as training
 from flexops.models.registry import create
 from flexops.models.tunable import loss as losses
 
-NETWORKS = {"edsr": "tunable_edsr", "nafnet": "tunable_nafnet", "stylenet": "tunable_stylenet"}
+NETWORKS = {"edsr": "tunable_edsr", "nafnet": "tunable_nafnet", "stylenet": "tunable_stylenet",
+            "swinir": "tunable_swinir"}
 
 
 @dataclasses.dataclass(frozen=True)
