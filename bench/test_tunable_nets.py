@@ -6,8 +6,9 @@ same batch), p = 2..6, CPU (and CUDA when present). The paper's claim is per lay
 under 5 % for p <= 4, under 20 % for p <= 6. The zoo's goals: shared omega, p <= 4, at most 5 % for the
 ResNet (goal 2 %) and 10 % for NAFNet; per-sample omega, batch 4, at most 15 %.
 
-SwinIR (the colour denoising SwinIR-M, 188 GMACs at 128x128) runs at 32x32 on CPU, where a 128x128
-forward takes seconds and the benchmark would take the better part of an hour; its row says so.
+By default p = 2 and 4 (the goals' range) and SwinIR (the colour denoising SwinIR-M, 188 GMACs at
+128x128) at 32x32 on CPU, where a 128x128 forward takes seconds and the sweep the better part of an
+hour (its row says the size); --paper-sizes runs p = 2..6 and SwinIR at 128x128.
 
 Columns: "noise" is the baked network timed a second time (how far two identical functions read);
 "per-layer p=2" runs the same network with every layer computing and checking its own alpha (the
@@ -44,7 +45,7 @@ def test_tunable_network_overhead(benchmark, name, per_sample, device, request):
     torch.manual_seed(0)
     ps = params(request.config)
     batch = PER_SAMPLE_BATCH if per_sample else 1
-    size = SMALLER.get((name, device), SIZE)
+    size = SIZE if request.config.getoption("--paper-sizes") else SMALLER.get((name, device), SIZE)
     x = torch.rand(batch, 3, size, size, device=device)
     nets = {p: NETWORKS[name](num_params=p).to(device).eval() for p in ps}
     omegas = {p: torch.rand(batch, p, device=device) if per_sample else torch.rand(p, device=device) for p in ps}

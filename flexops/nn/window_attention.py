@@ -4,6 +4,7 @@ that turn FlexIR's per-token or per-region early exit into the op's window mask 
 import torch
 from torch import nn
 
+from flexops.ops._args import ArgumentError, fx_leaf
 from flexops.ops.window_attention import window_attention
 
 
@@ -48,6 +49,20 @@ def window_tokens(active, window_size, shift_size=0):
     return torch.roll(tokens, (shift_size, shift_size), (1, 2)) if shift_size else tokens
 
 
+@fx_leaf
+def _chosen_table(own, table, entries, heads):
+    """The layer's own table when `table` is None, else `table` once it is [entries, heads] or
+    [B, entries, heads]. One node under torch.fx, where whether a table was given is not known."""
+    if table is None:
+        return own
+    if table.dim() not in (2, 3) or tuple(table.shape[-2:]) != (entries, heads):
+        raise ArgumentError(
+            f"the bias table must be [(2 ws - 1)^2, heads] = [{entries}, {heads}] or, one per image, "
+            f"[B, {entries}, {heads}]; got {list(table.shape)}"
+        )
+    return table
+
+
 class WindowAttention(nn.Module):
     """Window multi-head self-attention with relative position bias, as SwinIR's WindowAttention.
 
@@ -85,14 +100,7 @@ class WindowAttention(nn.Module):
     def relative_position_bias(self, table=None):
         """The table gathered by the index: [heads, N, N] from the layer's own table (table None) or a
         given [(2 ws - 1)^2, heads] one; [B, heads, N, N] from per-image tables [B, (2 ws - 1)^2, heads]."""
-        if table is None:
-            table = self.relative_position_bias_table
-        entries = (2 * self.window_size - 1) ** 2
-        if table.dim() not in (2, 3) or tuple(table.shape[-2:]) != (entries, self.num_heads):
-            raise ValueError(
-                f"the bias table must be [(2 ws - 1)^2, heads] = [{entries}, {self.num_heads}] or, one per image, "
-                f"[B, {entries}, {self.num_heads}]; got {list(table.shape)}"
-            )
+        table = _chosen_table(self.relative_position_bias_table, table, (2 * self.window_size - 1) ** 2, self.num_heads)
         tokens = self.window_size**2
         bias = table[..., self.relative_position_index.reshape(-1), :]
         return bias.unflatten(-2, (tokens, tokens)).movedim(-1, -3)
