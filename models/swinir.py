@@ -280,6 +280,7 @@ def check_config(in_chans, embed_dim, depths, num_heads, window_size, upscale, i
 
 
 def check_image(x, in_chans, name="x"):
+    """ValueErrors for an input that is not an image batch [B, in_chans, H, W]."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"{name} must be an image batch [B, C, H, W], got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")

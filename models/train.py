@@ -119,6 +119,9 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
             schedule runs only the first blocks): DDP then reduces their gradients as zeros.
 
     Returns the trained model (unwrapped, on its device), in eval mode.
+
+    Example: `train(net, lambda model, batch, step: F.l1_loss(model(batch[0]), batch[1]),
+    data.NoisyPairs(data.sample_images()), steps=1000, checkpoint="net.pt")`.
     """
     if steps < 0 or batch_size < 1 or save_every < 1:
         raise ValueError(f"steps >= 0, batch_size >= 1, save_every >= 1 expected; got {steps}, {batch_size}, {save_every}")
@@ -253,5 +256,6 @@ def run_command(parser, run):
 
 
 def parser(prog, description):
+    """The argument parser of a zoo command line (defaults shown in --help)."""
     return argparse.ArgumentParser(prog=prog, description=description,
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)

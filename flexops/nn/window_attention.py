@@ -21,10 +21,17 @@ def relative_position_index(window_size):
 def active_windows(running, window_size, shift_size=0, size=None):
     """The op's `active` mask [B, H/ws, W/ws] from an early-exit mask.
 
-    running: bool [B, h, w], True where a token (or region) still runs, False where it has exited.
-        With size=None it is per token (h, w = H, W); with size=(H, W) each entry covers an
-        (H/h) x (W/w) region of the token map.
+    Args:
+        running: bool [B, h, w], True where a token (or region) still runs, False where it has
+            exited. With size=None it is per token (h, w = H, W); with size=(H, W) each entry covers
+            an (H/h) x (W/w) region of the token map.
+        window_size, shift_size: the attention's (the op's grid is shifted by shift_size).
+
     A window of the (shifted) grid is active when any of its tokens still runs.
+
+    >>> running = torch.zeros(1, 128, 128, dtype=torch.bool)
+    >>> running[:, 64:] = True                        # the top half has exited
+    >>> active = active_windows(running, 8, shift_size=4)   # [1, 16, 16], 56% of the windows
     """
     if running.dim() != 3:
         raise ValueError(f"running must be [B, h, w], got shape {tuple(running.shape)}")
@@ -76,9 +83,15 @@ class WindowAttention(nn.Module):
     `bias_table` replaces the layer's own table: [(2 ws - 1)^2, heads], or [B, (2 ws - 1)^2, heads]
     with one table per image (a tunable SwinIR with per-sample omega blends one per image).
 
-    mask_value: None (default) excludes pairs of tokens from different shift regions exactly;
-    -100.0 adds SwinIR's value to their logits, which official SwinIR weights need (they differ
-    once logits reach tens).
+    Args:
+        dim: token channels C. window_size: ws (square windows of N = ws^2 tokens). num_heads: heads.
+        qkv_bias, qk_scale: as SwinIR (qk_scale None: head_dim^-0.5).
+        mask_value: None (default) excludes pairs of tokens from different shift regions exactly;
+            -100.0 adds SwinIR's value to their logits, which official SwinIR weights need (they
+            differ once logits reach tens).
+
+    >>> attn = WindowAttention(180, window_size=8, num_heads=6, mask_value=-100.0)
+    >>> y = attn(torch.randn(1, 128, 128, 180), shift_size=4)
     """
 
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, mask_value=None):

@@ -25,6 +25,8 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
     Returns:
         [B, Cout, Ho, Wo].
+
+    >>> y = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)   # as torchvision.ops.deform_conv2d
     """
     stride, padding, dilation = _args.conv_params(stride, padding, dilation)
     _check(input, offset, weight, bias, mask, stride, padding, dilation)

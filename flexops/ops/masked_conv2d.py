@@ -30,6 +30,8 @@ def masked_conv2d(input, weight, bias=None, in_mask=None, out_mask=None, stride=
 
     Returns:
         [max(B, M), Cout, Ho, Wo].
+
+    >>> y = masked_conv2d(x, weight, bias, in_mask, out_mask, padding=1)   # x [1, 64, H, W], masks [27, 64]
     """
     stride, padding, dilation = _args.conv_params(stride, padding, dilation)
     in_mask, out_mask = _check(input, weight, bias, in_mask, out_mask, stride, padding, dilation)

@@ -24,6 +24,8 @@ def tunable_conv2d(input, weight, bias, alpha, stride=1, padding=0, dilation=1, 
 
     Returns:
         [B, Cout, Ho, Wo].
+
+    >>> y = tunable_conv2d(x, weight, bias, torch.tensor([0.3, 0.7]), padding=1)   # weight [2, Cout, Cin, 3, 3]
     """
     stride, padding, dilation = _args.conv_params(stride, padding, dilation)
     _check(input, weight, bias, alpha, stride, padding, dilation, groups)

@@ -28,6 +28,9 @@ def train(images=None, *, steps=1000, patch_size=64, batch_size=16, lr=5e-4, nf=
         images: list of [3, H, W] images in [0, 1] (default: the built-in sample photos).
         nf, nb: network width and depth (official: 64, 32). seed: weights and data stream.
         Others: as flexops.models.train.train. Returns the trained CResMD in eval mode.
+
+    Example: `train(data.load_folder("DIV2K_sub"), steps=1_000_000, checkpoint="cresmd.pt")`, or
+    `python -m flexops.models.cresmd train --data DIV2K_sub --steps 1000000 --checkpoint cresmd.pt`.
     """
     from flexops.models import data
 

@@ -38,6 +38,9 @@ def search(images=None, *, steps=1000, patch_size=64, batch_size=16, lr=5e-4, la
         Others: as flexops.models.train.train (CResMD's optimiser and schedule).
 
     Returns the searched TASNet in eval mode; `.deploy()` gives its deploy form.
+
+    Example: `deploy = search(steps=100_000, checkpoint="tasnet.pt").deploy()`, or
+    `python -m flexops.models.tasnet search --steps 100000 --checkpoint tasnet.pt`.
     """
     from flexops.models import data
 

@@ -92,6 +92,10 @@ class TunableEDSR(TunableNetwork, EDSRNet):
 
     forward(x [B, in_chans, H, W], omega [p] or [B, p]) -> [B, in_chans, scale H, scale W].
     2,370,642 parameters at the defaults (1,185,219 per kernel set + 34 x 6 for the MLPs).
+
+    >>> net = TunableEDSR(num_params=2)
+    >>> y = net(noisy, torch.tensor([1.0, 0.0]))      # the first objective (e.g. denoise fully)
+    >>> plain = net.bake(torch.tensor([0.7, 0.3]))    # a plain EDSRNet for a setting, no overhead
     """
 
     def __init__(self, num_params=2, n_resblocks=16, n_feats=64, res_scale=0.1, scale=1, in_chans=3, mode="mlp"):

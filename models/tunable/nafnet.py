@@ -142,6 +142,9 @@ class TunableNAFNet(TunableNetwork, NAFNet):
 
     forward(x [B, img_channel, H, W], omega [p] or [B, p]) -> [B, img_channel, H, W].
     58,281,794 parameters at the defaults (p = 2; 29,159,715 for the plain NAFNet).
+
+    >>> net = TunableNAFNet(num_params=2)
+    >>> y = net(noisy, torch.rand(4, 2))               # a setting per image of a batch of 4
     """
 
     def __init__(self, num_params=2, width=32, enc_blk_nums=(2, 2, 4, 8), middle_blk_num=12,

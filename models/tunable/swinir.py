@@ -80,6 +80,9 @@ class TunableSwinIR(TunableNetwork, SwinIR):
     forward(x [B, in_chans, H, W], omega [p] or [B, p]) -> [B, in_chans, H * s, W * s] (s = upscale,
     1 for denoising); any H, W (reflect-padded to the window, cropped back, as SwinIR).
     22,982,820 parameters at the defaults and p = 2 (11,504,163 for the plain SwinIR), 189 tunable layers.
+
+    >>> net = TunableSwinIR.from_swinir(trained_swinir, num_params=2)   # any omega reproduces it
+    >>> y = net(noisy, torch.tensor([0.2, 0.8]))
     """
 
     def __init__(self, num_params=2, mode="mlp", **swinir_kwargs):
