@@ -91,7 +91,7 @@ def test_latency_per_pointer(benchmark, device, size):
     best = compare(benchmark, fns)
     title = f"FlexIR latency per pointer, {device}, 1x3x{size}x{size}: ms (fraction of P=6)"
     macs = {f"P={p}": cost(flexir, (1, 3, size, size), p)[1] for p in range(1, 7)}
-    for name, seconds in sorted(best.items(), key=lambda item: list(fns).index(item[0])):  # rows in fns' order
+    for name, seconds in sorted(best.items(), key=lambda item: list(fns).index(item[0])):  # fns' order
         fraction = seconds / best["P=6"]
         record(title, name, "ms", f"{1e3 * seconds:.1f}", 1e3 * seconds)
         target = f"MACs {macs[name] / macs['P=6']:.3f}" if name in macs else None
@@ -121,7 +121,7 @@ def test_table_5_adaptive_thresholds(benchmark, device, size):
         fns[name] = lambda t=threshold, m=mode, n=name: exits.__setitem__(n, flexir.adaptive(x, threshold=t, mode=m)[1])
     best = compare(benchmark, fns)
     title = f"FlexIR Table 5 cost column, {device}, sample photo {size}x{size} + noise sigma 25, 4 regions"
-    for name, seconds in sorted(best.items(), key=lambda item: list(fns).index(item[0])):  # rows in fns' order
+    for name, seconds in sorted(best.items(), key=lambda item: list(fns).index(item[0])):  # fns' order
         e = exits[name][0].tolist()
         record(title, name, "exits", str(e))
         macs = adaptive_macs(flexir, region, e)
@@ -148,10 +148,10 @@ def test_mask_mode_half_exit_goal(benchmark, device, size):
 
     half, none = [math.inf, 0.0, 0.0, math.inf], [0.0] * 4
     assert run(half).tolist() == [[1, 6, 6, 1]] and run(none).tolist() == [[6, 6, 6, 6]]
-    best = compare(benchmark, {"half exit at 1": lambda: run(half), "all run to 6": lambda: run(none),
-                               "regular P=6": lambda: flexir(x)})
+    fns = {"half exit at 1": lambda: run(half), "all run to 6": lambda: run(none), "regular P=6": lambda: flexir(x)}
+    best = compare(benchmark, fns)
     title = f"FlexIR mask mode, {device}, {size}x{size}: two regions exit at 1, two run to 6"
-    for name, seconds in sorted(best.items(), key=lambda item: list(fns).index(item[0])):  # rows in fns' order
+    for name, seconds in sorted(best.items(), key=lambda item: list(fns).index(item[0])):  # fns' order
         fraction = seconds / best["all run to 6"]
         record(title, name, "ms", f"{1e3 * seconds:.0f}", 1e3 * seconds)
         goal = name == "half exit at 1"
