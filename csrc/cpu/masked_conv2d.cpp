@@ -195,7 +195,7 @@ struct VecOf {
 // TASNet layer (27 tasks, 18 of 64 channels, 160x240) took 73-75 ms instead of 85 ms on one thread
 // this way. The caller fences (fence_streams) before other threads may read.
 template <typename T, typename Vec>
-[[gnu::always_inline]] inline void stream(T* dst, Vec v) {
+[[gnu::always_inline]] inline void stream(T* dst, const Vec& v) {  // by reference: no -Wpsabi ABI note
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   if constexpr (sizeof(Vec) == 64 && sizeof(T) == 4) {
     return __builtin_ia32_movntps512(dst, v);
