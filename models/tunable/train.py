@@ -41,8 +41,9 @@ SIGMA_RANGE = (5.0, 30.0)
 MAX_BLUR = 4.0
 
 
-class TunablePairs(torch.utils.data.Dataset):
-    """Training pairs (degraded z, clean y) of an experiment; item i is a function of (seed, i).
+class TunablePairs(data.PatchPairs):
+    """Training pairs (degraded z, clean y) of an experiment: `data.PatchPairs` (item i a function of
+    (seed, i)) with the experiment's degradation.
 
     The clean patch is data.random_patch of image i % len(images) (patch_size x patch_size, times
     `scale` for SR); z is y blurred (21x21 Gaussian, std U(0, 4)) when `blur`, with Gaussian noise of
@@ -50,19 +51,11 @@ class TunablePairs(torch.utils.data.Dataset):
     """
 
     def __init__(self, images, patch_size, experiment, sigma_range=SIGMA_RANGE, seed=0):
-        if not images:
-            raise ValueError("images is empty")
-        self.images, self.patch_size, self.experiment = list(images), patch_size, experiment
-        self.sigma_range, self.seed = sigma_range, seed
+        self.experiment, self.sigma_range = experiment, sigma_range
+        super().__init__(images, patch_size * experiment.scale, self._degrade, seed)
 
-    def __len__(self):
-        # Any index is valid (items are drawn, not stored); one pass = one patch per image per 1000.
-        return len(self.images) * 1000
-
-    def __getitem__(self, index):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+    def _degrade(self, clean, g):
         e = self.experiment
-        clean = data.random_patch(self.images[index % len(self.images)], self.patch_size * e.scale, g)
         degraded = clean
         if e.blur:
             degraded = data.gaussian_blur(degraded, MAX_BLUR * float(torch.rand((), generator=g)))
