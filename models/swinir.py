@@ -397,10 +397,11 @@ class SwinIR(Reconstruction, nn.Module):
         self.build_tail(embed_dim, in_chans, upscale, upsampler, resi_connection, norm_layer, num_feat)
         self.apply(_init_weights)
 
-    def head(self, x):
-        """Image -> (normalised padded input, shallow features x_first [B, C, H, W], tokens [B, H, W, C])."""
+    def head(self, x, *layer_args):
+        """Image -> (normalised padded input, shallow features x_first [B, C, H, W], tokens [B, H, W, C]).
+        `layer_args` go to conv_first after its input (a tunable SwinIR's alphas)."""
         x = (pad_to_window(x, self.window_size) - self.mean.to(x.dtype)) * self.img_range
-        x_first = self.conv_first(x.contiguous(memory_format=torch.channels_last))
+        x_first = self.conv_first(x.contiguous(memory_format=torch.channels_last), *layer_args)
         tokens = self.patch_embed.norm(as_tokens(x_first))
         if self.ape:
             if tuple(tokens.shape[1:3]) != self.patches_resolution:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from flexops.models.registry import register
-from flexops.models.swinir import SwinIR, as_image, as_tokens, pad_to_window
+from flexops.models.swinir import SwinIR, as_image, as_tokens
 from flexops.models.tunable.core import TUNABLE, Layers, TunableNetwork, copy_unsaved_buffers
 from flexops.nn.tunable import TunableConv2d, TunableParameter
 from flexops.nn.window_attention import WindowAttention
@@ -122,15 +122,7 @@ class TunableSwinIR(TunableNetwork, SwinIR):
     def run(self, x, alphas):
         """SwinIR's forward with every tunable layer given alphas (an `Alphas`, or omega itself)."""
         height, width = x.shape[-2:]
-        x = (pad_to_window(x, self.window_size) - self.mean.to(x.dtype)) * self.img_range
-        x_first = self.conv_first(x.contiguous(memory_format=torch.channels_last), alphas)
-        tokens = self.patch_embed.norm(as_tokens(x_first))
-        if self.ape:
-            if tuple(tokens.shape[1:3]) != self.patches_resolution:
-                raise ValueError(f"with ape=True the padded input must be img_size {self.patches_resolution}, got "
-                                 f"{tuple(tokens.shape[1:3])}")
-            tokens = tokens + self.absolute_pos_embed.view(1, *self.patches_resolution, -1)
-        tokens = self.pos_drop(tokens)
+        x, x_first, tokens = self.head(x, alphas)
         for layer in self.layers:
             skip = tokens
             for block in layer.residual_group.blocks:
