@@ -82,6 +82,27 @@ def load_checkpoint(path, model=None):
     return state
 
 
+def run_state(step, config, **stateful):
+    """A run's checkpoint: format, step, settings and the state_dict of each `name=object` under its name."""
+    return {"format": CHECKPOINT_FORMAT, "step": step, "config": config,
+            **{name: obj.state_dict() for name, obj in stateful.items()}}
+
+
+def resume(checkpoint, config, **stateful):
+    """The state saved at `checkpoint` by a run with `config`, loaded into each `name=object` (model,
+    optimisers, schedulers, as `run_state` saved them); None when there is no checkpoint yet. A
+    checkpoint of other settings is refused (ValueError)."""
+    if checkpoint is None or not pathlib.Path(checkpoint).is_file():
+        return None
+    state = load_checkpoint(checkpoint)
+    if state["config"] != config:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} was made with {state['config']}, not {config}: "
+                         "resume with the same settings or save to another path")
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    return state
+
+
 def load_model(path):
     """The zoo network saved in checkpoint `path` by a zoo entry point, rebuilt from the registry
     name and settings stored with it, its weights loaded, in eval mode."""
@@ -134,24 +155,13 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
         milestones = [math.ceil(steps * f) for f in (0.2, 0.4, 0.6, 0.8)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
     config = dict(config or {})
-    first = 0
-    if checkpoint is not None and pathlib.Path(checkpoint).is_file():
-        state = load_checkpoint(checkpoint)
-        if state["config"] != config:
-            raise ValueError(f"checkpoint {str(checkpoint)!r} was made with {state['config']}, not {config}: "
-                             "resume with the same settings or save to another path")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        first = state["step"]
+    state = resume(checkpoint, config, model=model, optimizer=optimizer, scheduler=scheduler)
+    first = 0 if state is None else state["step"]
     runner = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters) if world > 1 else model
 
     def save(step):
         if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, {
-                "format": CHECKPOINT_FORMAT, "step": step, "config": config, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            })
+            save_checkpoint(checkpoint, run_state(step, config, model=model, optimizer=optimizer, scheduler=scheduler))
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers,

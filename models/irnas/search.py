@@ -14,7 +14,6 @@
 """
 
 import math
-import pathlib
 from typing import NamedTuple
 
 import torch
@@ -152,25 +151,13 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
     weight_optimizer = torch.optim.SGD(model.weight_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_lr, weight_decay=arch_weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(weight_optimizer, max(steps, 1), eta_min=lr_min)
-    step, best = 0, None
-    if checkpoint is not None and pathlib.Path(checkpoint).is_file():
-        state = training.load_checkpoint(checkpoint)
-        if state["config"] != config:
-            raise ValueError(f"checkpoint {str(checkpoint)!r} was made with {state['config']}, not {config}: "
-                             "resume with the same settings or save to another path")
-        model.load_state_dict(state["model"])
-        weight_optimizer.load_state_dict(state["weight_optimizer"])
-        arch_optimizer.load_state_dict(state["arch_optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, best = state["step"], state["best"]
+    stateful = dict(model=model, weight_optimizer=weight_optimizer, arch_optimizer=arch_optimizer, scheduler=scheduler)
+    state = training.resume(checkpoint, config, **stateful)
+    step, best = (0, None) if state is None else (state["step"], state["best"])
 
     def save():
         if checkpoint is not None:
-            training.save_checkpoint(checkpoint, {
-                "format": training.CHECKPOINT_FORMAT, "step": step, "config": config, "model": model.state_dict(),
-                "weight_optimizer": weight_optimizer.state_dict(), "arch_optimizer": arch_optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "best": best,
-            })
+            training.save_checkpoint(checkpoint, dict(training.run_state(step, config, **stateful), best=best))
 
     def evaluate_and_keep():
         nonlocal best
