@@ -11,6 +11,9 @@ import os
 import pathlib
 import platform
 import random
+import subprocess
+import sys
+import textwrap
 import time
 
 import torch
@@ -58,6 +61,42 @@ def compare(benchmark, fns, grad=False):
         benchmark.pedantic(_time_round, args=(fns, best, rng), rounds=rounds, iterations=1)
     benchmark.extra_info.update({f"{name}_best_ms": round(1e3 * t, 3) for name, t in best.items()})
     return best
+
+
+_FIRST_CALLS = textwrap.dedent("""
+    import importlib.util, json, sys, time, torch
+    path, factory, args, name, grad, calls = json.loads(sys.argv[1])
+    sys.path.insert(0, str(__import__("pathlib").Path(path).parent))
+    spec = importlib.util.spec_from_file_location("bench_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, factory)(*args)[name]
+    seconds = []
+    with torch.inference_mode(not grad):
+        for _ in range(calls):
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+    print(json.dumps(seconds))
+""")
+
+
+def first_calls(module_file, factory, args, names, grad=False, calls=4):
+    """What a user's script sees: {name: (first call, best of the next calls - 1)} in seconds, each
+    function timed in a new process of its own, so that none warms memory or caches for another.
+
+    `factory(*args)`, a function of the bench module `module_file`, builds {name: fn} in that process;
+    args must be JSON values. Without `grad` the calls run under inference_mode, as in `compare`.
+    """
+    result = {}
+    for name in names:
+        job = json.dumps([str(module_file), factory, list(args), name, grad, calls])
+        done = subprocess.run([sys.executable, "-c", _FIRST_CALLS, job], capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise RuntimeError(f"first calls of {name} in a new process failed:\n{done.stderr}")
+        seconds = json.loads(done.stdout.strip().splitlines()[-1])
+        result[name] = (seconds[0], min(seconds[1:]))
+    return result
 
 
 def record(table, row, column, text, value=None, target=None, met=None):

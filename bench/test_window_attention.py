@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 import flexops
-from harness import compare, note, plot, record, tables
+from harness import compare, first_calls, note, plot, record, tables
 
 CHANNELS, HEADS, WINDOW, SHIFT = 180, 6, 8, 4
 SIZES = (64, 128, 256)
+FRESH_SIZE = 128  # also timed in new processes
 FRACTIONS = (1.0, 0.5, 0.25)
 TABLE = (f"window attention, C {CHANNELS}, {HEADS} heads, window {WINDOW}, shift {SHIFT}, "
          f"CPU ({torch.get_num_threads()} threads)")
@@ -68,9 +69,8 @@ def random_active(size, fraction, generator):
     return active.view(1, size // WINDOW, size // WINDOW)
 
 
-@pytest.mark.parametrize("grad", [False, True], ids=["forward", "forward_backward"])
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s}x{s}")
-def test_window_attention(benchmark, size, grad):
+def functions(size, grad):
+    """{name: fn} timed for one row: flexops with each fraction of windows active, the SwinIR and SDPA paths."""
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(1, size, size, 3 * CHANNELS, requires_grad=grad)
     bias = (0.02 * torch.randn(HEADS, WINDOW**2, WINDOW**2)).requires_grad_(grad)
@@ -91,11 +91,18 @@ def test_window_attention(benchmark, size, grad):
     }
     fns["swinir"] = timed(lambda: swinir_path(naive)(qkv, bias, mask))
     fns["sdpa"] = timed(lambda: swinir_path(sdpa)(qkv, bias, mask))
-    best = compare(benchmark, fns, grad=grad)
+    return fns
 
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "forward_backward"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s}x{s}")
+def test_window_attention(benchmark, size, grad):
+    best = compare(benchmark, functions(size, grad), grad=grad)
     note(TABLE, "swinir / sdpa = SwinIR's roll + partition + attention + reverse + roll, with naive matmul-softmax "
                 "or SDPA; x = their time / flexops (all windows); a% = flexops with a% of the windows active, as "
-                "a fraction of its all-active time, beside the ideal a; best of interleaved rounds, warmed process")
+                "a fraction of its all-active time, beside the ideal a; best of interleaved rounds, warmed process; "
+                f"fresh ({FRESH_SIZE}x{FRESH_SIZE}): in a new process of its own, first call / best of the next "
+                "three, and sdpa's time over flexops' on those")
     row = f"{size}x{size} {'fwd+bwd' if grad else 'fwd'}"
     full = best["flexops 100%"]
     for name in ("swinir", "sdpa"):
@@ -106,6 +113,13 @@ def test_window_attention(benchmark, size, grad):
     for f in FRACTIONS[1:]:
         fraction = best[f"flexops {100 * f:g}%"] / full
         record(TABLE, row, f"{100 * f:g}% / 100%", f"{fraction:.2f}", fraction, f"ideal {f:g}")
+    if size == FRESH_SIZE:
+        fresh = first_calls(__file__, "functions", [size, grad], ["flexops 100%", "sdpa"], grad=grad)
+        for name, (first, following) in fresh.items():
+            record(TABLE, row, f"{name.split()[0]} fresh ms", f"{1e3 * first:.0f} / {1e3 * following:.1f}",
+                   1e3 * following)
+        ratio = fresh["sdpa"][1] / fresh["flexops 100%"][1]
+        record(TABLE, row, "vs sdpa fresh", f"{ratio:.2f}x", ratio)
 
 
 @plot("window_attention.png")

@@ -1,12 +1,25 @@
 // The Python module flexops._C. Importing it loads this library, whose static initialisers register
-// the flexops ops with the dispatcher; the module itself only reports how it was built.
+// the flexops ops with the dispatcher; the module itself reports how it was built and what memory
+// the CPU kernels keep between calls.
 #include <Python.h>
+
+#include "cpu/kept_memory.h"
 
 #ifndef FLEXOPS_CUDA_ARCHS
 #define FLEXOPS_CUDA_ARCHS ""
 #endif
 
-static struct PyModuleDef flexops_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+static PyObject* kept_cpu_bytes(PyObject*, PyObject*) {
+  return PyLong_FromSize_t(flexops::cpu::kept_bytes());
+}
+
+static PyMethodDef flexops_methods[] = {
+    {"kept_cpu_bytes", kept_cpu_bytes, METH_NOARGS,
+     "kept_cpu_bytes() -> int\n\nBytes of CPU memory that flexops' kernels keep for their next call "
+     "(blocks of tensors that have died; FLEXOPS_KEPT_CPU_MB caps it, 0 keeps none)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+static struct PyModuleDef flexops_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, flexops_methods};
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* module = PyModule_Create(&flexops_module);

@@ -22,6 +22,7 @@
 #include "common/bilinear.h"
 #include "common/bilinear_grad.h"
 #include "common/layout.h"
+#include "cpu/kept_memory.h"
 
 namespace flexops {
 namespace {
@@ -184,7 +185,7 @@ Tensor to_nhwc(const Tensor& t) {
   if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     return t;
   }
-  Tensor nhwc = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  Tensor nhwc = cpu::kept_empty(t.sizes(), t.options(), at::MemoryFormat::ChannelsLast);
   relayout<scalar_t>(t, nhwc);
   return nhwc;
 }
@@ -406,7 +407,8 @@ Tensor matrix(const scalar_t* data, int64_t rows, int64_t cols, int64_t row_stri
 
 // The weight as [Cout, kernel_points * group_in] rows matching the columns' layout.
 Tensor weight_rows(const Tensor& weight) {
-  return weight.permute({0, 2, 3, 1}).contiguous();
+  const Tensor rows = weight.permute({0, 2, 3, 1});
+  return cpu::kept_empty(rows.sizes(), weight.options()).copy_(rows);
 }
 
 // Forward, per tile: columns [count, row] from the input, then per conv group
@@ -425,9 +427,9 @@ void forward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar_
 
   at::parallel_for(0, s.batch * tiles_per_image, 1, [&](int64_t begin, int64_t end) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    // One tile's buffers. From the ATen allocator, so GEMM operands are equally aligned every time.
-    const Tensor buffer = at::empty({tile * (s.row + s.out_channels + 3 * points)},
-                                    at::CppTypeToScalarType<scalar_t>::value);
+    // One tile's buffers, kept between calls and equally aligned every time (GEMM operands).
+    const Tensor buffer = cpu::kept_empty({tile * (s.row + s.out_channels + 3 * points)},
+                                          at::CppTypeToScalarType<scalar_t>::value);
     scalar_t* columns = buffer.data_ptr<scalar_t>();
     scalar_t* result = columns + tile * s.row;
     scalar_t* offsets = result + tile * s.out_channels;
@@ -506,9 +508,11 @@ void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar
 
   // Per slot: what the scatter reads (column gradients and taps) and a grad_weight partial.
   const auto dtype = at::CppTypeToScalarType<scalar_t>::value;
-  const Tensor grad_columns_buffer = at::empty({used_slots * tile * s.row}, dtype);
-  std::vector<Taps<acc_t>> taps(used_slots * tile * points);
-  const Tensor partials = at::zeros({used_slots, weight_size}, dtype);
+  const Tensor grad_columns_buffer = cpu::kept_empty({used_slots * tile * s.row}, dtype);
+  const Tensor taps_buffer = cpu::kept_empty(
+      {static_cast<int64_t>(used_slots * tile * points * sizeof(Taps<acc_t>))}, at::kByte);
+  Taps<acc_t>* const taps = reinterpret_cast<Taps<acc_t>*>(taps_buffer.data_ptr());
+  const Tensor partials = cpu::kept_zeros({used_slots, weight_size}, dtype);
 
   const std::vector<ChannelRun> runs = channel_runs(s, 0, s.in_channels);
   const std::vector<scalar_t> zeros(s.in_channels, scalar_t(0));
@@ -521,7 +525,7 @@ void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar
     const Tile tl = tile_at(t, tiles_per_image, tile, s.out_pixels);
     const scalar_t* image = input + tl.b * image_size;
     scalar_t* grad_columns = grad_columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
-    Taps<acc_t>* tile_taps = taps.data() + slot * tile * points;
+    Taps<acc_t>* tile_taps = taps + slot * tile * points;
     scalar_t* columns = scratch;
     scalar_t* grad_out = columns + tile * s.row;
     scalar_t* offsets = grad_out + tile * s.out_channels;
@@ -591,7 +595,7 @@ void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar
     scalar_t* image = grad_input + tl.b * image_size;
     const scalar_t* grad_columns =
         grad_columns_buffer.data_ptr<scalar_t>() + slot * tile * s.row;
-    const Taps<acc_t>* tile_taps = taps.data() + slot * tile * points;
+    const Taps<acc_t>* tile_taps = taps + slot * tile * points;
     for (int64_t p = 0; p < tl.count; ++p) {
       for (int64_t k = 0; k < s.kernel_points; ++k) {
         for (size_t r = 0; r < own.size();) {
@@ -621,8 +625,8 @@ void backward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar
     const int64_t wave_end = std::min(total_tiles, wave + slots);
     at::parallel_for(wave, wave_end, 1, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView guard;
-      // From the ATen allocator, so GEMM operands are equally aligned every time.
-      const Tensor scratch = at::empty({scratch_size}, dtype);
+      // Kept between calls and equally aligned every time (GEMM operands).
+      const Tensor scratch = cpu::kept_empty({scratch_size}, dtype);
       for (int64_t t = begin; t < end; ++t) {
         tile_gradients(t, t - wave, scratch.data_ptr<scalar_t>());
       }
@@ -670,8 +674,8 @@ Tensor deform_conv2d_cpu(const Tensor& input, const Tensor& offset, const Tensor
     TORCH_CHECK(bias->sizes() == at::IntArrayRef({s.out_channels}),
                 "deform_conv2d: bias must be [", s.out_channels, "], got ", bias->sizes());
   }
-  Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
-                            input.options().memory_format(output_memory_format(input)));
+  Tensor output = cpu::kept_empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options(),
+                                  output_memory_format(input));
   if (output.numel() == 0) {
     return output;
   }
@@ -706,14 +710,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> deform_conv2d_backward_cpu(
   // Layouts as the CUDA kernels return them (the fake kernels describe these): grad_input as
   // output_memory_format(input) says, the others contiguous. grad_input is accumulated in NHWC.
   const Tensor grad_input_nhwc =
-      at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast))
-          .zero_();
+      cpu::kept_empty(input.sizes(), input.options(), at::MemoryFormat::ChannelsLast).zero_();
   Tensor grad_input = grad_input_nhwc;
-  Tensor grad_offset = at::empty(offset.sizes(), offset.options());
+  Tensor grad_offset = cpu::kept_empty(offset.sizes(), offset.options());
   Tensor grad_mask =
-      mask ? at::empty(mask->sizes(), mask->options()) : at::empty({0}, input.options());
+      mask ? cpu::kept_empty(mask->sizes(), mask->options()) : at::empty({0}, input.options());
   Tensor grad_weight_rows =
-      at::zeros({s.out_channels, s.kernel_h, s.kernel_w, s.group_in}, weight.options());
+      cpu::kept_zeros({s.out_channels, s.kernel_h, s.kernel_w, s.group_in}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward", [&] {
     if (s.batch > 0) {
       const Tensor image = to_nhwc<scalar_t>(input);
@@ -730,12 +733,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> deform_conv2d_backward_cpu(
           grad_weight_rows.data_ptr<scalar_t>());
     }
     if (output_memory_format(input) != at::MemoryFormat::ChannelsLast) {
-      grad_input = at::empty(input.sizes(), input.options());
+      grad_input = cpu::kept_empty(input.sizes(), input.options());
       relayout<scalar_t>(grad_input_nhwc, grad_input);
     }
   });
-  return {grad_input, grad_offset, grad_weight_rows.permute({0, 3, 1, 2}).contiguous(),
-          grad_mask};
+  const Tensor grad_weight =
+      cpu::kept_empty(weight.sizes(), weight.options()).copy_(grad_weight_rows.permute({0, 3, 1, 2}));
+  return {grad_input, grad_offset, grad_weight, grad_mask};
 }
 
 }  // namespace

@@ -13,7 +13,7 @@
 // every case measured, all channels on included (64 -> 64, 160x240, one thread: 108-116 ms for 4
 // maps, oneDNN 180-208 ms); channels-last outputs and other dtypes keep the gather + oneDNN path.
 //
-// The output comes from kept blocks when large (cpu/output_pool.h): with many tasks it is many maps
+// The output comes from kept blocks when large (cpu/kept_memory.h): with many tasks it is many maps
 // large, and a fresh mapping of it cost more than the convolutions.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -32,7 +32,7 @@
 
 #include "common/layout.h"
 #include "common/masked_conv2d.h"
-#include "cpu/output_pool.h"
+#include "cpu/kept_memory.h"
 
 namespace flexops {
 namespace {
@@ -523,7 +523,7 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
     size.push_back((input.size(2 + d) + 2 * padding[d] - extent) / stride[d] + 1);
   }
   const at::MemoryFormat format = output_memory_format(input);
-  at::Tensor output = cpu::empty_output(size, input.options(), format);
+  at::Tensor output = cpu::kept_empty(size, input.options(), format);
   const bool direct = format == at::MemoryFormat::Contiguous;
   if (direct && input.scalar_type() == at::kFloat) {
     forward_direct<float>(input, weight, bias, in_mask, out_mask, stride, padding, dilation,
@@ -545,8 +545,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   masked::check(input, weight, in_mask, out_mask);
   at::Tensor grad_input =
-      at::empty(input.sizes(), input.options().memory_format(output_memory_format(input))).zero_();
-  at::Tensor grad_weight = at::zeros(weight.sizes(), weight.options());
+      cpu::kept_empty(input.sizes(), input.options(), output_memory_format(input)).zero_();
+  at::Tensor grad_weight = cpu::kept_zeros(weight.sizes(), weight.options());
   for (const Task& task : tasks(input, in_mask, out_mask)) {
     if (task.out_channels.numel() == 0 || task.in_channels.numel() == 0 || task.length == 0) {
       continue;

@@ -23,7 +23,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/output_pool.h"
+#include "cpu/kept_memory.h"
 
 namespace flexops {
 namespace {
@@ -438,7 +438,8 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
   const BiasBlocks bias_blocks(on, g);
   const int64_t blocks = static_cast<int64_t>(bias_blocks.ranges.size());
   // partial[block][head]: the bias gradient summed over the block's windows.
-  std::vector<T> partial(bias ? blocks * g.heads * square : 0, T(0));
+  const Tensor partial_buffer = cpu::kept_zeros({bias ? blocks * g.heads * square : 0}, qkv.options());
+  T* const partial = partial_buffer.mutable_data_ptr<T>();
 
   at::parallel_for(0, blocks * g.heads, 1, [&](int64_t begin, int64_t end) {
     Task<T> t(g, true);
@@ -448,7 +449,7 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
       const int64_t h = item % g.heads;
       const auto [first, last] = bias_blocks.ranges[item / g.heads];
       const int64_t qc = h * d, kc = c + h * d, vc = 2 * c + h * d;
-      T* grad_bias_part = bias ? partial.data() + item * square : nullptr;
+      T* grad_bias_part = bias ? partial + item * square : nullptr;
       for (int64_t i = first; i < last; ++i) {
         win.locate(g, on[i]);
         gather(map, in, win, qc, d, n, t.q.data(), ld);
@@ -518,7 +519,7 @@ Tensor window_attention_cpu(const Tensor& qkv, int64_t num_heads, int64_t window
                             double scale, const std::optional<Tensor>& active,
                             std::optional<double> mask_value) {
   const Geometry g = geometry(qkv, num_heads, window_size, shift_size, rel_pos_bias, active);
-  Tensor out = cpu::empty_output({g.batch, g.height, g.width, g.channels()}, qkv.options());
+  Tensor out = cpu::kept_empty({g.batch, g.height, g.width, g.channels()}, qkv.options());
   if (out.numel() == 0) return out;
   const Tensor map = unit_channel_stride(qkv);
   const Tensor bias = rel_pos_bias ? rel_pos_bias->contiguous() : Tensor();
@@ -537,8 +538,8 @@ std::tuple<Tensor, Tensor> window_attention_backward_cpu(
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({g.batch, g.height, g.width, g.channels()}),
               "window_attention_backward: grad_output must be [B, H, W, C], got ",
               grad_output.sizes());
-  Tensor grad_qkv = cpu::empty_output(qkv.sizes(), qkv.options());
-  Tensor grad_bias = rel_pos_bias ? at::zeros(rel_pos_bias->sizes(), qkv.options()) : qkv.new_empty({0});
+  Tensor grad_qkv = cpu::kept_empty(qkv.sizes(), qkv.options());
+  Tensor grad_bias = rel_pos_bias ? cpu::kept_zeros(rel_pos_bias->sizes(), qkv.options()) : qkv.new_empty({0});
   if (grad_qkv.numel() == 0) return {grad_qkv, grad_bias};
   const Tensor map = unit_channel_stride(qkv), grad_map = unit_channel_stride(grad_output);
   const Tensor bias = rel_pos_bias ? rel_pos_bias->contiguous() : Tensor();

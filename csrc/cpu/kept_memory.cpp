@@ -1,5 +1,5 @@
-// Kept blocks for large CPU outputs (see output_pool.h).
-#include "cpu/output_pool.h"
+// Kept blocks for the CPU tensors flexops allocates (see kept_memory.h).
+#include "cpu/kept_memory.h"
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
@@ -14,9 +14,9 @@
 namespace flexops::cpu {
 namespace {
 
-// Blocks below glibc's largest mmap threshold come from its heap, already mapped.
-constexpr size_t kKeptMinBytes = size_t(32) << 20;
-constexpr size_t kMaxKeptBlocks = 8;
+// Blocks below glibc's initial mmap threshold come from its heap, already mapped.
+constexpr size_t kKeptMinBytes = size_t(128) << 10;
+constexpr size_t kMaxKeptBlocks = 64;
 
 size_t kept_limit_bytes() {
   const char* text = std::getenv("FLEXOPS_KEPT_CPU_MB");
@@ -30,7 +30,7 @@ size_t kept_limit_bytes() {
   return static_cast<size_t>(megabytes) << 20;
 }
 
-class OutputAllocator final : public c10::Allocator {
+class KeptAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t bytes) override {
     const c10::Device cpu(c10::DeviceType::CPU);
@@ -46,13 +46,18 @@ class OutputAllocator final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
+  size_t kept_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return kept_bytes_;
+  }
+
  private:
   struct Kept {
     void* data;
     size_t bytes;
   };
   struct Block {  // a DataPtr's context
-    OutputAllocator* owner;
+    KeptAllocator* owner;
     Kept memory;
   };
 
@@ -75,7 +80,7 @@ class OutputAllocator final : public c10::Allocator {
   // The DataPtr's deleter: the block joins the kept ones; the oldest go past the limits.
   static void give_back(void* context) {
     auto* block = static_cast<Block*>(context);
-    OutputAllocator& self = *block->owner;
+    KeptAllocator& self = *block->owner;
     std::vector<void*> freed;
     {
       std::lock_guard<std::mutex> lock(self.mutex_);
@@ -98,17 +103,23 @@ class OutputAllocator final : public c10::Allocator {
 };
 
 // Never destroyed: tensors can outlive static destructors at interpreter exit.
-OutputAllocator& allocator() {
-  static auto* instance = new OutputAllocator();
+KeptAllocator& allocator() {
+  static auto* instance = new KeptAllocator();
   return *instance;
 }
 
 }  // namespace
 
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options,
-                        at::MemoryFormat format) {
+at::Tensor kept_empty(at::IntArrayRef sizes, const at::TensorOptions& options,
+                      at::MemoryFormat format) {
   return at::detail::empty_generic(sizes, &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                    c10::typeMetaToScalarType(options.dtype()), format);
 }
+
+at::Tensor kept_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return kept_empty(sizes, options).zero_();
+}
+
+size_t kept_bytes() { return allocator().kept_bytes(); }
 
 }  // namespace flexops::cpu
