@@ -3,6 +3,8 @@
 // the CPU kernels keep between calls.
 #include <Python.h>
 
+#include <exception>
+
 #include "cpu/kept_memory.h"
 
 #ifndef FLEXOPS_CUDA_ARCHS
@@ -10,7 +12,12 @@
 #endif
 
 static PyObject* kept_cpu_bytes(PyObject*, PyObject*) {
-  return PyLong_FromSize_t(flexops::cpu::kept_bytes());
+  try {
+    return PyLong_FromSize_t(flexops::cpu::kept_bytes());
+  } catch (const std::exception& error) {  // a bad FLEXOPS_KEPT_CPU_MB, read on first use
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
 }
 
 static PyMethodDef flexops_methods[] = {

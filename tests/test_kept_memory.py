@@ -61,6 +61,10 @@ def test_kept_limit_from_the_environment(tmp_path):
     bad = run_with_kept_limit("lots", tmp_path)
     assert bad.returncode != 0
     assert "FLEXOPS_KEPT_CPU_MB must be a whole number of megabytes" in bad.stderr
+    code = "import flexops._C as C\ntry:\n    C.kept_cpu_bytes()\nexcept RuntimeError as e:\n    print(e)\n"
+    env = dict(os.environ, FLEXOPS_KEPT_CPU_MB="-1")
+    asked = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert asked.returncode == 0 and "FLEXOPS_KEPT_CPU_MB must be a whole number" in asked.stdout, asked
 
 
 # Five calls of each op, forward and backward, on one thread (so that the number of workspaces alive at
