@@ -259,6 +259,52 @@ def test_per_sample_omega_equals_one_call_per_sample_and_shared_equals_broadcast
     torch.testing.assert_close(net(x, omega[0]), net(x, omega[:1].expand(shape[0], -1)), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", NETS)
+def test_repeated_omega_without_autograd_runs_a_kept_baked_twin(name):
+    make, _, shape = NETS[name]
+    net = randomised(make()).eval()
+    x = torch.rand(shape, dtype=torch.float64)
+    first, second = torch.rand(2, net.num_params, dtype=torch.float64)
+
+    def kept():
+        return net.__dict__.get("_last_call", (None, None))[1]
+
+    with torch.no_grad():
+        blended = net(x, first)  # the first call at this omega blends layer by layer and keeps nothing
+        assert kept() is None
+        again = net(x, first)
+        twin = kept()
+        assert twin is not None and not any(isinstance(m, TUNABLE) for m in twin.modules())
+        torch.testing.assert_close(again, blended, rtol=0, atol=0)  # the same blends: identical outputs
+        with torch.inference_mode():
+            torch.testing.assert_close(net(x, first), blended, rtol=0, atol=0)
+        assert kept() is twin
+        # A weight changed in place: the twin is stale and goes.
+        net.tunable_layers[0].weight.mul_(2)
+        changed = net(x, first)
+        assert kept() is None and not torch.equal(changed, blended)
+        torch.testing.assert_close(net(x, first), changed, rtol=0, atol=0)
+        # Another omega: back to blending per layer; per-sample omega never bakes.
+        net(x, second)
+        assert kept() is None
+        net(x, second.expand(shape[0], -1))
+        net(x, second.expand(shape[0], -1))
+        assert kept() is None
+        net(x, first)
+        net(x, first)
+        assert kept() is not None
+    with torch.enable_grad():  # autograd on: the twin goes, nothing is baked, gradients reach the kernels
+        net(x, first).sum().backward()
+        assert kept() is None
+        net(x, first).sum().backward()
+    assert kept() is None and net.tunable_layers[0].weight.grad is not None
+    net.reuse_baked = False
+    with torch.no_grad():
+        net(x, first)
+        net(x, first)
+    assert kept() is None
+
+
 # A small SwinIR with both shifted and unshifted blocks, two RSTBs of different head counts.
 SMALL_SWINIR = dict(img_size=16, window_size=4, depths=[2, 2], embed_dim=12, num_heads=[2, 3], mlp_ratio=2)
 

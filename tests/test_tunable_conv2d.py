@@ -95,6 +95,27 @@ def test_gradcheck(shared, with_bias):
         assert torch.autograd.gradcheck(lambda *t: tunable_conv2d(*t, *conv), tensors)
 
 
+# 1x1 kernels without stride, padding or groups run per sample as one batched matrix product (and
+# depthwise kernels as one grouped convolution): the random cases rarely draw them.
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
+@pytest.mark.parametrize("layout_kind", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_per_sample_special_kernels(kind, layout_kind, with_bias):
+    channels, kernel, groups = (5, (1, 1), 1) if kind == "pointwise" else (600, (3, 3), 600)
+    case = dict(batch=3, in_channels=channels, out_channels=channels, groups=groups, kernel=kernel, height=4, width=6,
+                stride=(1, 1), padding=(0, 0) if kind == "pointwise" else (1, 1), dilation=(2, 1), layout=layout_kind)
+    (x, weight, bias, alpha), conv = make_args(case, torch.float64, False, with_bias, 3, requires_grad=True)
+    with backends.use("cpu"):
+        out = tunable_conv2d(x, weight, bias, alpha, *conv)
+    expected = reference.tunable_conv2d(x, weight, bias, alpha, *conv)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-8)
+    inputs = [t for t in (x, weight, bias, alpha) if t is not None]
+    assert_grads_match(out, expected, inputs, 1e-10, 1e-8)
+    if kind == "pointwise":
+        with backends.use("cpu"):
+            assert torch.autograd.gradcheck(lambda *t: tunable_conv2d(*t, *conv), (x, weight, bias, alpha))
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_sample"])
 def test_opcheck(shared):
     case = dict(batch=2, in_channels=4, out_channels=2, groups=2, kernel=(3, 3), height=5, width=5,

@@ -16,6 +16,15 @@ enum class PerSample {
   kLoop,         // one dense conv per sample
 };
 
+// A 1x1 convolution without stride, padding or groups (dilation is moot at 1x1): per sample it is
+// one matrix product, [Cout, Cin] x [Cin, H * W], so a batch with its own kernel per sample is one
+// batched product instead of B convolutions.
+inline bool pointwise(const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                      int64_t groups) {
+  return weight.size(3) == 1 && weight.size(4) == 1 && groups == 1 && stride[0] == 1 &&
+         stride[1] == 1 && padding[0] == 0 && padding[1] == 0;
+}
+
 // sum_i alpha[r, i] * params[i] for every row r of alpha ([p] is one row): [rows, numel / p],
 // written into `out` when given (its numel: rows * numel / p).
 inline at::Tensor blend(const at::Tensor& params, const at::Tensor& alpha, at::Tensor out = {}) {
@@ -64,6 +73,13 @@ inline at::Tensor forward_any_layout(const at::Tensor& input, const at::Tensor& 
   }
   const at::Tensor kernels = blend(weight, alpha);  // [B, Cout * Cin/groups * kh * kw]
   const at::Tensor biases = has_bias ? blend(*bias, alpha) : at::Tensor();  // [B, Cout]
+  if (pointwise(weight, stride, padding, groups)) {
+    const at::Tensor pixels = input.reshape({batch, input.size(1), -1});
+    const at::Tensor matrices = kernels.view({batch, weight.size(1), weight.size(2)});
+    const at::Tensor product = has_bias ? at::baddbmm(biases.unsqueeze(2), matrices, pixels)
+                                        : at::bmm(matrices, pixels);
+    return product.view(out_size);
+  }
   if (per_sample == PerSample::kGroupedConv) {
     std::vector<int64_t> folded_kernel = {-1};
     folded_kernel.insert(folded_kernel.end(), kernel_shape.begin() + 1, kernel_shape.end());
@@ -118,6 +134,13 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   } else if (batch == 0) {
     grad_input = at::zeros_like(input);
     grad_kernels = at::zeros({0, weight[0].numel()}, weight.options());
+  } else if (pointwise(weight, stride, padding, groups)) {
+    // dX_b = K_b^T dY_b and dK_b = dY_b X_b^T, each one batched product over the samples.
+    const at::Tensor matrices = blend(weight, alpha).view({batch, weight.size(1), weight.size(2)});
+    const at::Tensor pixels = input.reshape({batch, input.size(1), -1});
+    const at::Tensor grad_pixels = grad_output.reshape({batch, grad_output.size(1), -1});
+    grad_input = at::bmm(matrices.transpose(1, 2), grad_pixels).view(input.sizes());
+    grad_kernels = at::bmm(grad_pixels, pixels.transpose(1, 2)).view({batch, -1});
   } else if (per_sample == PerSample::kGroupedConv) {
     std::vector<int64_t> folded_kernel = {-1};
     folded_kernel.insert(folded_kernel.end(), kernel_shape.begin() + 1, kernel_shape.end());

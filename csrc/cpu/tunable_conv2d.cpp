@@ -12,10 +12,12 @@ namespace {
 
 // Measured on a 2-core x86 machine (bench/): one dense conv per sample beats a grouped conv over
 // the folded batch once a sample's kernel has some 500 (output, input) channel pairs; below that
-// the per-call overhead of B convolutions dominates.
+// the per-call overhead of B convolutions dominates. A depthwise kernel (one input channel per
+// group) folded over the batch is a depthwise conv of B times the channels: always grouped.
 tunable::PerSample per_sample_strategy(const at::Tensor& weight) {
-  return weight.size(1) * weight.size(2) >= 512 ? tunable::PerSample::kLoop
-                                                 : tunable::PerSample::kGroupedConv;
+  const bool depthwise = weight.size(2) == 1;
+  return !depthwise && weight.size(1) * weight.size(2) >= 512 ? tunable::PerSample::kLoop
+                                                              : tunable::PerSample::kGroupedConv;
 }
 
 // A shared alpha's blended kernel goes to a buffer kept per thread, one per kernel size and dtype,

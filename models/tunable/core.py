@@ -13,6 +13,8 @@ A new architecture (e.g. a tunable SwinIR) is one more file: the plain network b
 `layers` argument with a `run(x, alphas)`, and `class TunableX(TunableNetwork, X)` (see edsr.py).
 """
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -124,10 +126,42 @@ class TunableNetwork:
         self.check_omega(omega, x)
         return Alphas(self._tunable, omega)
 
+    # Whether forward may run a baked twin when called twice in a row with the same omega (see forward).
+    reuse_baked = True
+
     def forward(self, x, omega):
-        """x [B, C, H, W]; omega [p] (one setting for the batch) or [B, p] (one per image)."""
+        """x [B, C, H, W]; omega [p] (one setting for the batch) or [B, p] (one per image).
+
+        Without autograd (torch.no_grad / inference_mode), a shared omega given twice in a row, with the
+        weights unchanged in between, runs a baked twin kept from the second call on (the blends are the
+        network's own: outputs are identical), so restoring many images at one setting costs what the
+        plain network costs; the twin holds a copy of the blended weights and is dropped when omega or
+        a weight changes. `net.reuse_baked = False` turns this off.
+        """
         check_image(x, self.in_chans)
-        return self.run(x, self.alphas(omega, x))
+        self.check_omega(omega, x)
+        if omega.dim() == 1 and self.reuse_baked and not torch.is_grad_enabled():
+            baked = self._kept_baked(omega)
+            if baked is not None:
+                return baked(x)
+        else:  # e.g. training resumed after an evaluation: its twin would only hold memory
+            self.__dict__.pop("_last_call", None)
+        return self.run(x, Alphas(self._tunable, omega))
+
+    def _kept_baked(self, omega):
+        """The baked twin for omega when the previous call had the same omega and weights (baked now
+        if it was not kept yet), else None; what identifies the call is remembered for the next."""
+        key = (tuple(omega.tolist()), omega.dtype, omega.device, self.training,
+               tuple((t.data_ptr(), t._version) for t in itertools.chain(self.parameters(), self.buffers())))
+        last_key, baked = self.__dict__.get("_last_call", (None, None))
+        if key != last_key:
+            self.__dict__["_last_call"] = (key, None)  # the old twin goes: omega or the weights changed
+            return None
+        if baked is None:
+            with torch.inference_mode(False):  # its tensors must serve outside inference_mode too
+                baked = self.bake(omega)
+            self.__dict__["_last_call"] = (key, baked)
+        return baked
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """nn.Module.load_state_dict, after checking that the checkpoint has this network's p."""
