@@ -99,6 +99,12 @@ def first_calls(module_file, factory, args, names, grad=False, calls=4):
     return result
 
 
+def record_first_calls(table, row, fresh):
+    """Fills a "<name> fresh ms" cell per function of `first_calls`' result: "first / next" ms."""
+    for name, (first, following) in fresh.items():
+        record(table, row, f"{name.split()[0]} fresh ms", f"{1e3 * first:.0f} / {1e3 * following:.1f}", 1e3 * following)
+
+
 def record(table, row, column, text, value=None, target=None, met=None):
     """Fills a cell: `text` as printed, `value` the number for report.json and plots, `target` the
     paper's value or the goal printed beside it, `met` whether the cell meets it."""

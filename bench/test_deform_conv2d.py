@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import flexops
-from harness import compare, first_calls, note, plot, record, tables
+from harness import compare, first_calls, note, plot, record, record_first_calls, tables
 
 torchvision_ops = pytest.importorskip("torchvision.ops")
 
@@ -61,8 +61,7 @@ def test_deform_conv2d(benchmark, shape, backward):
            over_conv <= 2.5 if goal else None)
     if shape in FRESH_SHAPES:
         fresh = first_calls(__file__, "functions", [shape, backward], ["flexops", "torchvision"], grad=backward)
-        for name, (first, following) in fresh.items():
-            record(TABLE, row, f"{name} fresh ms", f"{1e3 * first:.0f} / {1e3 * following:.1f}", 1e3 * following)
+        record_first_calls(TABLE, row, fresh)
         speedup = fresh["torchvision"][1] / fresh["flexops"][1]
         record(TABLE, row, "speed-up fresh", f"{speedup:.1f}x", speedup)
     note(TABLE, "best of interleaved rounds, warmed process; fresh = in a new process of its own: first call / best "

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import flexops
 from flexops import reference
-from harness import compare, first_calls, note, plot, record, tables
+from harness import compare, first_calls, note, plot, record, record_first_calls, tables
 
 CHANNELS, SIZE = 64, 128
 DENSITIES = (0.125, 0.25, 0.5, 1.0)
@@ -72,8 +72,7 @@ def test_masked_conv2d(benchmark, tasks, density):
     record(TABLE, row, "vs reference", f"{best['reference'] / best['masked']:.1f}x", best["reference"] / best["masked"])
     if tasks == max(TASKS):
         fresh = first_calls(__file__, "functions", [tasks, density], ["masked", "dense"])
-        for name, (first, following) in fresh.items():
-            record(TABLE, row, f"{name} fresh ms", f"{1e3 * first:.0f} / {1e3 * following:.1f}", 1e3 * following)
+        record_first_calls(TABLE, row, fresh)
         ratio = fresh["dense"][1] / fresh["masked"][1]
         record(TABLE, row, "vs dense fresh", f"{ratio:.1f}x", ratio, f"ideal {ideal:.0f}x")
 

@@ -8,7 +8,6 @@ with its own setting per image, against a plain convolution of the same batch.
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import flexops
 from harness import compare, first_calls, note, plot, record, tables

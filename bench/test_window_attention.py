@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import flexops
-from harness import compare, first_calls, note, plot, record, tables
+from harness import compare, first_calls, note, plot, record, record_first_calls, tables
 
 CHANNELS, HEADS, WINDOW, SHIFT = 180, 6, 8, 4
 SIZES = (64, 128, 256)
@@ -115,9 +115,7 @@ def test_window_attention(benchmark, size, grad):
         record(TABLE, row, f"{100 * f:g}% / 100%", f"{fraction:.2f}", fraction, f"ideal {f:g}")
     if size == FRESH_SIZE:
         fresh = first_calls(__file__, "functions", [size, grad], ["flexops 100%", "sdpa"], grad=grad)
-        for name, (first, following) in fresh.items():
-            record(TABLE, row, f"{name.split()[0]} fresh ms", f"{1e3 * first:.0f} / {1e3 * following:.1f}",
-                   1e3 * following)
+        record_first_calls(TABLE, row, fresh)
         ratio = fresh["sdpa"][1] / fresh["flexops 100%"][1]
         record(TABLE, row, "vs sdpa fresh", f"{ratio:.2f}x", ratio)
 
