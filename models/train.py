@@ -119,7 +119,7 @@ def load_model(path):
 
 def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9, 0.99), milestones=None,
           gamma=0.5, checkpoint=None, save_every=1000, config=None, num_workers=0, progress=True,
-          description="train", find_unused_parameters=False):
+          description="train", find_unused_parameters=False, companions=None):
     """Trains `model` for `steps` optimiser steps (in all, counting steps of a resumed run).
 
     Args:
@@ -138,6 +138,10 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
         num_workers: DataLoader worker processes. progress: show the progress bar (rank 0 only).
         find_unused_parameters: for a model whose steps leave some parameters out (FlexIR's pointer
             schedule runs only the first blocks): DDP then reduces their gradients as zeros.
+        companions: {name: companion} trained beside the model, e.g. a GAN's discriminator
+            (`tunable.adversarial.RelativisticAdversary`): each has `to(device, distributed)`,
+            `after_step() -> {name: float}` (run after every step of the model; its numbers join the
+            progress bar) and `state_dict` / `load_state_dict` (saved in the checkpoint under `name`).
 
     Returns the trained model (unwrapped, on its device), in eval mode.
 
@@ -150,18 +154,22 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
         raise ValueError("dataset is empty")
     rank, world, device = _distributed()
     model.to(device).train()
+    companions = dict(companions or {})
+    for companion in companions.values():
+        companion.to(device, distributed=world > 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
     if milestones is None:
         milestones = [math.ceil(steps * f) for f in (0.2, 0.4, 0.6, 0.8)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
     config = dict(config or {})
-    state = resume(checkpoint, config, model=model, optimizer=optimizer, scheduler=scheduler)
+    state = resume(checkpoint, config, model=model, optimizer=optimizer, scheduler=scheduler, **companions)
     first = 0 if state is None else state["step"]
     runner = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters) if world > 1 else model
 
     def save(step):
         if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, run_state(step, config, model=model, optimizer=optimizer, scheduler=scheduler))
+            save_checkpoint(checkpoint, run_state(step, config, model=model, optimizer=optimizer, scheduler=scheduler,
+                                                  **companions))
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers,
@@ -183,6 +191,8 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
             loss.backward()
             optimizer.step()
             scheduler.step()
+            for companion in companions.values():
+                metrics.update(companion.after_step())
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}",

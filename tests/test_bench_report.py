@@ -65,6 +65,7 @@ def test_a_small_benchmark_with_report_and_the_options(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "masked conv 64->64" in done.stdout  # the table, printed when its module finished
     assert "flexops benchmarks on cpu:" in done.stdout
+    assert "--paper-sizes: TASNet at HD/2K/4K" in done.stdout and "hours" in done.stdout  # said up front
     report = (tmp_path / "report.md").read_text()
     assert "masked conv 64->64" in report
     assert json.loads((tmp_path / "report.json").read_text())["tables"]

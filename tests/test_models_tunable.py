@@ -3,15 +3,18 @@ implementations written here from the spec (official names), per-sample and shar
 the parametric multi-loss and its sampling, errors, training (CLI, resume) and the control the paper
 claims on a tiny ResNet."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from flexops.models import create, data, list_models
 from flexops.models.swinir import SwinIR
-from flexops.models.tunable import (EXPERIMENTS, ParametricMultiLoss, TunableEDSR, TunableNAFNet, TunablePairs,
-                                    TunableStyleNet, TunableSwinIR, sample_omega, train)
+from flexops.models.tunable import (EXPERIMENTS, Discriminator, ParametricMultiLoss, RelativisticAdversary, TunableEDSR,
+                                    TunableNAFNet, TunablePairs, TunableStyleNet, TunableSwinIR, sample_omega, train)
 from flexops.models.tunable import loss as losses
+from flexops.models.tunable.train import loss_function
 from flexops.models.tunable.__main__ import main
 from flexops.models.tunable.core import TUNABLE
 from flexops.models import train as training
@@ -405,6 +408,69 @@ def test_multi_loss_is_eq7_with_per_image_omega():
     torch.testing.assert_close(shared, loss(output, (noisy, clean), omega[:1].expand(4, 2)))
     with pytest.raises(ValueError, match=r"omega must be \[2\] or \[B, 2\] = \[4, 2\]"):
         loss(output, (noisy, clean), torch.rand(3, 2))
+
+
+def test_discriminator_takes_any_size_from_16():
+    disc = Discriminator(width=4)
+    assert disc(torch.rand(2, 3, 16, 16)).shape == (2,) and disc(torch.rand(3, 3, 40, 24)).shape == (3,)
+    # The paper's 4 scales: four stride-2 stages, then pooling before the fully-connected layers.
+    assert sum(m.stride == (2, 2) for m in disc.modules() if isinstance(m, torch.nn.Conv2d)) == 4
+    with pytest.raises(ValueError, match=r"H, W >= 16"):
+        disc(torch.rand(1, 3, 8, 32))
+
+
+def test_ragan_losses_and_the_discriminator_step():
+    torch.manual_seed(0)
+    adversary = RelativisticAdversary(Discriminator(width=4))
+    fake, real = torch.rand(3, 3, 16, 16, requires_grad=True), torch.rand(3, 3, 16, 16)
+    disc = adversary.discriminator
+    before = [t.detach().clone() for t in disc.parameters()]
+
+    g = adversary.generator_loss(fake, real)
+    assert g.shape == (3,) and all(t.grad is None for t in disc.parameters())  # trains the network only
+    g.sum().backward()
+    assert fake.grad is not None and all(t.grad is None for t in disc.parameters())
+
+    # An independent writing of RaGAN (BCE with logits: target 1 -> softplus(-x), target 0 -> softplus(x)),
+    # on the same logits (BatchNorm in train mode normalises reals and fakes as one batch).
+    logits = disc(torch.cat([real, fake.detach()])).detach()
+    d_real, d_fake = logits[:3], logits[3:]
+    expected_g = 0.5 * (F.softplus(d_real - d_fake.mean()) + F.softplus(-(d_fake - d_real.mean())))
+    torch.testing.assert_close(g.detach(), expected_g)
+    expected_d = 0.5 * (F.softplus(-(d_real - d_fake.mean())).mean() + F.softplus(d_fake - d_real.mean()).mean())
+    torch.testing.assert_close(adversary.discriminator_loss(fake.detach(), real).detach(), expected_d)
+
+    metrics = adversary.after_step()  # the discriminator's step on the remembered pair
+    assert set(metrics) == {"L_D"} and math.isfinite(metrics["L_D"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters()))
+    assert adversary.after_step() == {}  # no new pair, no step
+
+
+def test_sr_training_with_the_adversary_resumes_bit_identically(tmp_path):
+    features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).requires_grad_(False)
+    images = [im[:, :64, :64] for im in data.sample_images()[:2]]
+    spec = EXPERIMENTS["sr"]
+
+    def run(steps, checkpoint):
+        torch.manual_seed(0)
+        adversary = RelativisticAdversary(Discriminator(width=4))
+        multi_loss = ParametricMultiLoss(losses.sr_objectives(features, adversary))
+        net = TunableEDSR(n_resblocks=1, n_feats=4, scale=4)
+        dataset = TunablePairs(images, 8, spec)  # 8x8 inputs, 32x32 targets
+        loss_fn = loss_function(multi_loss, spec.sampling)
+        training.train(net, loss_fn, dataset, steps=steps, batch_size=2, lr=1e-3, milestones=[], checkpoint=checkpoint,
+                       save_every=2, progress=False, companions={"discriminator": adversary})
+        return net, adversary
+
+    whole, whole_adversary = run(4, None)
+    run(2, tmp_path / "sr.pt")
+    resumed, resumed_adversary = run(4, tmp_path / "sr.pt")
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(whole_adversary.discriminator.state_dict().values(),
+                    resumed_adversary.discriminator.state_dict().values()):
+        assert torch.equal(a, b)
+    assert "discriminator" in training.load_checkpoint(tmp_path / "sr.pt")
 
 
 def test_joint_targets_reading():

@@ -9,7 +9,6 @@ shared_tail=True the single tail under SwinIR's own names (the reading that expl
 
 import copy
 
-import torch
 from torch import nn
 
 from flexops.models.registry import register

@@ -12,7 +12,6 @@ shared prefix (eq. 10).
 import collections
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from flexops.models.cresmd.network import CResMD

@@ -6,15 +6,16 @@ whose weights are the same omega (the zoo's tunable.md):
   `TunableEDSR` (the paper's ResNet), `TunableNAFNet`, `TunableStyleNet`, `TunableSwinIR` (+
   `TunableSwinIR.from_swinir`); `net.bake(omega)` returns the plain twin (`EDSRNet`, `NAFNet`,
   `StyleNet`, the zoo's `SwinIR`) holding the blended weights;
-- `ParametricMultiLoss` (eq. 7), `sample_omega`, the experiments' objectives (loss.py);
+- `ParametricMultiLoss` (eq. 7), `sample_omega`, the experiments' objectives (loss.py), the x4 SR
+  experiment's RaGAN term and discriminator (`Discriminator`, `RelativisticAdversary`, adversarial.py);
 - `train(experiment, network, ...)`, also `python -m flexops.models.tunable train`.
+
+Without autograd, a shared omega given twice in a row runs a baked twin the network keeps (identical
+outputs, the plain network's cost; see `TunableNetwork.forward`).
 
 A network computes every layer's alpha once per forward (`flexops.nn.tunable.Alphas`) and checks
 its input and omega once: the layers skip their per-call checks. New architectures reuse core.py
 (`Layers`, `TunableNetwork`), one file each.
-
-Not here yet: the RaGAN adversarial term of the x4 SR objective (the shared training loop has one
-optimiser, a GAN needs the discriminator's too).
 
 >>> from flexops.models.tunable import TunableEDSR
 >>> net = TunableEDSR()                                            # 2,370,642 parameters
@@ -22,6 +23,7 @@ optimiser, a GAN needs the discriminator's too).
 >>> plain = net.bake(torch.tensor([0.5, 0.5]))                     # nn.Conv2d layers: plain(x) == y
 """
 
+from flexops.models.tunable.adversarial import Discriminator, RelativisticAdversary
 from flexops.models.tunable.core import Layers, TunableNetwork
 from flexops.models.tunable.edsr import EDSRNet, TunableEDSR
 from flexops.models.tunable.loss import ParametricMultiLoss, sample_omega
@@ -30,6 +32,6 @@ from flexops.models.tunable.style import StyleNet, TunableStyleNet
 from flexops.models.tunable.swinir import TunableSwinIR
 from flexops.models.tunable.train import EXPERIMENTS, TunablePairs, train
 
-__all__ = ["EDSRNet", "EXPERIMENTS", "Layers", "NAFNet", "ParametricMultiLoss", "StyleNet", "TunableEDSR",
-           "TunableNAFNet", "TunableNetwork", "TunablePairs", "TunableStyleNet", "TunableSwinIR", "sample_omega",
-           "train"]
+__all__ = ["Discriminator", "EDSRNet", "EXPERIMENTS", "Layers", "NAFNet", "ParametricMultiLoss",
+           "RelativisticAdversary", "StyleNet", "TunableEDSR", "TunableNAFNet", "TunableNetwork", "TunablePairs",
+           "TunableStyleNet", "TunableSwinIR", "sample_omega", "train"]

@@ -13,7 +13,7 @@ def main(argv=None):
     training.add_arguments(command, lr=1e-4)
     command.add_argument("--experiment", choices=list(EXPERIMENTS), default="denoise",
                          help="denoise: reconstruction vs noise preservation; joint: denoise + deblur; "
-                              "sr: x4 reconstruction vs perceptual; style: 3 styles (default %(default)s)")
+                              "sr: x4 reconstruction vs GAN (VGG + RaGAN); style: 3 styles (default %(default)s)")
     command.add_argument("--network", choices=list(NETWORKS), default="edsr", help="(default %(default)s)")
     command.add_argument("--blocks", type=int, help="residual blocks of the ResNet (default 16)")
     command.add_argument("--features", type=int, help="channels of the ResNet (default 64)")

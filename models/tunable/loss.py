@@ -184,19 +184,23 @@ class _Normalised(nn.Module):
         return self.features((x - self.mean) / self.std)
 
 
-def sr_objectives(features):
-    """x4 SR (Table 4), reconstruction vs perceptual: L_rec = |y^ - y|; L_perc = 0.01 L_rec + L_vgg,
-    L_vgg the l1 distance of VGG-19 conv5_4 features (`features`, e.g. vgg19_features("conv5_4")).
-    The paper's L_gan also has 0.005 L_adv (RaGAN): not included (see the package docstring)."""
+def sr_objectives(features, adversary=None):
+    """x4 SR (Tables 4-5), reconstruction vs GAN: L_rec = |y^ - y|; L_gan = 0.01 L_rec + L_vgg + 0.005 L_adv,
+    L_vgg the l1 distance of VGG-19 conv5_4 features (`features`, e.g. vgg19_features("conv5_4")) and
+    L_adv the network's RaGAN loss from `adversary` (adversarial.RelativisticAdversary, whose
+    discriminator the training loop steps as a companion); without an adversary, L_adv is left out."""
 
     def reconstruction(output, batch, omega):
         return _l1(output, batch[1])
 
-    def perceptual(output, batch, omega):
+    def gan(output, batch, omega):
         features.to(output.device)
-        return 0.01 * _l1(output, batch[1]) + _l1(features(output), features(batch[1]))
+        loss = 0.01 * _l1(output, batch[1]) + _l1(features(output), features(batch[1]))
+        if adversary is not None:
+            loss = loss + 0.005 * adversary.generator_loss(output, batch[1])
+        return loss
 
-    return [reconstruction, perceptual]
+    return [reconstruction, gan]
 
 
 # Not in the paper (its supplementary holds them): the zoo's readings, Johnson et al.'s balance with

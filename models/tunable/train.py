@@ -15,6 +15,7 @@ from flexops.models import data
 from flexops.models import train as training
 from flexops.models.registry import create
 from flexops.models.tunable import loss as losses
+from flexops.models.tunable.adversarial import RelativisticAdversary
 
 NETWORKS = {"edsr": "tunable_edsr", "nafnet": "tunable_nafnet", "stylenet": "tunable_stylenet",
             "swinir": "tunable_swinir"}
@@ -84,14 +85,15 @@ def loss_function(multi_loss, sampling, seed=0, per_sample=True):
     return loss
 
 
-def objectives(experiment, style_images=None, vgg_weights=None):
-    """The p objectives of an experiment (see loss.py); "sr" and "style" need VGG-19 weights on disk."""
+def objectives(experiment, style_images=None, vgg_weights=None, adversary=None):
+    """The p objectives of an experiment (see loss.py); "sr" and "style" need VGG-19 weights on disk,
+    "sr" takes the RaGAN term from `adversary` (none: left out)."""
     if experiment == "denoise":
         return losses.denoise_objectives()
     if experiment == "joint":
         return losses.joint_objectives()
     if experiment == "sr":
-        return losses.sr_objectives(losses.vgg19_features("conv5_4", vgg_weights))
+        return losses.sr_objectives(losses.vgg19_features("conv5_4", vgg_weights), adversary)
     if experiment == "style":
         if not style_images or len(style_images) != EXPERIMENTS["style"].num_params:
             raise ValueError(f"the style experiment needs {EXPERIMENTS['style'].num_params} style images "
@@ -107,7 +109,8 @@ def train(experiment="denoise", network="edsr", images=None, *, network_kwargs=N
 
     Args:
         experiment: "denoise" (reconstruction vs noise preservation, p = 2), "joint" (denoise + deblur,
-            omega_i independent), "sr" (x4, reconstruction vs perceptual; VGG-19 weights needed),
+            omega_i independent), "sr" (x4, reconstruction vs GAN: VGG-19 features and a RaGAN
+            discriminator trained alongside, saved in the checkpoint; VGG-19 weights needed),
             "style" (3 styles; VGG-19 weights and `style_images` needed).
         network: "edsr" (the paper's ResNet; scale 4 for "sr"), "nafnet" or "stylenet".
         images: list of [3, H, W] images in [0, 1] (default: the built-in sample photos).
@@ -129,14 +132,16 @@ def train(experiment="denoise", network="edsr", images=None, *, network_kwargs=N
         settings["scale"] = spec.scale
     elif spec.scale != 1:
         raise ValueError(f"the {experiment!r} experiment needs an upscaling network: network='edsr'")
-    multi_loss = losses.ParametricMultiLoss(objectives(experiment, style_images, vgg_weights))
+    torch.manual_seed(seed)
+    adversary = RelativisticAdversary() if experiment == "sr" else None
+    multi_loss = losses.ParametricMultiLoss(objectives(experiment, style_images, vgg_weights, adversary))
     images = training.images() if images is None else images
     dataset = TunablePairs(images, patch_size, spec, sigma_range, seed)
-    torch.manual_seed(seed)
     model = create(NETWORKS[network], **settings)
     config = {"model": NETWORKS[network], "network": settings, "experiment": experiment, "patch_size": patch_size,
               "batch_size": batch_size, "sigma_range": list(sigma_range), "per_sample": per_sample, "seed": seed}
     return training.train(model, loss_function(multi_loss, spec.sampling, seed, per_sample), dataset, steps=steps,
                           batch_size=batch_size, lr=lr, betas=(0.9, 0.999), milestones=[], checkpoint=checkpoint,
                           save_every=save_every, config=config, num_workers=num_workers, progress=progress,
-                          description=f"tunable {network} {experiment}")
+                          description=f"tunable {network} {experiment}",
+                          companions=None if adversary is None else {"discriminator": adversary})
