@@ -87,7 +87,7 @@ def check_image(x, channels, name="x"):
 
 
 class TunableNetwork:
-    """Mixin of the zoo's tunable networks: `forward(x, omega)`, `alphas(omega, x)`, `bake(omega)`.
+    """Mixin of the zoo's tunable networks: `forward(x, omega)`, `bake(omega)`.
 
     `class TunableX(TunableNetwork, X)`, where X is the plain architecture built from `layers` with a
     `run(x, alphas)`; TunableX's __init__ builds X with `Layers(num_params, mode)`, then calls
@@ -120,11 +120,6 @@ class TunableNetwork:
         # One host sync per network forward (on a GPU), not per layer.
         if not bool(torch.isfinite(omega).all()):
             raise ValueError(f"{name} must be finite; got {omega.tolist()}")
-
-    def alphas(self, omega, x):
-        """Checks omega against the input x once and computes every tunable layer's alpha (`Alphas`)."""
-        self.check_omega(omega, x)
-        return Alphas(self._tunable, omega)
 
     # Whether forward may run a baked twin when called twice in a row with the same omega (see forward).
     reuse_baked = True

@@ -133,11 +133,11 @@ def train(experiment="denoise", network="edsr", images=None, *, network_kwargs=N
     elif spec.scale != 1:
         raise ValueError(f"the {experiment!r} experiment needs an upscaling network: network='edsr'")
     torch.manual_seed(seed)
+    model = create(NETWORKS[network], **settings)
     adversary = RelativisticAdversary() if experiment == "sr" else None
     multi_loss = losses.ParametricMultiLoss(objectives(experiment, style_images, vgg_weights, adversary))
     images = training.images() if images is None else images
     dataset = TunablePairs(images, patch_size, spec, sigma_range, seed)
-    model = create(NETWORKS[network], **settings)
     config = {"model": NETWORKS[network], "network": settings, "experiment": experiment, "patch_size": patch_size,
               "batch_size": batch_size, "sigma_range": list(sigma_range), "per_sample": per_sample, "seed": seed}
     return training.train(model, loss_function(multi_loss, spec.sampling, seed, per_sample), dataset, steps=steps,
