@@ -95,15 +95,20 @@ def test_gradcheck(shared, with_bias):
         assert torch.autograd.gradcheck(lambda *t: tunable_conv2d(*t, *conv), tensors)
 
 
-# 1x1 kernels without stride, padding or groups run per sample as one batched matrix product (and
-# depthwise kernels as one grouped convolution): the random cases rarely draw them.
-@pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
+# Per sample, 1x1 kernels without stride, padding or groups run as one batched matrix product,
+# depthwise kernels as one grouped convolution and a few outputs from many inputs (an image's tail)
+# as one convolution per sample: the random cases rarely draw them.
+SPECIAL = {"pointwise": (5, 5, (1, 1), 1), "depthwise": (600, 600, (3, 3), 600), "narrow_tail": (16, 3, (3, 3), 1)}
+
+
+@pytest.mark.parametrize("kind", SPECIAL)
 @pytest.mark.parametrize("layout_kind", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
 def test_per_sample_special_kernels(kind, layout_kind, with_bias):
-    channels, kernel, groups = (5, (1, 1), 1) if kind == "pointwise" else (600, (3, 3), 600)
-    case = dict(batch=3, in_channels=channels, out_channels=channels, groups=groups, kernel=kernel, height=4, width=6,
-                stride=(1, 1), padding=(0, 0) if kind == "pointwise" else (1, 1), dilation=(2, 1), layout=layout_kind)
+    in_channels, out_channels, kernel, groups = SPECIAL[kind]
+    case = dict(batch=3, in_channels=in_channels, out_channels=out_channels, groups=groups, kernel=kernel, height=4,
+                width=6, stride=(1, 1), padding=(0, 0) if kind == "pointwise" else (1, 1), dilation=(2, 1),
+                layout=layout_kind)
     (x, weight, bias, alpha), conv = make_args(case, torch.float64, False, with_bias, 3, requires_grad=True)
     with backends.use("cpu"):
         out = tunable_conv2d(x, weight, bias, alpha, *conv)
