@@ -64,9 +64,9 @@ def compare(benchmark, fns, grad=False):
 
 
 _FIRST_CALLS = textwrap.dedent("""
-    import importlib.util, json, sys, time, torch
+    import importlib.util, json, pathlib, sys, time, torch
     path, factory, args, name, grad, calls = json.loads(sys.argv[1])
-    sys.path.insert(0, str(__import__("pathlib").Path(path).parent))
+    sys.path.insert(0, str(pathlib.Path(path).parent))  # the bench directory, for `harness`
     spec = importlib.util.spec_from_file_location("bench_module", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -82,8 +82,9 @@ _FIRST_CALLS = textwrap.dedent("""
 
 
 def first_calls(module_file, factory, args, names, grad=False, calls=4):
-    """What a user's script sees: {name: (first call, best of the next calls - 1)} in seconds, each
-    function timed in a new process of its own, so that none warms memory or caches for another.
+    """What a user's script sees: {name: (seconds of the first call, best seconds of the `calls` - 1
+    after it)}, each function timed in a new process of its own, so that none warms memory or caches
+    for another.
 
     `factory(*args)`, a function of the bench module `module_file`, builds {name: fn} in that process;
     args must be JSON values. Without `grad` the calls run under inference_mode, as in `compare`.
