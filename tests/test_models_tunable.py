@@ -262,10 +262,13 @@ def test_per_sample_omega_equals_one_call_per_sample_and_shared_equals_broadcast
     torch.testing.assert_close(net(x, omega[0]), net(x, omega[:1].expand(shape[0], -1)), rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("name", [*NETS, "swinir"])
 def test_repeated_omega_without_autograd_runs_a_kept_baked_twin(name):
-    make, _, shape = NETS[name]
-    net = randomised(make()).eval()
+    if name == "swinir":
+        net, shape = randomised(TunableSwinIR(**SMALL_SWINIR)).eval(), (2, 3, 16, 16)
+    else:
+        make, _, shape = NETS[name]
+        net = randomised(make()).eval()
     x = torch.rand(shape, dtype=torch.float64)
     first, second = torch.rand(2, net.num_params, dtype=torch.float64)
 

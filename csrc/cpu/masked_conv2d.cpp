@@ -13,8 +13,8 @@
 // every case measured, all channels on included (64 -> 64, 160x240, one thread: 108-116 ms for 4
 // maps, oneDNN 180-208 ms); channels-last outputs and other dtypes keep the gather + oneDNN path.
 //
-// The output comes from kept blocks when large (cpu/kept_memory.h): with many tasks it is many maps
-// large, and a fresh mapping of it cost more than the convolutions.
+// The output and the backward's gradients come from kept blocks (cpu/kept_memory.h): with many tasks
+// the output is many maps large, and a fresh mapping of it cost more than the convolutions.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
