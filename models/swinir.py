@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexops.models.registry import register
+from flexops.nn.tunable import TunableConv2d, TunableLinear
 from flexops.nn.window_attention import WindowAttention, relative_position_index
 from flexops.reference.window_attention import shift_regions
 
@@ -66,6 +67,16 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
+def run_layer(module, x, *layer_args):
+    """module(x), with `layer_args` (a tunable SwinIR's alphas) given to each layer that takes them:
+    a Sequential runs layer by layer, so its activations and pixel shuffles get x alone."""
+    if isinstance(module, nn.Sequential):
+        for layer in module:
+            x = run_layer(layer, x, *layer_args)
+        return x
+    return module(x, *layer_args) if isinstance(module, (TunableConv2d, TunableLinear)) else module(x)
+
+
 class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout (SwinIR's Mlp, names fc1 / fc2)."""
 
@@ -76,8 +87,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(self, x, *layer_args):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x, *layer_args))), *layer_args))
 
 
 class SwinTransformerBlock(nn.Module):
@@ -85,7 +96,8 @@ class SwinTransformerBlock(nn.Module):
 
     As the official block, one built for an input_resolution no larger than the window uses that
     resolution as its window and no shift. forward(x, active=None): `active` [B, H/ws, W/ws] switches
-    windows of the attention off (see flexops.active_windows).
+    windows of the attention off (see flexops.active_windows). `layer_args` (a tunable SwinIR's alphas)
+    go to every layer and to the bias table, which are then tunable.
     """
 
     def __init__(self, dim, input_resolution, num_heads, window_size=7, shift_size=0, mlp_ratio=4.0, qkv_bias=True,
@@ -104,9 +116,17 @@ class SwinTransformerBlock(nn.Module):
         self.register_state_dict_post_hook(_save_official_buffers)
         self.register_load_state_dict_pre_hook(_drop_official_mask)
 
-    def forward(self, x, active=None):
-        x = x + self.drop_path(self.proj_drop(self.attn(self.norm1(x), self.shift_size, active)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x, active=None, *layer_args):
+        x = x + self.drop_path(self.proj_drop(self._attention(self.norm1(x), active, layer_args)))
+        return x + self.drop_path(self.mlp(self.norm2(x), *layer_args))
+
+    def _attention(self, x, active, layer_args):
+        if not layer_args:
+            return self.attn(x, self.shift_size, active)
+        attn = self.attn  # a tunable twin's: its projections and bias table take the layer_args
+        attention = attn.attend(attn.qkv(x, *layer_args), self.shift_size, active,
+                                attn.relative_position_bias_table(*layer_args))
+        return attn.proj(attention, *layer_args)
 
 
 def _save_official_buffers(block, state_dict, prefix, local_metadata):
@@ -147,10 +167,10 @@ class BasicLayer(nn.Module):
             for i in range(depth)
         ])
 
-    def forward(self, x, active=None):
+    def forward(self, x, active=None, *layer_args):
         """active: None, or the pair (active windows of unshifted blocks, of shifted blocks)."""
         for block in self.blocks:
-            x = block(x, None if active is None else active[block.shift_size > 0])
+            x = block(x, None if active is None else active[block.shift_size > 0], *layer_args)
         return x
 
 
@@ -182,8 +202,8 @@ class RSTB(nn.Module):
                                          qk_scale, drop, drop_path, norm_layer)
         self.conv = _residual_conv(dim, resi_connection)
 
-    def forward(self, x):
-        return as_tokens(self.conv(as_image(self.residual_group(x)))) + x
+    def forward(self, x, *layer_args):
+        return as_tokens(run_layer(self.conv, as_image(self.residual_group(x, None, *layer_args)), *layer_args)) + x
 
 
 class Upsample(nn.Sequential):
@@ -232,20 +252,21 @@ class Reconstruction:
         else:
             self.conv_last = nn.Conv2d(embed_dim, num_out_ch, 3, 1, 1)
 
-    def reconstruct(self, tokens, x_first, x):
+    def reconstruct(self, tokens, x_first, x, *layer_args):
         """Deep features [B, H, W, C], shallow features x_first [B, C, H, W] and the normalised input x
-        -> the output before de-normalisation."""
-        res = self.conv_after_body(as_image(self.norm(tokens))) + x_first
+        -> the output before de-normalisation (`layer_args`: a tunable SwinIR's alphas)."""
+        res = run_layer(self.conv_after_body, as_image(self.norm(tokens)), *layer_args) + x_first
         if self.upsampler == "pixelshuffle":
-            return self.conv_last(self.upsample(self.conv_before_upsample(res)))
+            up = run_layer(self.upsample, run_layer(self.conv_before_upsample, res, *layer_args), *layer_args)
+            return self.conv_last(up, *layer_args)
         if self.upsampler == "pixelshuffledirect":
-            return self.upsample(res)
+            return run_layer(self.upsample, res, *layer_args)
         if self.upsampler == "nearest+conv":
-            up = self.conv_before_upsample(res)
-            up = self.lrelu(self.conv_up1(F.interpolate(up, scale_factor=2, mode="nearest")))
-            up = self.lrelu(self.conv_up2(F.interpolate(up, scale_factor=2, mode="nearest")))
-            return self.conv_last(self.lrelu(self.conv_hr(up)))
-        return x + self.conv_last(res)
+            up = run_layer(self.conv_before_upsample, res, *layer_args)
+            up = self.lrelu(self.conv_up1(F.interpolate(up, scale_factor=2, mode="nearest"), *layer_args))
+            up = self.lrelu(self.conv_up2(F.interpolate(up, scale_factor=2, mode="nearest"), *layer_args))
+            return self.conv_last(self.lrelu(self.conv_hr(up, *layer_args)), *layer_args)
+        return x + self.conv_last(res, *layer_args)
 
     @property
     def scale(self):
@@ -420,11 +441,16 @@ class SwinIR(Reconstruction, nn.Module):
         if tile is not None:
             return run_tiled(self, x, tile, tile_overlap, self.window_size, self.scale)
         self.check_memory(x, max_memory)
+        return self.run(x)
+
+    def run(self, x, *layer_args):
+        """The untiled forward of a checked image; `layer_args` (a tunable SwinIR's alphas) go to every
+        layer that takes them."""
         height, width = x.shape[-2:]
-        x, x_first, tokens = self.head(x)
+        x, x_first, tokens = self.head(x, *layer_args)
         for layer in self.layers:
-            tokens = layer(tokens)
-        return self.finish(self.reconstruct(tokens, x_first, x), height, width)
+            tokens = layer(tokens, *layer_args)
+        return self.finish(self.reconstruct(tokens, x_first, x, *layer_args), height, width)
 
     def check_memory(self, x, max_memory):
         """Refuses an untiled input whose estimated activations exceed max_memory, naming a tile that fits."""

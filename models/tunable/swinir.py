@@ -8,8 +8,9 @@ per-sample omega each image blends its own bias table, and the fused window atte
 gathered biases as one [B, heads, N, N] tensor. `bake(omega)` returns a plain zoo SwinIR, so a
 baked network loads into (and saves from) the official code.
 
-The zoo's SwinIR is not written with `Layers`: TunableSwinIR builds it, swaps its layers for
-tunable ones of the same hyper-parameters, and runs the same computation in `run(x, alphas)`.
+The zoo's SwinIR is not written with `Layers`: TunableSwinIR builds it and swaps its layers for
+tunable ones of the same hyper-parameters; SwinIR's own `run(x, *layer_args)` then runs it, with the
+alphas handed to every layer.
 
 >>> net = TunableSwinIR()                  # colour denoising SwinIR-M: 22,982,820 parameters, 189 tunable layers
 >>> y = net(torch.rand(2, 3, 64, 64), torch.tensor([[1.0, 0.0], [0.3, 0.7]]))   # one omega per image
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from flexops.models.registry import register
-from flexops.models.swinir import SwinIR, as_image, as_tokens
+from flexops.models.swinir import SwinIR
 from flexops.models.tunable.core import TUNABLE, Layers, TunableNetwork, copy_unsaved_buffers
 from flexops.nn.tunable import TunableConv2d, TunableParameter
 from flexops.nn.window_attention import WindowAttention
@@ -55,15 +56,6 @@ def _make_tunable(network, layers):
             shape = tuple(parent.relative_position_bias_table.shape)
             del parent.relative_position_bias_table
             parent.relative_position_bias_table = layers.param(shape, init=trunc_normal)
-
-
-def _apply(module, x, alphas):
-    """Runs a tunable layer with alphas, a Sequential layer by layer, anything else as it is."""
-    if isinstance(module, nn.Sequential):
-        for layer in module:
-            x = _apply(layer, x, alphas)
-        return x
-    return module(x, alphas) if isinstance(module, TUNABLE) else module(x)
 
 
 @register("tunable_swinir")
@@ -118,40 +110,3 @@ class TunableSwinIR(TunableNetwork, SwinIR):
         copy_unsaved_buffers(net, swinir)
         net.load_state_dict(state, assign=True)
         return net.train(swinir.training)
-
-    def run(self, x, alphas):
-        """SwinIR's forward with every tunable layer given alphas (an `Alphas`, or omega itself)."""
-        height, width = x.shape[-2:]
-        x, x_first, tokens = self.head(x, alphas)
-        for layer in self.layers:
-            skip = tokens
-            for block in layer.residual_group.blocks:
-                tokens = _block(block, tokens, alphas)
-            tokens = as_tokens(_apply(layer.conv, as_image(tokens), alphas)) + skip
-        return self.finish(self._reconstruct(tokens, x_first, x, alphas), height, width)
-
-    def _reconstruct(self, tokens, x_first, x, alphas):
-        """SwinIR's `reconstruct` (the tail of each upsampler) with tunable layers."""
-        res = _apply(self.conv_after_body, as_image(self.norm(tokens)), alphas) + x_first
-        if self.upsampler == "pixelshuffle":
-            return _apply(self.conv_last, _apply(self.upsample, _apply(self.conv_before_upsample, res, alphas), alphas),
-                          alphas)
-        if self.upsampler == "pixelshuffledirect":
-            return _apply(self.upsample, res, alphas)
-        if self.upsampler == "nearest+conv":
-            up = _apply(self.conv_before_upsample, res, alphas)
-            up = self.lrelu(self.conv_up1(nn.functional.interpolate(up, scale_factor=2, mode="nearest"), alphas))
-            up = self.lrelu(self.conv_up2(nn.functional.interpolate(up, scale_factor=2, mode="nearest"), alphas))
-            return self.conv_last(self.lrelu(self.conv_hr(up, alphas)), alphas)
-        return x + self.conv_last(res, alphas)
-
-
-def _block(block, x, alphas):
-    """A Swin block with tunable layers: x + W-MSA(LN(x)), then + MLP(LN(x)). The bias table is
-    [(2 ws - 1)^2, heads] for a shared omega and [B, (2 ws - 1)^2, heads] for one omega per image."""
-    attn, mlp = block.attn, block.mlp
-    qkv = attn.qkv(block.norm1(x), alphas)
-    attention = attn.attend(qkv, block.shift_size, None, attn.relative_position_bias_table(alphas))
-    x = x + block.drop_path(block.proj_drop(attn.proj(attention, alphas)))
-    hidden = mlp.drop(mlp.act(mlp.fc1(block.norm2(x), alphas)))
-    return x + block.drop_path(mlp.drop(mlp.fc2(hidden, alphas)))
