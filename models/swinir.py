@@ -95,9 +95,9 @@ class SwinTransformerBlock(nn.Module):
     """x + W-MSA(LN(x)), then + MLP(LN(x)), on a token map [B, H, W, C].
 
     As the official block, one built for an input_resolution no larger than the window uses that
-    resolution as its window and no shift. forward(x, active=None): `active` [B, H/ws, W/ws] switches
-    windows of the attention off (see flexops.active_windows). `layer_args` (a tunable SwinIR's alphas)
-    go to every layer and to the bias table, which are then tunable.
+    resolution as its window and no shift. forward(x, active=None, *layer_args): `active` [B, H/ws, W/ws]
+    switches windows of the attention off (see flexops.active_windows); `layer_args` (a tunable SwinIR's
+    alphas) go to every layer and to the bias table, which are then tunable.
     """
 
     def __init__(self, dim, input_resolution, num_heads, window_size=7, shift_size=0, mlp_ratio=4.0, qkv_bias=True,
