@@ -349,15 +349,22 @@ def test_swinir_from_swinir_reproduces_it_on_the_simplex():
         TunableSwinIR.from_swinir(net, 3)
 
 
-def test_swinir_bad_inputs_name_the_problem():
-    net = TunableSwinIR(**SMALL_SWINIR)
-    x = torch.rand(2, 3, 8, 8)
+def assert_omega_errors(net, x):
+    """A p = 2 network's errors for omega of the wrong length or batch and for a NaN in a shared or a
+    per-image omega (x has batch 2)."""
     with pytest.raises(ValueError, match=r"omega must be \[2\] .* or \[B, 2\] .*got \[3\]"):
         net(x, torch.rand(3))
     with pytest.raises(ValueError, match=r"omega is \[3, 2\] but x has batch 2"):
         net(x, torch.rand(3, 2))
-    with pytest.raises(ValueError, match="omega must be finite"):
-        net(x, torch.tensor([[0.5, 0.5], [float("nan"), 0.5]]))
+    for omega in (torch.tensor([0.5, float("nan")]), torch.tensor([[0.5, 0.5], [float("nan"), 0.5]])):
+        with pytest.raises(ValueError, match="omega must be finite"):
+            net(x, omega)
+
+
+def test_swinir_bad_inputs_name_the_problem():
+    net = TunableSwinIR(**SMALL_SWINIR)
+    x = torch.rand(2, 3, 8, 8)
+    assert_omega_errors(net, x)
     with pytest.raises(ValueError, match=r"omega must be \[2\] \(bake fixes one setting\)"):
         net.bake(torch.rand(2, 2))
     with pytest.raises(ValueError, match="holds 3 kernels per tunable layer .* build it with num_params=3"):
@@ -374,12 +381,7 @@ def test_gradients_reach_every_kernel_and_mlp():
 def test_bad_inputs_name_the_problem():
     net = TunableEDSR(n_resblocks=1, n_feats=4)
     x = torch.rand(2, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"omega must be \[2\] .* or \[B, 2\] .*got \[3\]"):
-        net(x, torch.rand(3))
-    with pytest.raises(ValueError, match=r"omega is \[3, 2\] but x has batch 2"):
-        net(x, torch.rand(3, 2))
-    with pytest.raises(ValueError, match="omega must be finite"):
-        net(x, torch.tensor([0.5, float("nan")]))
+    assert_omega_errors(net, x)
     with pytest.raises(ValueError, match="omega must have x's dtype"):
         net(x, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"x must be \[B, 3, H, W\]"):
