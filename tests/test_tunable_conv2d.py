@@ -95,25 +95,28 @@ def test_gradcheck(shared, with_bias):
         assert torch.autograd.gradcheck(lambda *t: tunable_conv2d(*t, *conv), tensors)
 
 
-# Per sample, 1x1 kernels without stride, padding or groups run as one batched matrix product,
-# depthwise kernels as one grouped convolution and a few outputs from many inputs (an image's tail)
-# as one convolution per sample: the random cases rarely draw them.
+# 1x1 kernels without stride, padding or groups run as matrix products (one batched product per
+# sample, a product per image for a shared kernel on CPU), per-sample depthwise kernels as one grouped
+# convolution and a few outputs from many inputs (an image's tail) as one convolution per sample: the
+# random cases rarely draw them.
 SPECIAL = {"pointwise": (5, 5, (1, 1), 1), "depthwise": (600, 600, (3, 3), 600), "narrow_tail": (16, 3, (3, 3), 1)}
 
 
 @pytest.mark.parametrize("kind", SPECIAL)
 @pytest.mark.parametrize("layout_kind", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
-def test_per_sample_special_kernels(kind, layout_kind, with_bias):
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_sample"])
+def test_special_kernels(kind, layout_kind, with_bias, shared):
     in_channels, out_channels, kernel, groups = SPECIAL[kind]
     case = dict(batch=3, in_channels=in_channels, out_channels=out_channels, groups=groups, kernel=kernel, height=4,
                 width=6, stride=(1, 1), padding=(0, 0) if kind == "pointwise" else (1, 1), dilation=(2, 1),
                 layout=layout_kind)
-    (x, weight, bias, alpha), conv = make_args(case, torch.float64, False, with_bias, 3, requires_grad=True)
+    (x, weight, bias, alpha), conv = make_args(case, torch.float64, shared, with_bias, 3, requires_grad=True)
     with backends.use("cpu"):
         out = tunable_conv2d(x, weight, bias, alpha, *conv)
     expected = reference.tunable_conv2d(x, weight, bias, alpha, *conv)
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-8)
+    assert out.is_contiguous(memory_format=torch.channels_last if layout_kind == "channels_last" else torch.contiguous_format)
     inputs = [t for t in (x, weight, bias, alpha) if t is not None]
     assert_grads_match(out, expected, inputs, 1e-10, 1e-8)
     if kind == "pointwise":
@@ -154,14 +157,18 @@ def test_compile_fullgraph():
     assert net.a.weight.grad is not None and net.a.mlp.weight.grad is not None
 
 
-def test_batch_zero_per_sample():
-    x = torch.randn(0, 4, 6, 6, requires_grad=True)
-    weight = torch.randn(3, 5, 4, 3, 3, requires_grad=True)
-    alpha = torch.randn(0, 3, requires_grad=True)
-    out = tunable_conv2d(x, weight, None, alpha, padding=1)
+@pytest.mark.parametrize("kernel", [3, 1], ids=["3x3", "pointwise"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_sample"])
+@pytest.mark.parametrize("layout_kind", ["contiguous", "channels_last"])
+def test_batch_zero(kernel, shared, layout_kind):
+    x = layout(torch.randn(0, 4, 6, 6), layout_kind).requires_grad_(True)
+    weight = torch.randn(3, 5, 4, kernel, kernel, requires_grad=True)
+    bias = torch.randn(3, 5, requires_grad=True)
+    alpha = torch.randn(3 if shared else (0, 3), requires_grad=True)
+    out = tunable_conv2d(x, weight, bias, alpha, padding=kernel // 2)
     assert out.shape == (0, 5, 6, 6)
     out.sum().backward()
-    assert weight.grad.abs().sum() == 0
+    assert weight.grad.abs().sum() == 0 and bias.grad.abs().sum() == 0 and x.grad.shape == x.shape
 
 
 @pytest.mark.parametrize(

@@ -57,18 +57,48 @@ def test_omega_errors():
         TunableLinear(2, 2, num_params=0)
 
 
-@pytest.mark.parametrize("per_sample", [False, True])
-def test_linear(per_sample):
-    layer = TunableLinear(5, 3, num_params=2, mode="linear")
-    x = torch.randn(4, 7, 5)
-    omega = torch.rand(4, 2) if per_sample else torch.rand(2)
+# x's shapes: any leading dimensions (the batch first for per-sample omega), empty ones, a single
+# vector, and a transposed (non-contiguous) view.
+LINEAR_INPUTS = {"tokens": (4, 7, 5), "image_rows": (4, 2, 3, 5), "one_token": (4, 1, 5), "no_tokens": (4, 0, 5),
+                 "transposed": (7, 4, 5), "vector": (5,), "no_rows": (0, 5)}
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["shared", "per_sample"])
+@pytest.mark.parametrize("kind", LINEAR_INPUTS)
+def test_linear(per_sample, kind):
+    torch.manual_seed(0)
+    shape = LINEAR_INPUTS[kind]
+    if per_sample and len(shape) < 3:
+        pytest.skip("per-sample omega needs a batch dimension before the features")
+    layer = TunableLinear(5, 3, num_params=2, mode="linear").double()
+    x = torch.randn(shape, dtype=torch.float64)
+    if kind == "transposed":
+        x = x.transpose(0, 1)
+    batch = x.shape[0] if per_sample else 1
+    omega = torch.rand(batch, 2, dtype=torch.float64) if per_sample else torch.rand(2, dtype=torch.float64)
+    # Independently: each sample's blended matrix and bias, then a plain product.
+    rows = omega.reshape(-1, 2)
+    weights = torch.einsum("bp,poi->boi", rows, layer.weight)
+    biases = rows @ layer.bias
+    if per_sample:
+        expected = torch.stack([F.linear(x[b], weights[b], biases[b]) for b in range(batch)])
+    else:
+        expected = F.linear(x, weights[0], biases[0])
     out = layer(x, omega)
-    rows = omega if per_sample else omega.expand(4, 2)
-    for b in range(4):
-        w = torch.einsum("p,poi->oi", rows[b], layer.weight)
-        torch.testing.assert_close(out[b], F.linear(x[b], w, rows[b] @ layer.bias), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    x.requires_grad_(True)
+    omega.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, o, w, b: _linear_with(layer, x, o, w, b),
+                                     (x, omega, layer.weight, layer.bias))
     with pytest.raises(ValueError, match="in_features"):
-        layer(torch.randn(4, 6), omega)
+        layer(torch.randn(4, 6, dtype=torch.float64), omega)
+
+
+def _linear_with(layer, x, omega, weight, bias):
+    """The TunableLinear's forward with weight and bias given as inputs (for gradcheck)."""
+    from flexops.nn.tunable import _tunable_linear
+
+    return _tunable_linear(x, weight, bias, layer.alpha(omega), layer.in_features, False)
 
 
 def test_parameter():

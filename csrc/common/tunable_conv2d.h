@@ -1,9 +1,9 @@
 #pragma once
 // Tunable convolution as a composition of the platform's dense convolution (oneDNN on CPU, cuDNN on
-// CUDA): the p kernels are blended once per alpha row (a [B, p] x [p, N] GEMM), then convolved. The
-// backward pass is the convolution's backward pass on the blended kernel, whose kernel gradient is
-// projected back onto the p kernels and onto alpha. CPU and CUDA share this file; each chooses how
-// per-sample kernels are run (PerSample) because the faster way differs between the two.
+// CUDA): the p kernels are blended once per alpha row, then convolved. The backward pass is the
+// convolution's backward pass on the blended kernel, whose kernel gradient is projected back onto
+// the p kernels and onto alpha. CPU and CUDA share this file; each says in a Platform how it blends,
+// where results go and how per-sample kernels run, because the faster way differs between the two.
 #include <ATen/ATen.h>
 
 #include "common/layout.h"
@@ -16,7 +16,7 @@ enum class PerSample {
   kLoop,         // one dense conv per sample
 };
 
-// A 1x1 convolution without stride, padding or groups (dilation is moot at 1x1): per sample it is
+// A 1x1 convolution without stride, padding or groups (dilation is moot at 1x1): per image it is
 // one matrix product, [Cout, Cin] x [Cin, H * W], so a batch with its own kernel per sample is one
 // batched product instead of B convolutions.
 inline bool pointwise(const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -25,21 +25,26 @@ inline bool pointwise(const at::Tensor& weight, at::IntArrayRef stride, at::IntA
          stride[1] == 1 && padding[0] == 0 && padding[1] == 0;
 }
 
-// sum_i alpha[r, i] * params[i] for every row r of alpha ([p] is one row): [rows, numel / p],
-// written into `out` when given (its numel: rows * numel / p).
-inline at::Tensor blend(const at::Tensor& params, const at::Tensor& alpha, at::Tensor out = {}) {
-  const int64_t p = params.size(0);
-  const at::Tensor rows = alpha.reshape({-1, p}), flat = params.reshape({p, -1});
-  if (!out.defined()) {
-    return at::mm(rows, flat);
-  }
-  out = out.view({rows.size(0), -1});
-  return at::mm_out(out, rows, flat);
-}
+// What differs between the platforms that share the composition below.
+struct Platform {
+  // How a batch with its own kernel per sample is convolved (pointwise kernels aside).
+  PerSample (*per_sample)(const at::Tensor& weight);
+  // sum_i alpha[r, i] * params[i] for every row r of alpha ([p] is one row): [rows, numel / p].
+  // `scratch`: the result is read by this call only (a shared alpha's kernel), so it may live in a
+  // buffer that the next call overwrites.
+  at::Tensor (*blend)(const at::Tensor& params, const at::Tensor& alpha, bool scratch);
+  // An uninitialised tensor for a result (the output, a product).
+  at::Tensor (*empty)(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat format);
+  // Whether a shared kernel's pointwise convolution runs as matrix products rather than as the
+  // platform's convolution.
+  bool shared_pointwise_as_matmul;
+};
 
-// Gives the tensor a shared alpha's blended kernel is written to ([numel of one kernel], the
-// weight's dtype and device); nullptr: a fresh tensor.
-using KernelBuffer = at::Tensor (*)(const at::Tensor& weight);
+// sum_i alpha[r, i] * params[i] as one [rows, p] x [p, numel / p] matrix product.
+inline at::Tensor blend_by_matmul(const at::Tensor& params, const at::Tensor& alpha, bool /*scratch*/) {
+  const int64_t p = params.size(0);
+  return at::mm(alpha.reshape({-1, p}), params.reshape({p, -1}));
+}
 
 inline std::vector<int64_t> output_size(const at::Tensor& input, const at::Tensor& weight,
                                         at::IntArrayRef stride, at::IntArrayRef padding,
@@ -52,34 +57,119 @@ inline std::vector<int64_t> output_size(const at::Tensor& input, const at::Tenso
   return size;
 }
 
-inline at::Tensor forward_any_layout(const at::Tensor& input, const at::Tensor& weight,
+// A pointwise convolution's images as a batch of matrices, without copying either layout:
+// [B, C, H * W] for a contiguous tensor, [B, H * W, C] for a channels-last one (`last`).
+inline at::Tensor pixel_matrices(const at::Tensor& images, bool last) {
+  const int64_t batch = images.size(0), channels = images.size(1);
+  const int64_t pixels = images.size(2) * images.size(3);  // explicit: a view of no elements takes no -1
+  return last ? images.permute({0, 2, 3, 1}).view({batch, pixels, channels})
+              : images.view({batch, channels, pixels});
+}
+
+// y_b = K_r x_b (+ bias_r) for a pointwise convolution, as matrix products written into `output`
+// (laid out as output_memory_format(input)): kernels [R, Cout, Cin] and biases [R, Cout] (or
+// undefined), R = 1 for a kernel shared by the batch, else one per sample. A contiguous image is
+// [Cout, Cin] x [Cin, H * W]; channels-last pixels are [H * W, Cin] x [Cin, Cout], and a shared kernel
+// then takes one product over every pixel of the batch.
+inline void pointwise_forward(const at::Tensor& input, const at::Tensor& kernels, const at::Tensor& biases,
+                              at::Tensor& output) {
+  const bool last = output_memory_format(input) == at::MemoryFormat::ChannelsLast;
+  const bool shared = kernels.size(0) == 1, has_bias = biases.defined();
+  const at::Tensor x = pixel_matrices(input.contiguous(output_memory_format(input)), last);
+  at::Tensor y = pixel_matrices(output, last);
+  if (last && shared) {
+    at::Tensor pixels_out = y.view({y.size(0) * y.size(1), y.size(2)});
+    const at::Tensor pixels = x.reshape({x.size(0) * x.size(1), x.size(2)}), kernel_t = kernels[0].t();
+    has_bias ? at::addmm_out(pixels_out, biases[0], pixels, kernel_t) : at::mm_out(pixels_out, pixels, kernel_t);
+  } else if (shared) {
+    for (int64_t b = 0; b < x.size(0); ++b) {
+      at::Tensor image_out = y[b];
+      has_bias ? at::addmm_out(image_out, biases[0].unsqueeze(1), kernels[0], x[b])
+               : at::mm_out(image_out, kernels[0], x[b]);
+    }
+  } else {
+    last ? at::bmm_out(y, x, kernels.transpose(1, 2)) : at::bmm_out(y, kernels, x);
+    if (has_bias) {
+      y.add_(biases.unsqueeze(last ? 1 : 2));
+    }
+  }
+}
+
+// The gradients of pointwise_forward for the input and the kernels ([R, Cout * Cin]), as matrix
+// products: dx_b = K_r^T dy_b and dK_r = sum over r's samples of dy_b x_b^T (transposed likewise for
+// channels-last pixels).
+inline std::pair<at::Tensor, at::Tensor> pointwise_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                            const at::Tensor& kernels,
+                                                            const Platform& platform) {
+  const at::MemoryFormat format = output_memory_format(input);
+  const bool last = format == at::MemoryFormat::ChannelsLast;
+  const bool shared = kernels.size(0) == 1;
+  const at::Tensor x = pixel_matrices(input.contiguous(format), last);
+  const at::Tensor dy = pixel_matrices(grad_output.contiguous(format), last);
+  at::Tensor grad_input = platform.empty(input.sizes(), input.options(), format);
+  at::Tensor dx = pixel_matrices(grad_input, last);
+  at::Tensor grad_kernels;
+  if (last && shared) {
+    const int64_t rows = x.size(0) * x.size(1);
+    const at::Tensor pixels = x.reshape({rows, x.size(2)}), grad_pixels = dy.reshape({rows, dy.size(2)});
+    at::Tensor grad_pixels_in = dx.view({rows, dx.size(2)});
+    at::mm_out(grad_pixels_in, grad_pixels, kernels[0]);
+    grad_kernels = at::mm(grad_pixels.t(), pixels).unsqueeze(0);
+  } else if (shared) {
+    grad_kernels = at::zeros_like(kernels);
+    at::Tensor grad_kernel = grad_kernels[0];
+    for (int64_t b = 0; b < x.size(0); ++b) {
+      at::Tensor image_grad = dx[b];
+      at::mm_out(image_grad, kernels[0].t(), dy[b]);
+      grad_kernel.addmm_(dy[b], x[b].t());
+    }
+  } else if (last) {
+    at::bmm_out(dx, dy, kernels);
+    grad_kernels = at::bmm(dy.transpose(1, 2), x);
+  } else {
+    at::bmm_out(dx, kernels.transpose(1, 2), dy);
+    grad_kernels = at::bmm(dy, x.transpose(1, 2));
+  }
+  return {grad_input, grad_kernels.view({kernels.size(0), -1})};
+}
+
+// Outputs follow output_memory_format (common/layout.h) whichever way the convolution ran.
+inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                          int64_t groups, PerSample per_sample, KernelBuffer kernel_buffer) {
+                          int64_t groups, const Platform& platform) {
   const int64_t batch = input.size(0);
   const auto kernel_shape = weight.sizes().slice(1);  // [Cout, Cin / groups, kh, kw]
   const bool has_bias = bias.has_value() && bias->defined();
-  if (alpha.dim() == 1) {
-    const at::Tensor kernel =
-        blend(weight, alpha, kernel_buffer ? kernel_buffer(weight) : at::Tensor()).view(kernel_shape);
-    const std::optional<at::Tensor> blended_bias =
-        has_bias ? std::optional<at::Tensor>(blend(*bias, alpha).view({-1})) : std::nullopt;
-    return at::convolution(input, kernel, blended_bias, stride, padding, dilation, false, {0, 0},
-                           groups);
-  }
+  const bool is_pointwise = pointwise(weight, stride, padding, groups);
   const auto out_size = output_size(input, weight, stride, padding, dilation);
+  const auto out_format = output_memory_format(input);
+  if (alpha.dim() == 1) {
+    const at::Tensor kernel = platform.blend(weight, alpha, /*scratch=*/true);
+    const std::optional<at::Tensor> blended_bias =
+        has_bias ? std::optional<at::Tensor>(platform.blend(*bias, alpha, false).view({-1}))
+                 : std::nullopt;
+    if (is_pointwise && platform.shared_pointwise_as_matmul) {
+      at::Tensor output = platform.empty(out_size, input.options(), out_format);
+      pointwise_forward(input, kernel.view({1, weight.size(1), weight.size(2)}),
+                        blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), output);
+      return output;
+    }
+    return at::convolution(input, kernel.view(kernel_shape), blended_bias, stride, padding, dilation,
+                           false, {0, 0}, groups)
+        .contiguous(out_format);
+  }
   if (batch == 0) {
-    return at::empty(out_size, input.options());
+    return at::empty(out_size, input.options().memory_format(out_format));
   }
-  const at::Tensor kernels = blend(weight, alpha);  // [B, Cout * Cin/groups * kh * kw]
-  const at::Tensor biases = has_bias ? blend(*bias, alpha) : at::Tensor();  // [B, Cout]
-  if (pointwise(weight, stride, padding, groups)) {
-    const at::Tensor pixels = input.reshape({batch, input.size(1), -1});
-    const at::Tensor matrices = kernels.view({batch, weight.size(1), weight.size(2)});
-    const at::Tensor product = has_bias ? at::baddbmm(biases.unsqueeze(2), matrices, pixels)
-                                        : at::bmm(matrices, pixels);
-    return product.view(out_size);
+  const at::Tensor kernels = platform.blend(weight, alpha, false);  // [B, numel of one kernel]
+  const at::Tensor biases = has_bias ? platform.blend(*bias, alpha, false) : at::Tensor();  // [B, Cout]
+  if (is_pointwise) {
+    at::Tensor output = platform.empty(out_size, input.options(), out_format);
+    pointwise_forward(input, kernels.view({batch, weight.size(1), weight.size(2)}), biases, output);
+    return output;
   }
+  const PerSample per_sample = platform.per_sample(weight);
   if (per_sample == PerSample::kGroupedConv) {
     std::vector<int64_t> folded_kernel = {-1};
     folded_kernel.insert(folded_kernel.end(), kernel_shape.begin() + 1, kernel_shape.end());
@@ -89,9 +179,10 @@ inline at::Tensor forward_any_layout(const at::Tensor& input, const at::Tensor& 
         has_bias ? std::optional<at::Tensor>(biases.view({-1})) : std::nullopt;
     return at::convolution(folded_input, kernels.view(folded_kernel), folded_bias, stride, padding,
                            dilation, false, {0, 0}, groups * batch)
-        .view(out_size);
+        .view(out_size)
+        .contiguous(out_format);
   }
-  at::Tensor output = at::empty(out_size, input.options().memory_format(output_memory_format(input)));
+  at::Tensor output = platform.empty(out_size, input.options(), out_format);
   for (int64_t b = 0; b < batch; ++b) {
     const std::optional<at::Tensor> sample_bias =
         has_bias ? std::optional<at::Tensor>(biases[b]) : std::nullopt;
@@ -102,21 +193,11 @@ inline at::Tensor forward_any_layout(const at::Tensor& input, const at::Tensor& 
   return output;
 }
 
-// Outputs follow output_memory_format (common/layout.h) whichever way the convolution ran.
-inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
-                          const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
-                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                          int64_t groups, PerSample per_sample, KernelBuffer kernel_buffer) {
-  return forward_any_layout(input, weight, bias, alpha, stride, padding, dilation, groups, per_sample,
-                            kernel_buffer)
-      .contiguous(output_memory_format(input));
-}
-
 // Gradients with respect to (input, weight, bias, alpha); bias's is empty when bias is None.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& alpha, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, PerSample per_sample) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, const Platform& platform) {
   const int64_t p = weight.size(0);
   const int64_t batch = input.size(0);
   const auto kernel_shape = weight.sizes().slice(1);
@@ -124,9 +205,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   const bool shared = alpha.dim() == 1;
   const at::Tensor alpha_rows = alpha.reshape({-1, p});  // [1 or B, p]
 
+  const bool is_pointwise = pointwise(weight, stride, padding, groups);
   at::Tensor grad_input, grad_kernels;  // grad_kernels: [rows of alpha, numel of one kernel]
-  if (shared) {
-    const at::Tensor kernel = blend(weight, alpha).view(kernel_shape);
+  if (batch > 0 && is_pointwise && (!shared || platform.shared_pointwise_as_matmul)) {
+    const at::Tensor kernels = platform.blend(weight, alpha, /*scratch=*/shared);
+    std::tie(grad_input, grad_kernels) = pointwise_backward(
+        grad_output, input, kernels.view({-1, weight.size(1), weight.size(2)}), platform);
+  } else if (shared) {
+    const at::Tensor kernel = platform.blend(weight, alpha, /*scratch=*/true).view(kernel_shape);
     auto grads = at::convolution_backward(grad_output, input, kernel, std::nullopt, stride, padding,
                                           dilation, false, {0, 0}, groups, {true, true, false});
     grad_input = std::get<0>(grads);
@@ -134,17 +220,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   } else if (batch == 0) {
     grad_input = at::zeros_like(input);
     grad_kernels = at::zeros({0, weight[0].numel()}, weight.options());
-  } else if (pointwise(weight, stride, padding, groups)) {
-    // dX_b = K_b^T dY_b and dK_b = dY_b X_b^T, each one batched product over the samples.
-    const at::Tensor matrices = blend(weight, alpha).view({batch, weight.size(1), weight.size(2)});
-    const at::Tensor pixels = input.reshape({batch, input.size(1), -1});
-    const at::Tensor grad_pixels = grad_output.reshape({batch, grad_output.size(1), -1});
-    grad_input = at::bmm(matrices.transpose(1, 2), grad_pixels).view(input.sizes());
-    grad_kernels = at::bmm(grad_pixels, pixels.transpose(1, 2)).view({batch, -1});
-  } else if (per_sample == PerSample::kGroupedConv) {
+  } else if (platform.per_sample(weight) == PerSample::kGroupedConv) {
     std::vector<int64_t> folded_kernel = {-1};
     folded_kernel.insert(folded_kernel.end(), kernel_shape.begin() + 1, kernel_shape.end());
-    const at::Tensor kernels = blend(weight, alpha).view(folded_kernel);
+    const at::Tensor kernels = platform.blend(weight, alpha, false).view(folded_kernel);
     const at::Tensor folded_input = input.reshape({1, -1, input.size(2), input.size(3)});
     const at::Tensor folded_grad =
         grad_output.reshape({1, -1, grad_output.size(2), grad_output.size(3)});
@@ -154,7 +233,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     grad_input = std::get<0>(grads).view(input.sizes());
     grad_kernels = std::get<1>(grads).view({batch, -1});
   } else {
-    const at::Tensor kernels = blend(weight, alpha);
+    const at::Tensor kernels = platform.blend(weight, alpha, false);
     grad_input = at::empty_like(input);
     grad_kernels = at::empty_like(kernels);
     for (int64_t b = 0; b < batch; ++b) {

@@ -9,13 +9,24 @@
 namespace flexops {
 namespace {
 
+tunable::PerSample grouped(const at::Tensor& /*weight*/) { return tunable::PerSample::kGroupedConv; }
+
+at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat format) {
+  return at::empty(sizes, options.memory_format(format));
+}
+
+// Results come from the caching allocator already; shared pointwise kernels stay with cuDNN (the
+// CPU's matrix-product route was measured against oneDNN only).
+constexpr tunable::Platform kCuda{&grouped, &tunable::blend_by_matmul, &fresh,
+                                  /*shared_pointwise_as_matmul=*/false};
+
 at::Tensor tunable_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                                at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation, int64_t groups) {
   const c10::cuda::CUDAGuard guard(input.device());
   return tunable::forward(input, weight, bias, alpha, stride, padding, dilation, groups,
-                          tunable::PerSample::kGroupedConv, /*kernel_buffer=*/nullptr);
+                          kCuda);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tunable_conv2d_backward_cuda(
@@ -24,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tunable_conv2d_backwa
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const c10::cuda::CUDAGuard guard(input.device());
   return tunable::backward(grad_output, input, weight, bias, alpha, stride, padding, dilation,
-                           groups, tunable::PerSample::kGroupedConv);
+                           groups, kCuda);
 }
 
 }  // namespace

@@ -9,6 +9,8 @@ in one batched product, and the layers then skip the per-call checks (the networ
 input and omega once). A network of hundreds of small layers pays that fixed cost once, not per layer.
 """
 
+import math
+
 import torch
 from torch import nn
 
@@ -218,18 +220,17 @@ class TunableLinear(_Tunable):
 @fx_leaf
 def _tunable_linear(x, weight, bias, alpha, in_features, checked):
     """TunableLinear's product for alpha [p] or [B, p]; x is checked unless `checked`. One node under
-    torch.fx: which product runs depends on alpha's rank."""
+    torch.fx: how x is viewed depends on alpha's rank."""
     if not checked and x.shape[-1] != in_features:
         raise ArgumentError(f"x must end in in_features={in_features}, got shape {tuple(x.shape)}")
-    # One [rows, p] x [p, out * in] product: cheaper per call than an einsum.
-    blended = (alpha @ weight.flatten(1)).unflatten(-1, weight.shape[1:])
-    blended_bias = None if bias is None else alpha @ bias
-    if alpha.dim() == 1:
-        return torch.nn.functional.linear(x, blended, blended_bias)
-    if not checked and x.shape[0] != alpha.shape[0]:
+    if not checked and alpha.dim() == 2 and x.shape[0] != alpha.shape[0]:
         raise ArgumentError(f"per-sample omega has {alpha.shape[0]} rows but x has batch {x.shape[0]}")
-    flat = x.reshape(x.shape[0], -1, in_features)
-    y = torch.bmm(flat, blended.transpose(1, 2))
-    if blended_bias is not None:
-        y = y + blended_bias[:, None, :]
-    return y.reshape(*x.shape[:-1], weight.shape[1])
+    # x's rows are the pixels of a channels-last [B, in, rows, 1] image (a view, no copy), so the
+    # product is tunable_conv2d's pointwise convolution: its blends write to memory kept between calls
+    # rather than allocating the kernel afresh, which costs more than the blend itself.
+    shared = alpha.dim() == 1
+    batch, rows = (1, math.prod(x.shape[:-1])) if shared else (x.shape[0], math.prod(x.shape[1:-1]))
+    image = x.reshape(batch, rows, 1, in_features).permute(0, 3, 1, 2)
+    kernel = weight[..., None, None]
+    y = tunable_conv2d_unchecked(image, kernel, bias, alpha, (1, 1), (0, 0), (1, 1), 1)
+    return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[1])

@@ -127,11 +127,11 @@ class TunableNetwork:
     def forward(self, x, omega):
         """x [B, C, H, W]; omega [p] (one setting for the batch) or [B, p] (one per image).
 
-        Without autograd (torch.no_grad / inference_mode), a shared omega given twice in a row, with the
-        weights unchanged in between, runs a baked twin kept from the second call on (the blends are the
-        network's own: outputs are identical), so restoring many images at one setting costs what the
-        plain network costs; the twin holds a copy of the blended weights and is dropped when omega or
-        a weight changes. `net.reuse_baked = False` turns this off.
+        Without autograd (torch.no_grad / inference_mode), a shared omega given twice in a row runs a
+        baked twin kept from the second call on (the blends are the network's own: outputs are
+        identical), so restoring many images at one setting costs what the plain network costs; the
+        twin holds a copy of the blended weights, is dropped when omega changes and baked again when a
+        weight has changed. `net.reuse_baked = False` turns this off.
         """
         check_image(x, self.in_chans)
         self.check_omega(omega, x)
@@ -144,18 +144,21 @@ class TunableNetwork:
         return self.run(x, Alphas(self._tunable, omega))
 
     def _kept_baked(self, omega):
-        """The baked twin for omega when the previous call had the same omega and weights (baked now
-        if it was not kept yet), else None; what identifies the call is remembered for the next."""
-        key = (tuple(omega.tolist()), omega.dtype, omega.device, self.training,
-               tuple((t.data_ptr(), t._version) for t in itertools.chain(self.parameters(), self.buffers())))
-        last_key, baked = self.__dict__.get("_last_call", (None, None))
-        if key != last_key:
-            self.__dict__["_last_call"] = (key, None)  # the old twin goes: omega or the weights changed
+        """The baked twin for omega when the previous call had the same setting (kept from then if the
+        weights are unchanged, else baked now), else None; the setting is remembered for the next call.
+
+        A new setting (a user moving a slider) reads no weights: the weights' versions are compared only
+        when a setting comes again, since walking every parameter costs some 2 ms for NAFNet."""
+        setting = (tuple(omega.tolist()), omega.dtype, omega.device, self.training)
+        last_setting, kept_weights, baked = self.__dict__.get("_last_call", (None, None, None))
+        if setting != last_setting:
+            self.__dict__["_last_call"] = (setting, None, None)  # the old twin goes with its setting
             return None
-        if baked is None:
+        weights = tuple((t.data_ptr(), t._version) for t in itertools.chain(self.parameters(), self.buffers()))
+        if baked is None or weights != kept_weights:
             with torch.inference_mode(False):  # its tensors must serve outside inference_mode too
                 baked = self.bake(omega)
-            self.__dict__["_last_call"] = (key, baked)
+            self.__dict__["_last_call"] = (setting, weights, baked)
         return baked
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
