@@ -78,11 +78,16 @@ _CALLS = textwrap.dedent("""
                                      [(1, 32, 64, 64), (1, 18, 64, 64), (1, 9, 64, 64), (32, 32, 3, 3), (32,)])
     qkv, table = torch.randn(1, 64, 64, 288, requires_grad=True), torch.randn(3, 64, 64, requires_grad=True)
     tasks = torch.rand(4, 32, generator=g) < 0.5
+    kernels, alpha = torch.randn(2, 32, 32, 1, 1, requires_grad=True), torch.rand(2, requires_grad=True)
     ops = {
         "deform_conv2d": (lambda: flexops.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask),
                           (x, offset, weight, bias, mask)),
         "masked_conv2d": (lambda: flexops.ops.masked_conv2d(x, weight, bias, None, tasks, padding=1), (x, weight, bias)),
         "window_attention": (lambda: flexops.ops.window_attention(qkv, 3, 8, 4, table), (qkv, table)),
+        # Pointwise kernels, shared and per sample: matrix products into kept outputs and gradients.
+        "tunable_conv2d": (lambda: flexops.ops.tunable_conv2d(x, kernels, None, alpha), (x, kernels, alpha)),
+        "tunable_conv2d per-sample": (lambda: flexops.ops.tunable_conv2d(x, kernels, None, alpha[None]),
+                                      (x, kernels, alpha)),
     }
     result = {}
     for name, (op, inputs) in ops.items():
