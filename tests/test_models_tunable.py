@@ -338,6 +338,27 @@ def test_swinir_per_sample_omega_and_bake(upsampler):
     SwinIR(**settings).double().load_state_dict(plain.state_dict())  # strict: official names
 
 
+@pytest.mark.parametrize("block", [0, 1], ids=["unshifted", "shifted"])
+def test_swinir_block_with_inactive_windows_equals_its_baked_twin(block):
+    """The block runs one attention for both twins: a tunable one switching windows off zeroes their
+    tokens (proj's bias included) exactly as its baked twin does."""
+    from flexops.nn.tunable import Alphas
+
+    net = randomised(TunableSwinIR(**SMALL_SWINIR)).eval()
+    omega = torch.rand(2, dtype=torch.float64)
+    name = f"layers.0.residual_group.blocks.{block}"
+    tunable, plain = net.get_submodule(name), net.bake(omega).get_submodule(name)
+    x = torch.rand(2, 16, 16, 12, dtype=torch.float64)
+    active = torch.tensor([[[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 0, 1], [1, 1, 1, 0]]] * 2, dtype=torch.bool)
+    attention = tunable._attention(x, active, (Alphas(net.tunable_layers, omega),))
+    torch.testing.assert_close(attention, plain._attention(x, active, ()), rtol=1e-10, atol=1e-10)
+    off = ~active.repeat_interleave(4, 1).repeat_interleave(4, 2)  # unshifted: the windows' own tokens
+    if block == 0:
+        assert attention[off].abs().max() == 0
+    torch.testing.assert_close(tunable(x, active, Alphas(net.tunable_layers, omega)), plain(x, active),
+                               rtol=1e-10, atol=1e-10)
+
+
 def test_swinir_from_swinir_reproduces_it_on_the_simplex():
     swinir = randomised(SwinIR(**SMALL_SWINIR, upscale=1)).eval()
     net = TunableSwinIR.from_swinir(swinir, 3)

@@ -128,9 +128,14 @@ class WindowAttention(nn.Module):
 
     def forward(self, x, shift_size=0, active=None, bias_table=None):
         out = self.proj(self.attend(self.qkv(x), shift_size, active, bias_table))
-        if active is not None:  # proj's bias would make the skipped tokens nonzero
-            out = torch.where(window_tokens(active != 0, self.window_size, shift_size).unsqueeze(-1), out, 0)
-        return out
+        return self.zero_inactive(out, shift_size, active)
+
+    def zero_inactive(self, out, shift_size=0, active=None):
+        """The projected attention `out` [B, H, W, C] with the tokens of inactive windows zero again:
+        proj's bias would make them nonzero. `out` itself when every window is active (None)."""
+        if active is None:
+            return out
+        return torch.where(window_tokens(active != 0, self.window_size, shift_size).unsqueeze(-1), out, 0)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         stored = state_dict.pop(prefix + "relative_position_index", None)
