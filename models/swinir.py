@@ -121,12 +121,12 @@ class SwinTransformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), *layer_args))
 
     def _attention(self, x, active, layer_args):
-        """WindowAttention's forward, whose projections and bias table take the layer_args of a
-        tunable twin."""
-        attn = self.attn
-        table = attn.relative_position_bias_table(*layer_args) if layer_args else None
-        attention = attn.attend(run_layer(attn.qkv, x, *layer_args), self.shift_size, active, table)
-        return attn.zero_inactive(run_layer(attn.proj, attention, *layer_args), self.shift_size, active)
+        if not layer_args:  # through forward: FlexIR's cost counter hooks it
+            return self.attn(x, self.shift_size, active)
+        attn = self.attn  # a tunable twin's: its projections and bias table take the layer_args
+        attention = attn.attend(attn.qkv(x, *layer_args), self.shift_size, active,
+                                attn.relative_position_bias_table(*layer_args))
+        return attn.zero_inactive(attn.proj(attention, *layer_args), self.shift_size, active)
 
 
 def _save_official_buffers(block, state_dict, prefix, local_metadata):
