@@ -13,7 +13,6 @@ A new architecture (e.g. a tunable SwinIR) is one more file: the plain network b
 `layers` argument with a `run(x, alphas)`, and `class TunableX(TunableNetwork, X)` (see edsr.py).
 """
 
-import itertools
 
 import torch
 from torch import nn
@@ -148,13 +147,15 @@ class TunableNetwork:
         weights are unchanged, else baked now), else None; the setting is remembered for the next call.
 
         A new setting (a user moving a slider) reads no weights: the weights' versions are compared only
-        when a setting comes again, since walking every parameter costs some 2 ms for NAFNet."""
+        when a setting comes again, since walking every parameter costs about 1 ms for NAFNet."""
         setting = (tuple(omega.tolist()), omega.dtype, omega.device, self.training)
         last_setting, kept_weights, baked = self.__dict__.get("_last_call", (None, None, None))
         if setting != last_setting:
             self.__dict__["_last_call"] = (setting, None, None)  # the old twin goes with its setting
             return None
-        weights = tuple((t.data_ptr(), t._version) for t in itertools.chain(self.parameters(), self.buffers()))
+        # Each module's own dicts: named_parameters' de-duplicating walk costs twice as long.
+        weights = tuple((t.data_ptr(), t._version) for module in self.modules()
+                        for tensors in (module._parameters, module._buffers) for t in tensors.values() if t is not None)
         if baked is None or weights != kept_weights:
             with torch.inference_mode(False):  # its tensors must serve outside inference_mode too
                 baked = self.bake(omega)
