@@ -13,7 +13,6 @@ A new architecture (e.g. a tunable SwinIR) is one more file: the plain network b
 `layers` argument with a `run(x, alphas)`, and `class TunableX(TunableNetwork, X)` (see edsr.py).
 """
 
-
 import torch
 from torch import nn
 
