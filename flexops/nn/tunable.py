@@ -192,7 +192,8 @@ class TunableLinear(_Tunable):
         in_features, out_features, bias: as nn.Linear. num_params: p. mode: "mlp" or "linear" (as
             TunableConv2d).
 
-    x is [..., in_features]; with per-sample omega [B, p], x's first dimension is the batch.
+    x is [..., in_features]; with per-sample omega [B, p], x's first dimension is the batch. It runs as
+    flexops.ops.tunable_conv2d's 1x1 convolution, on that op's backends and dtypes (CPU: fp32, fp64).
 
     >>> fc = TunableLinear(180, 360, num_params=2)
     >>> y = fc(torch.randn(4, 64, 180), torch.rand(4, 2))      # [4, 64, 360], a setting per image
