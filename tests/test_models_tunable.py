@@ -340,8 +340,8 @@ def test_swinir_per_sample_omega_and_bake(upsampler):
 
 @pytest.mark.parametrize("block", [0, 1], ids=["unshifted", "shifted"])
 def test_swinir_block_with_inactive_windows_equals_its_baked_twin(block):
-    """The block runs one attention for both twins: a tunable one switching windows off zeroes their
-    tokens (proj's bias included) exactly as its baked twin does."""
+    """A tunable block switching windows off zeroes their tokens (proj's bias included) exactly as its
+    baked twin does."""
     from flexops.nn.tunable import Alphas
 
     net = randomised(TunableSwinIR(**SMALL_SWINIR)).eval()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import flexops
 from flexops import TunableConv2d, TunableLinear, TunableParameter
 from flexops.flops import count
+from flexops.nn.tunable import Alphas, _tunable_linear
 
 
 def test_conv_linear_mode_equals_blended_conv():
@@ -96,8 +97,6 @@ def test_linear(per_sample, kind):
 
 def _linear_with(layer, x, omega, weight, bias):
     """The TunableLinear's forward with weight and bias given as inputs (for gradcheck)."""
-    from flexops.nn.tunable import _tunable_linear
-
     return _tunable_linear(x, weight, bias, layer.alpha(omega), layer.in_features, False)
 
 
@@ -148,8 +147,6 @@ def test_layers_of_one_kernel_size_in_and_out_of_inference_mode():
 def test_alphas_computed_together_equal_each_layers_own(per_sample):
     """An Alphas (one batched product for all layers, mixed modes) gives every layer what its own
     forward gives it, and gradients reach the MLPs through it."""
-    from flexops.nn.tunable import Alphas
-
     conv = TunableConv2d(3, 4, 3, num_params=2, padding=1, groups=1)
     linear = TunableLinear(4, 5, num_params=2)
     fixed = TunableConv2d(4, 4, 1, num_params=2, mode="linear")
