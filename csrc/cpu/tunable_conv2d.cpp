@@ -9,6 +9,7 @@
 #include <map>
 #include <utility>
 
+#include "common/macros.h"
 #include "common/tunable_conv2d.h"
 #include "cpu/kept_memory.h"
 
@@ -47,9 +48,9 @@ at::Tensor kept_kernel_buffer(int64_t numel, const at::TensorOptions& options) {
 // kernels come from memory (NAFNet's 58 M weights at p = 2 do not fit the caches) this reads each
 // weight once; a GEMM of inner size p, what at::mm does, spends 20-40 % longer on the same blend.
 // Kernels are added two at a time (half the passes over the chunk), and the loop is also compiled
-// for AVX2, chosen at load time where the CPU has it: 30 % faster than SSE2 for p = 2..6 at 4 rows.
+// for AVX2 (common/macros.h): 30 % faster than SSE2 for p = 2..6 at 4 rows.
 template <typename scalar_t>
-__attribute__((target_clones("avx2", "default"))) void blend_range(
+FLEXOPS_ALSO_AVX2 void blend_range(
     const scalar_t* params, const scalar_t* alpha, scalar_t* out, int64_t rows, int64_t p, int64_t numel,
     int64_t begin, int64_t end) {
   constexpr int64_t kChunk = 2048;
