@@ -73,9 +73,10 @@ inline at::Tensor pixel_matrices(const at::Tensor& images, bool last) {
 // then takes one product over every pixel of the batch.
 inline void pointwise_forward(const at::Tensor& input, const at::Tensor& kernels, const at::Tensor& biases,
                               at::Tensor& output) {
-  const bool last = output_memory_format(input) == at::MemoryFormat::ChannelsLast;
+  const at::MemoryFormat format = output_memory_format(input);
+  const bool last = format == at::MemoryFormat::ChannelsLast;
   const bool shared = kernels.size(0) == 1, has_bias = biases.defined();
-  const at::Tensor x = pixel_matrices(input.contiguous(output_memory_format(input)), last);
+  const at::Tensor x = pixel_matrices(input.contiguous(format), last);
   at::Tensor y = pixel_matrices(output, last);
   if (last && shared) {
     at::Tensor pixels_out = y.view({y.size(0) * y.size(1), y.size(2)});

@@ -104,17 +104,11 @@ void blend_rows(const scalar_t* params, const scalar_t* alpha, scalar_t* out, in
   });
 }
 
-// Results of 128 KiB or more come from kept blocks (cpu/kept_memory.h), as the other ops' do: the
-// per-sample kernels of a batch of 4 are 8 MB for one of NAFNet's 512 -> 1024 layers.
-at::Tensor kept_result(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat format) {
-  return cpu::kept_empty(sizes, options, format);
-}
-
 at::Tensor blend_cpu(const at::Tensor& params, const at::Tensor& alpha, bool scratch) {
   const int64_t p = params.size(0), numel = params.numel() / p;
   const at::Tensor rows = alpha.reshape({-1, p}).contiguous();
   at::Tensor out = scratch ? kept_kernel_buffer(numel, params.options()).view({1, numel})
-                           : kept_result({rows.size(0), numel}, params.options(), at::MemoryFormat::Contiguous);
+                           : cpu::kept_empty({rows.size(0), numel}, params.options());
   const at::ScalarType dtype = params.scalar_type();
   if (dtype != at::kFloat && dtype != at::kDouble) {  // half types: accumulate as the GEMM does
     return at::mm_out(out, rows, params.reshape({p, numel}));
@@ -127,9 +121,11 @@ at::Tensor blend_cpu(const at::Tensor& params, const at::Tensor& alpha, bool scr
   return out;
 }
 
-// Shared pointwise kernels as matrix products: oneDNN's 1x1 convolution reorders the kernel and,
-// at 32 -> 64 channels on 128x128, takes 2 ms where the product takes 0.6 ms (10-20 % elsewhere).
-constexpr tunable::Platform kCpu{&per_sample_strategy, &blend_cpu, &kept_result,
+// Results of 128 KiB or more come from kept blocks (cpu/kept_memory.h), as the other ops' do: the
+// per-sample kernels of a batch of 4 are 8 MB for one of NAFNet's 512 -> 1024 layers. Shared
+// pointwise kernels run as matrix products: oneDNN's 1x1 convolution reorders the kernel and, at
+// 32 -> 64 channels on 128x128, takes 2 ms where the product takes 0.6 ms (10-20 % elsewhere).
+constexpr tunable::Platform kCpu{&per_sample_strategy, &blend_cpu, &cpu::kept_empty,
                                  /*shared_pointwise_as_matmul=*/true};
 
 at::Tensor tunable_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
