@@ -96,10 +96,12 @@ def test_gradcheck(shared, with_bias):
 
 
 # 1x1 kernels without stride, padding or groups run as matrix products (one batched product per
-# sample, a product per image for a shared kernel on CPU), per-sample depthwise kernels as one grouped
-# convolution and a few outputs from many inputs (an image's tail) as one convolution per sample: the
-# random cases rarely draw them.
-SPECIAL = {"pointwise": (5, 5, (1, 1), 1), "depthwise": (600, 600, (3, 3), 600), "narrow_tail": (16, 3, (3, 3), 1)}
+# sample, a product per image for a shared kernel on CPU; matrix-vector products for images of one
+# pixel), per-sample depthwise kernels as one grouped convolution and a few outputs from many inputs
+# (an image's tail) as one convolution per sample: the random cases rarely draw them.
+# kind: (in_channels, out_channels, kernel, groups, image size)
+SPECIAL = {"pointwise": (5, 5, (1, 1), 1, (4, 6)), "one_pixel": (6, 5, (1, 1), 1, (1, 1)),
+           "depthwise": (600, 600, (3, 3), 600, (4, 6)), "narrow_tail": (16, 3, (3, 3), 1, (4, 6))}
 
 
 @pytest.mark.parametrize("kind", SPECIAL)
@@ -107,9 +109,10 @@ SPECIAL = {"pointwise": (5, 5, (1, 1), 1), "depthwise": (600, 600, (3, 3), 600),
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_sample"])
 def test_special_kernels(kind, layout_kind, with_bias, shared):
-    in_channels, out_channels, kernel, groups = SPECIAL[kind]
-    case = dict(batch=3, in_channels=in_channels, out_channels=out_channels, groups=groups, kernel=kernel, height=4,
-                width=6, stride=(1, 1), padding=(0, 0) if kind == "pointwise" else (1, 1), dilation=(2, 1),
+    in_channels, out_channels, kernel, groups, (height, width) = SPECIAL[kind]
+    pointwise = kernel == (1, 1)
+    case = dict(batch=3, in_channels=in_channels, out_channels=out_channels, groups=groups, kernel=kernel,
+                height=height, width=width, stride=(1, 1), padding=(0, 0) if pointwise else (1, 1), dilation=(2, 1),
                 layout=layout_kind)
     (x, weight, bias, alpha), conv = make_args(case, torch.float64, shared, with_bias, 3, requires_grad=True)
     with backends.use("cpu"):
@@ -119,7 +122,7 @@ def test_special_kernels(kind, layout_kind, with_bias, shared):
     assert out.is_contiguous(memory_format=torch.channels_last if layout_kind == "channels_last" else torch.contiguous_format)
     inputs = [t for t in (x, weight, bias, alpha) if t is not None]
     assert_grads_match(out, expected, inputs, 1e-10, 1e-8)
-    if kind == "pointwise":
+    if pointwise:
         with backends.use("cpu"):
             assert torch.autograd.gradcheck(lambda *t: tunable_conv2d(*t, *conv), (x, weight, bias, alpha))
 

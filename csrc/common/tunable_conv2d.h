@@ -88,6 +88,17 @@ inline void pointwise_forward(const at::Tensor& input, const at::Tensor& kernels
       has_bias ? at::addmm_out(image_out, biases[0].unsqueeze(1), kernels[0], x[b])
                : at::mm_out(image_out, kernels[0], x[b]);
     }
+  } else if (input.size(2) * input.size(3) == 1) {
+    // One pixel per sample (a squeeze-and-excitation's pooled vector; both layouts are then alike):
+    // B matrix-vector products. A batched product of one column runs as a GEMM, 10x slower (2.3
+    // against 0.2 ms for 512 -> 1024 kernels, B = 4).
+    const at::Tensor vectors = x.view({x.size(0), -1});
+    at::Tensor out_vectors = y.view({y.size(0), -1});
+    for (int64_t b = 0; b < x.size(0); ++b) {
+      at::Tensor out_vector = out_vectors[b];
+      has_bias ? at::addmv_out(out_vector, biases[b], kernels[b], vectors[b])
+               : at::mv_out(out_vector, kernels[b], vectors[b]);
+    }
   } else {
     last ? at::bmm_out(y, x, kernels.transpose(1, 2)) : at::bmm_out(y, kernels, x);
     if (has_bias) {
@@ -124,6 +135,14 @@ inline std::pair<at::Tensor, at::Tensor> pointwise_backward(const at::Tensor& gr
       at::mm_out(image_grad, kernels[0].t(), dy[b]);
       grad_kernel.addmm_(dy[b], x[b].t());
     }
+  } else if (input.size(2) * input.size(3) == 1) {  // one pixel per sample, as in the forward
+    const at::Tensor vectors = x.view({x.size(0), -1}), grad_vectors = dy.view({dy.size(0), -1});
+    at::Tensor grad_input_vectors = dx.view({dx.size(0), -1});
+    for (int64_t b = 0; b < x.size(0); ++b) {
+      at::Tensor grad_input_vector = grad_input_vectors[b];
+      at::mv_out(grad_input_vector, kernels[b].t(), grad_vectors[b]);
+    }
+    grad_kernels = grad_vectors.unsqueeze(2) * vectors.unsqueeze(1);
   } else if (last) {
     at::bmm_out(dx, dy, kernels);
     grad_kernels = at::bmm(dy.transpose(1, 2), x);
