@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexops.models.registry import register
-from flexops.nn.tunable import TunableConv2d, TunableLinear
+from flexops.nn.tunable import run_layer
 from flexops.nn.window_attention import WindowAttention, relative_position_index
 from flexops.reference.window_attention import shift_regions
 
@@ -65,16 +65,6 @@ class DropPath(nn.Module):
             return x
         keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
         return x * keep / (1 - self.p)
-
-
-def run_layer(module, x, *layer_args):
-    """module(x), with `layer_args` (a tunable SwinIR's alphas) given to each layer that takes them:
-    a Sequential runs layer by layer, so its activations and pixel shuffles get x alone."""
-    if isinstance(module, nn.Sequential):
-        for layer in module:
-            x = run_layer(layer, x, *layer_args)
-        return x
-    return module(x, *layer_args) if isinstance(module, (TunableConv2d, TunableLinear)) else module(x)
 
 
 class Mlp(nn.Module):

@@ -235,3 +235,17 @@ def _tunable_linear(x, weight, bias, alpha, in_features, checked):
     kernel = weight[..., None, None]
     y = tunable_conv2d_unchecked(image, kernel, bias, alpha, (1, 1), (0, 0), (1, 1), 1)
     return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[1])
+
+
+def run_layer(module, x, *layer_args):
+    """module(x, *layer_args) for a TunableConv2d or TunableLinear, module(x) for any other layer; a
+    Sequential runs layer by layer (its activations and pixel shuffles get x alone).
+
+    One network body thereby serves a tunable network, whose layer_args are (alphas,), and its plain
+    twin, whose layer_args are empty or (None,).
+    """
+    if isinstance(module, nn.Sequential):
+        for layer in module:
+            x = run_layer(layer, x, *layer_args)
+        return x
+    return module(x, *layer_args) if isinstance(module, (TunableConv2d, TunableLinear)) else module(x)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexops.models.registry import register
-from flexops.models.tunable.core import Layers, TunableNetwork, call, check_image
+from flexops.models.tunable.core import Layers, TunableNetwork, check_image
+from flexops.nn.tunable import run_layer
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K's, as EDSR's MeanShift (rgb_range 1)
 
@@ -62,14 +63,14 @@ class EDSRNet(nn.Module):
 
     def run(self, x, alphas):
         mean = self.mean
-        s = F.relu(call(self.head, x - mean, alphas))
+        s = F.relu(run_layer(self.head, x - mean, alphas))
         y = s
         for block in self.body:
-            y = y + self.res_scale * call(block.conv2, F.relu(call(block.conv1, y, alphas)), alphas)
+            y = y + self.res_scale * run_layer(block.conv2, F.relu(run_layer(block.conv1, y, alphas)), alphas)
         y = y + s
         for conv, factor in zip(self.upsample, self.shuffles):
-            y = F.pixel_shuffle(call(conv, y, alphas), factor)
-        return call(self.tail, y, alphas) + mean
+            y = F.pixel_shuffle(run_layer(conv, y, alphas), factor)
+        return run_layer(self.tail, y, alphas) + mean
 
 
 class _ResBlock(nn.Module):

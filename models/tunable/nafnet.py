@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexops.models.registry import register
-from flexops.models.tunable.core import Layers, TunableNetwork, call, check_image, value
+from flexops.models.tunable.core import Layers, TunableNetwork, check_image, value
+from flexops.nn.tunable import run_layer
 
 
 class LayerNorm2d(nn.Module):
@@ -53,12 +54,12 @@ class NAFBlock(nn.Module):
         self.gamma = layers.param((c, 1, 1), (1, c, 1, 1))
 
     def run(self, inp, alphas):
-        x = call(self.conv2, call(self.conv1, self.norm1(inp), alphas), alphas)
+        x = run_layer(self.conv2, run_layer(self.conv1, self.norm1(inp), alphas), alphas)
         x = _simple_gate(x)
-        x = x * call(self.sca[1], self.sca[0](x), alphas)
-        x = call(self.conv3, x, alphas)
+        x = x * run_layer(self.sca, x, alphas)
+        x = run_layer(self.conv3, x, alphas)
         y = inp + x * value(self.beta, alphas)
-        x = call(self.conv5, _simple_gate(call(self.conv4, self.norm2(y), alphas)), alphas)
+        x = run_layer(self.conv5, _simple_gate(run_layer(self.conv4, self.norm2(y), alphas)), alphas)
         return y + x * value(self.gamma, alphas)
 
 
@@ -115,20 +116,20 @@ class NAFNet(nn.Module):
     def run(self, inp, alphas):
         height, width = inp.shape[-2:]
         inp = F.pad(inp, (0, -width % self.padder_size, 0, -height % self.padder_size))
-        x = call(self.intro, inp, alphas)
+        x = run_layer(self.intro, inp, alphas)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
             for block in encoder:
                 x = block.run(x, alphas)
             skips.append(x)
-            x = call(down, x, alphas)
+            x = run_layer(down, x, alphas)
         for block in self.middle_blks:
             x = block.run(x, alphas)
         for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
-            x = up[1](call(up[0], x, alphas)) + skip
+            x = up[1](run_layer(up[0], x, alphas)) + skip
             for block in decoder:
                 x = block.run(x, alphas)
-        x = call(self.ending, x, alphas) + inp
+        x = run_layer(self.ending, x, alphas) + inp
         return x[:, :, :height, :width]
 
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexops.models.registry import register
-from flexops.models.tunable.core import Layers, TunableNetwork, call, check_image
+from flexops.models.tunable.core import Layers, TunableNetwork, check_image
+from flexops.nn.tunable import run_layer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +34,7 @@ class ConvBlock(nn.Module):
         self.norm = nn.InstanceNorm2d(out_channels, affine=True)
 
     def run(self, x, alphas):
-        return F.relu(self.norm(call(self.conv, x, alphas)))
+        return F.relu(self.norm(run_layer(self.conv, x, alphas)))
 
 
 class ResBlockNorm(nn.Module):
@@ -46,7 +47,7 @@ class ResBlockNorm(nn.Module):
         self.norm = nn.InstanceNorm2d(channels, affine=True)
 
     def run(self, x, alphas):
-        return F.relu(x + self.norm(call(self.conv, self.block.run(x, alphas), alphas)))
+        return F.relu(x + self.norm(run_layer(self.conv, self.block.run(x, alphas), alphas)))
 
 
 class StyleNet(nn.Module):
@@ -103,7 +104,7 @@ class StyleNet(nn.Module):
             y = F.interpolate(y, scale_factor=2, mode="nearest")
             for block in level:
                 y = block.run(y, alphas)
-        y = call(self.tail, y, alphas) * self.std + self.mean
+        y = run_layer(self.tail, y, alphas) * self.std + self.mean
         return y[:, :, :height, :width]
 
 
