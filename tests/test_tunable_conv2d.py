@@ -1,5 +1,6 @@
 """tunable_conv2d: every backend against the reference, gradients, opcheck, compile, errors."""
 
+import itertools
 import random
 
 import pytest
@@ -12,6 +13,12 @@ from flexops.ops import tunable_conv2d
 from shapes import assert_grads_match, case_id, layout, random_conv_cases
 
 CPU_CASES = random_conv_cases(40, seed=1)
+# Depthwise kernels (one input channel per output channel) on contiguous images with output rows of
+# 96 or more run as a direct loop on CPU, whatever the kernel size, stride, padding and dilation:
+# these images are 200 or more wide (narrower ones reach oneDNN, as CPU_CASES test).
+DEPTHWISE_CASES = [dict(case, in_channels=channels, out_channels=channels, groups=channels, width=200 + case["width"],
+                        layout="contiguous")
+                   for case, channels in zip(random_conv_cases(16, seed=3), itertools.cycle((1, 4, 7)))]
 # The Triton interpreter costs about 1 ms per program: small images, few channels.
 TRITON_CASES = random_conv_cases(10, seed=2, max_channels=4, max_size=6, max_batch=2)
 
@@ -54,6 +61,13 @@ def check_against_reference(backend, case, dtype, atol, rtol):
 @pytest.mark.parametrize("case", CPU_CASES, ids=case_id)
 def test_cpu_matches_reference(case):
     check_against_reference("cpu", case, torch.float64, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=case_id)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cpu_depthwise_matches_reference(case, dtype):
+    tolerance = {torch.float64: (1e-10, 1e-8), torch.float32: (1e-4, 1e-4)}[dtype]
+    check_against_reference("cpu", case, dtype, *tolerance)
 
 
 @pytest.mark.parametrize("case", CPU_CASES[:10], ids=case_id)

@@ -38,6 +38,16 @@ struct Platform {
   // Whether a shared kernel's pointwise convolution runs as matrix products rather than as the
   // platform's convolution.
   bool shared_pointwise_as_matmul;
+  // Whether per-sample pointwise kernels on images of one pixel (a squeeze-and-excitation's pooled
+  // vector) run as B matrix-vector products rather than one batched product.
+  bool one_pixel_as_matvec;
+  // A contiguous image's depthwise convolution (one input channel per output channel) into
+  // `output`: kernels [R, C, kh, kw] and biases [R, C] (or undefined), R = 1 shared or one per
+  // sample; nullptr: the platform's convolution runs them all.
+  void (*depthwise)(const at::Tensor& input, const at::Tensor& kernels, const at::Tensor& biases,
+                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& output);
+  // The narrowest output rows `depthwise` takes; narrower ones go to the platform's convolution.
+  int64_t depthwise_min_width;
 };
 
 // sum_i alpha[r, i] * params[i] as one [rows, p] x [p, numel / p] matrix product.
@@ -72,7 +82,7 @@ inline at::Tensor pixel_matrices(const at::Tensor& images, bool last) {
 // [Cout, Cin] x [Cin, H * W]; channels-last pixels are [H * W, Cin] x [Cin, Cout], and a shared kernel
 // then takes one product over every pixel of the batch.
 inline void pointwise_forward(const at::Tensor& input, const at::Tensor& kernels, const at::Tensor& biases,
-                              at::Tensor& output) {
+                              at::Tensor& output, const Platform& platform) {
   const at::MemoryFormat format = output_memory_format(input);
   const bool last = format == at::MemoryFormat::ChannelsLast;
   const bool shared = kernels.size(0) == 1, has_bias = biases.defined();
@@ -88,10 +98,8 @@ inline void pointwise_forward(const at::Tensor& input, const at::Tensor& kernels
       has_bias ? at::addmm_out(image_out, biases[0].unsqueeze(1), kernels[0], x[b])
                : at::mm_out(image_out, kernels[0], x[b]);
     }
-  } else if (input.size(2) * input.size(3) == 1) {
-    // One pixel per sample (a squeeze-and-excitation's pooled vector; both layouts are then alike):
-    // B matrix-vector products. A batched product of one column runs as a GEMM, 10x slower (2.3
-    // against 0.2 ms for 512 -> 1024 kernels, B = 4).
+  } else if (platform.one_pixel_as_matvec && input.size(2) * input.size(3) == 1) {
+    // Both layouts are alike at one pixel.
     const at::Tensor vectors = x.view({x.size(0), -1});
     at::Tensor out_vectors = y.view({y.size(0), -1});
     for (int64_t b = 0; b < x.size(0); ++b) {
@@ -135,7 +143,7 @@ inline std::pair<at::Tensor, at::Tensor> pointwise_backward(const at::Tensor& gr
       at::mm_out(image_grad, kernels[0].t(), dy[b]);
       grad_kernel.addmm_(dy[b], x[b].t());
     }
-  } else if (input.size(2) * input.size(3) == 1) {  // one pixel per sample, as in the forward
+  } else if (platform.one_pixel_as_matvec && input.size(2) * input.size(3) == 1) {
     const at::Tensor vectors = x.view({x.size(0), -1}), grad_vectors = dy.view({dy.size(0), -1});
     at::Tensor grad_input_vectors = dx.view({dx.size(0), -1});
     for (int64_t b = 0; b < x.size(0); ++b) {
@@ -164,15 +172,25 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
   const bool is_pointwise = pointwise(weight, stride, padding, groups);
   const auto out_size = output_size(input, weight, stride, padding, dilation);
   const auto out_format = output_memory_format(input);
+  const bool direct_depthwise = platform.depthwise && groups == input.size(1) && groups == weight.size(1) &&
+                                out_format == at::MemoryFormat::Contiguous &&
+                                out_size[3] >= platform.depthwise_min_width;
+  const std::vector<int64_t> depthwise_kernels = {-1, weight.size(1), weight.size(3), weight.size(4)};
   if (alpha.dim() == 1) {
     const at::Tensor kernel = platform.blend(weight, alpha, /*scratch=*/true);
     const std::optional<at::Tensor> blended_bias =
         has_bias ? std::optional<at::Tensor>(platform.blend(*bias, alpha, false).view({-1}))
                  : std::nullopt;
+    if (direct_depthwise) {
+      at::Tensor output = platform.empty(out_size, input.options(), out_format);
+      platform.depthwise(input, kernel.view(depthwise_kernels), blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(),
+                         stride, padding, dilation, output);
+      return output;
+    }
     if (is_pointwise && platform.shared_pointwise_as_matmul) {
       at::Tensor output = platform.empty(out_size, input.options(), out_format);
       pointwise_forward(input, kernel.view({1, weight.size(1), weight.size(2)}),
-                        blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), output);
+                        blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), output, platform);
       return output;
     }
     return at::convolution(input, kernel.view(kernel_shape), blended_bias, stride, padding, dilation,
@@ -184,9 +202,10 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
   }
   const at::Tensor kernels = platform.blend(weight, alpha, false);  // [B, numel of one kernel]
   const at::Tensor biases = has_bias ? platform.blend(*bias, alpha, false) : at::Tensor();  // [B, Cout]
-  if (is_pointwise) {
+  if (is_pointwise || direct_depthwise) {
     at::Tensor output = platform.empty(out_size, input.options(), out_format);
-    pointwise_forward(input, kernels.view({batch, weight.size(1), weight.size(2)}), biases, output);
+    is_pointwise ? pointwise_forward(input, kernels.view({batch, weight.size(1), weight.size(2)}), biases, output, platform)
+                 : platform.depthwise(input, kernels.view(depthwise_kernels), biases, stride, padding, dilation, output);
     return output;
   }
   const PerSample per_sample = platform.per_sample(weight);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <map>
 #include <utility>
+#include <vector>
 
 #include "common/macros.h"
 #include "common/tunable_conv2d.h"
@@ -121,12 +122,90 @@ at::Tensor blend_cpu(const at::Tensor& params, const at::Tensor& alpha, bool scr
   return out;
 }
 
+// One image plane's depthwise convolution: each output row starts from the bias and gathers the
+// kernel's taps one after another (a pass over the row per tap, the row staying in L1).
+// Tap column j of the kernel: output column ow reads input column ow * stride + shift, and the output
+// columns [first, last) read inside the row.
+struct TapColumn {
+  int64_t shift, first, last;
+};
+
+template <typename scalar_t>
+FLEXOPS_ALSO_AVX2 void depthwise_plane(const scalar_t* image, int64_t height, int64_t width, const scalar_t* kernel,
+                                       int64_t kernel_h, const std::vector<TapColumn>& columns, scalar_t bias,
+                                       int64_t stride_h, int64_t padding_h, int64_t dilation_h, int64_t stride_w,
+                                       scalar_t* out, int64_t out_h, int64_t out_w) {
+  const int64_t kernel_w = static_cast<int64_t>(columns.size());
+  for (int64_t oh = 0; oh < out_h; ++oh) {
+    scalar_t* __restrict row = out + oh * out_w;
+    std::fill(row, row + out_w, bias);
+    for (int64_t i = 0; i < kernel_h; ++i) {
+      const int64_t ih = oh * stride_h - padding_h + i * dilation_h;
+      if (ih < 0 || ih >= height) {
+        continue;
+      }
+      const scalar_t* __restrict source = image + ih * width;
+      for (int64_t j = 0; j < kernel_w; ++j) {
+        const scalar_t tap = kernel[i * kernel_w + j];
+        const auto [shift, first, last] = columns[j];
+        if (stride_w == 1) {
+          for (int64_t ow = first; ow < last; ++ow) {
+            row[ow] += tap * source[ow + shift];
+          }
+        } else {
+          for (int64_t ow = first; ow < last; ++ow) {
+            row[ow] += tap * source[ow * stride_w + shift];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Depthwise kernels convolved directly, plane by plane, into the kept output. oneDNN reorders a
+// contiguous batch into its blocked layout and back around a depthwise convolution, and those
+// buffers fault in afresh: at NAFNet's widest level (4 x 64 x 128 x 128) the reorders took 12 of
+// its 23 ms, and the loop takes 2. Each pass over a row costs a few ns whatever its length, so
+// narrow rows (32 x 32 planes: 2.7x oneDNN's time; 96 wide: even) stay with oneDNN.
+void depthwise_cpu(const at::Tensor& input, const at::Tensor& kernels, const at::Tensor& biases,
+                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& output) {
+  const at::Tensor x = input.contiguous(), taps = kernels.contiguous();
+  const int64_t channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t out_h = output.size(2), out_w = output.size(3);
+  const int64_t kernel_h = taps.size(2), kernel_w = taps.size(3);
+  const bool shared = taps.size(0) == 1, has_bias = biases.defined();
+  std::vector<TapColumn> columns(kernel_w);
+  for (int64_t j = 0; j < kernel_w; ++j) {
+    const int64_t shift = j * dilation[1] - padding[1];
+    columns[j] = {shift, shift >= 0 ? 0 : (-shift + stride[1] - 1) / stride[1],
+                  shift > width - 1 ? 0 : std::min(out_w, (width - 1 - shift) / stride[1] + 1)};
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tunable_conv2d_depthwise", [&] {
+    const scalar_t* images = x.const_data_ptr<scalar_t>();
+    const scalar_t* kernel_data = taps.const_data_ptr<scalar_t>();
+    const scalar_t* bias_data = has_bias ? biases.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t kernel_index = shared ? plane % channels : plane;  // rows of [R, C]: R = 1 or B
+        depthwise_plane(images + plane * height * width, height, width,
+                        kernel_data + kernel_index * kernel_h * kernel_w, kernel_h, columns,
+                        has_bias ? bias_data[kernel_index] : scalar_t(0), stride[0], padding[0], dilation[0],
+                        stride[1], out + plane * out_h * out_w, out_h, out_w);
+      }
+    });
+  });
+}
+
 // Results of 128 KiB or more come from kept blocks (cpu/kept_memory.h), as the other ops' do: the
 // per-sample kernels of a batch of 4 are 8 MB for one of NAFNet's 512 -> 1024 layers. Shared
 // pointwise kernels run as matrix products: oneDNN's 1x1 convolution reorders the kernel and, at
-// 32 -> 64 channels on 128x128, takes 2 ms where the product takes 0.6 ms (10-20 % elsewhere).
+// 32 -> 64 channels on 128x128, takes 2 ms where the product takes 0.6 ms (10-20 % elsewhere). A
+// batched product of one column per sample runs as a GEMM, 10x slower than matrix-vector products
+// (2.3 against 0.2 ms for 512 -> 1024 kernels, B = 4).
 constexpr tunable::Platform kCpu{&per_sample_strategy, &blend_cpu, &cpu::kept_empty,
-                                 /*shared_pointwise_as_matmul=*/true};
+                                 /*shared_pointwise_as_matmul=*/true, /*one_pixel_as_matvec=*/true, &depthwise_cpu,
+                                 /*depthwise_min_width=*/96};
 
 at::Tensor tunable_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
