@@ -1,5 +1,6 @@
 // Tunable convolution on CPU (common/tunable_conv2d.h): kernels blended by a streaming loop into
-// kept memory, shared pointwise kernels as matrix products, the rest through oneDNN's convolution.
+// kept memory, shared pointwise kernels as matrix products, depthwise kernels on wide contiguous
+// images by a direct loop, the rest through oneDNN's convolution.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
