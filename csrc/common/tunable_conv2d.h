@@ -6,6 +6,9 @@
 // where results go and how per-sample kernels run, because the faster way differs between the two.
 #include <ATen/ATen.h>
 
+#include <utility>
+#include <vector>
+
 #include "common/layout.h"
 
 namespace flexops::tunable {
@@ -46,9 +49,26 @@ struct Platform {
   // sample; nullptr: the platform's convolution runs them all.
   void (*depthwise)(const at::Tensor& input, const at::Tensor& kernels, const at::Tensor& biases,
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& output);
+  // Its gradients for the input and the kernels ([R, C * kh * kw], summed over the batch when R = 1).
+  std::pair<at::Tensor, at::Tensor> (*depthwise_backward)(const at::Tensor& grad_output, const at::Tensor& input,
+                                                          const at::Tensor& kernels, at::IntArrayRef stride,
+                                                          at::IntArrayRef padding, at::IntArrayRef dilation);
   // The narrowest output rows `depthwise` takes; narrower ones go to the platform's convolution.
   int64_t depthwise_min_width;
 };
+
+// Whether the platform's own depthwise loop runs this convolution (one input channel per output
+// channel, a contiguous image, output rows of `out_width` or more).
+inline bool direct_depthwise(const Platform& platform, const at::Tensor& input, const at::Tensor& weight,
+                             int64_t groups, int64_t out_width) {
+  return platform.depthwise && groups == input.size(1) && groups == weight.size(1) &&
+         output_memory_format(input) == at::MemoryFormat::Contiguous && out_width >= platform.depthwise_min_width;
+}
+
+// A depthwise weight's kernels [p or rows, C, kh, kw].
+inline std::vector<int64_t> depthwise_kernel_shape(const at::Tensor& weight) {
+  return {-1, weight.size(1), weight.size(3), weight.size(4)};
+}
 
 // sum_i alpha[r, i] * params[i] as one [rows, p] x [p, numel / p] matrix product.
 inline at::Tensor blend_by_matmul(const at::Tensor& params, const at::Tensor& alpha, bool /*scratch*/) {
@@ -172,19 +192,16 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
   const bool is_pointwise = pointwise(weight, stride, padding, groups);
   const auto out_size = output_size(input, weight, stride, padding, dilation);
   const auto out_format = output_memory_format(input);
-  const bool direct_depthwise = platform.depthwise && groups == input.size(1) && groups == weight.size(1) &&
-                                out_format == at::MemoryFormat::Contiguous &&
-                                out_size[3] >= platform.depthwise_min_width;
-  const std::vector<int64_t> depthwise_kernels = {-1, weight.size(1), weight.size(3), weight.size(4)};
+  const bool is_direct_depthwise = direct_depthwise(platform, input, weight, groups, out_size[3]);
   if (alpha.dim() == 1) {
     const at::Tensor kernel = platform.blend(weight, alpha, /*scratch=*/true);
     const std::optional<at::Tensor> blended_bias =
         has_bias ? std::optional<at::Tensor>(platform.blend(*bias, alpha, false).view({-1}))
                  : std::nullopt;
-    if (direct_depthwise) {
+    if (is_direct_depthwise) {
       at::Tensor output = platform.empty(out_size, input.options(), out_format);
-      platform.depthwise(input, kernel.view(depthwise_kernels), blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(),
-                         stride, padding, dilation, output);
+      platform.depthwise(input, kernel.view(depthwise_kernel_shape(weight)),
+                         blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), stride, padding, dilation, output);
       return output;
     }
     if (is_pointwise && platform.shared_pointwise_as_matmul) {
@@ -202,10 +219,12 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
   }
   const at::Tensor kernels = platform.blend(weight, alpha, false);  // [B, numel of one kernel]
   const at::Tensor biases = has_bias ? platform.blend(*bias, alpha, false) : at::Tensor();  // [B, Cout]
-  if (is_pointwise || direct_depthwise) {
+  if (is_pointwise || is_direct_depthwise) {
     at::Tensor output = platform.empty(out_size, input.options(), out_format);
-    is_pointwise ? pointwise_forward(input, kernels.view({batch, weight.size(1), weight.size(2)}), biases, output, platform)
-                 : platform.depthwise(input, kernels.view(depthwise_kernels), biases, stride, padding, dilation, output);
+    is_pointwise
+        ? pointwise_forward(input, kernels.view({batch, weight.size(1), weight.size(2)}), biases, output, platform)
+        : platform.depthwise(input, kernels.view(depthwise_kernel_shape(weight)), biases, stride, padding, dilation,
+                             output);
     return output;
   }
   const PerSample per_sample = platform.per_sample(weight);
@@ -250,6 +269,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor kernels = platform.blend(weight, alpha, /*scratch=*/shared);
     std::tie(grad_input, grad_kernels) = pointwise_backward(
         grad_output, input, kernels.view({-1, weight.size(1), weight.size(2)}), platform);
+  } else if (direct_depthwise(platform, input, weight, groups, grad_output.size(3))) {
+    const at::Tensor kernels = platform.blend(weight, alpha, /*scratch=*/shared);
+    std::tie(grad_input, grad_kernels) = platform.depthwise_backward(
+        grad_output, input, kernels.view(depthwise_kernel_shape(weight)), stride, padding, dilation);
   } else if (shared) {
     const at::Tensor kernel = platform.blend(weight, alpha, /*scratch=*/true).view(kernel_shape);
     auto grads = at::convolution_backward(grad_output, input, kernel, std::nullopt, stride, padding,

@@ -131,6 +131,17 @@ struct TapColumn {
   int64_t shift, first, last;
 };
 
+std::vector<TapColumn> tap_columns(int64_t kernel_w, int64_t width, int64_t out_w, int64_t stride, int64_t padding,
+                                   int64_t dilation) {
+  std::vector<TapColumn> columns(kernel_w);
+  for (int64_t j = 0; j < kernel_w; ++j) {
+    const int64_t shift = j * dilation - padding;
+    columns[j] = {shift, shift >= 0 ? 0 : (-shift + stride - 1) / stride,
+                  shift > width - 1 ? 0 : std::min(out_w, (width - 1 - shift) / stride + 1)};
+  }
+  return columns;
+}
+
 template <typename scalar_t>
 FLEXOPS_ALSO_AVX2 void depthwise_plane(const scalar_t* image, int64_t height, int64_t width, const scalar_t* kernel,
                                        int64_t kernel_h, const std::vector<TapColumn>& columns, scalar_t bias,
@@ -163,6 +174,61 @@ FLEXOPS_ALSO_AVX2 void depthwise_plane(const scalar_t* image, int64_t height, in
   }
 }
 
+// The gradients of depthwise_plane, with the same passes over rows: each tap scatters the output
+// row's gradient into the image's and takes its dot product with the image row for the kernel's
+// (in eight lanes, which the compiler vectorises without reordering a sum).
+template <typename scalar_t>
+FLEXOPS_ALSO_AVX2 void depthwise_plane_backward(const scalar_t* grad_out, const scalar_t* image, int64_t height,
+                                                int64_t width, const scalar_t* kernel, int64_t kernel_h,
+                                                const std::vector<TapColumn>& columns, int64_t stride_h,
+                                                int64_t padding_h, int64_t dilation_h, int64_t stride_w,
+                                                int64_t out_h, int64_t out_w, scalar_t* grad_image,
+                                                scalar_t* grad_kernel) {
+  constexpr int64_t kLanes = 8;
+  const int64_t kernel_w = static_cast<int64_t>(columns.size());
+  std::fill(grad_image, grad_image + height * width, scalar_t(0));
+  std::fill(grad_kernel, grad_kernel + kernel_h * kernel_w, scalar_t(0));
+  for (int64_t oh = 0; oh < out_h; ++oh) {
+    const scalar_t* __restrict row = grad_out + oh * out_w;
+    for (int64_t i = 0; i < kernel_h; ++i) {
+      const int64_t ih = oh * stride_h - padding_h + i * dilation_h;
+      if (ih < 0 || ih >= height) {
+        continue;
+      }
+      const scalar_t* __restrict source = image + ih * width;
+      scalar_t* __restrict target = grad_image + ih * width;
+      for (int64_t j = 0; j < kernel_w; ++j) {
+        const scalar_t tap = kernel[i * kernel_w + j];
+        const auto [shift, first, last] = columns[j];
+        scalar_t lanes[kLanes] = {};
+        int64_t ow = first;
+        if (stride_w == 1) {
+          for (int64_t o = first; o < last; ++o) {
+            target[o + shift] += tap * row[o];
+          }
+          for (; ow + kLanes <= last; ow += kLanes) {
+            for (int64_t l = 0; l < kLanes; ++l) {
+              lanes[l] += row[ow + l] * source[ow + l + shift];
+            }
+          }
+        } else {
+          for (int64_t o = first; o < last; ++o) {
+            target[o * stride_w + shift] += tap * row[o];
+          }
+        }
+        for (; ow < last; ++ow) {
+          lanes[0] += row[ow] * source[ow * stride_w + shift];
+        }
+        scalar_t dot = 0;
+        for (int64_t l = 0; l < kLanes; ++l) {
+          dot += lanes[l];
+        }
+        grad_kernel[i * kernel_w + j] += dot;
+      }
+    }
+  }
+}
+
 // Depthwise kernels convolved directly, plane by plane, into the kept output. oneDNN reorders a
 // contiguous batch into its blocked layout and back around a depthwise convolution, and those
 // buffers fault in afresh: at NAFNet's widest level (4 x 64 x 128 x 128) the reorders took 12 of
@@ -175,12 +241,7 @@ void depthwise_cpu(const at::Tensor& input, const at::Tensor& kernels, const at:
   const int64_t out_h = output.size(2), out_w = output.size(3);
   const int64_t kernel_h = taps.size(2), kernel_w = taps.size(3);
   const bool shared = taps.size(0) == 1, has_bias = biases.defined();
-  std::vector<TapColumn> columns(kernel_w);
-  for (int64_t j = 0; j < kernel_w; ++j) {
-    const int64_t shift = j * dilation[1] - padding[1];
-    columns[j] = {shift, shift >= 0 ? 0 : (-shift + stride[1] - 1) / stride[1],
-                  shift > width - 1 ? 0 : std::min(out_w, (width - 1 - shift) / stride[1] + 1)};
-  }
+  const std::vector<TapColumn> columns = tap_columns(kernel_w, width, out_w, stride[1], padding[1], dilation[1]);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tunable_conv2d_depthwise", [&] {
     const scalar_t* images = x.const_data_ptr<scalar_t>();
     const scalar_t* kernel_data = taps.const_data_ptr<scalar_t>();
@@ -198,6 +259,37 @@ void depthwise_cpu(const at::Tensor& input, const at::Tensor& kernels, const at:
   });
 }
 
+std::pair<at::Tensor, at::Tensor> depthwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                                         const at::Tensor& kernels, at::IntArrayRef stride,
+                                                         at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const at::Tensor x = input.contiguous(), taps = kernels.contiguous(), dy = grad_output.contiguous();
+  const int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t out_h = dy.size(2), out_w = dy.size(3);
+  const int64_t kernel_h = taps.size(2), kernel_w = taps.size(3);
+  const bool shared = taps.size(0) == 1;
+  const std::vector<TapColumn> columns = tap_columns(kernel_w, width, out_w, stride[1], padding[1], dilation[1]);
+  at::Tensor grad_input = cpu::kept_empty(x.sizes(), x.options());
+  at::Tensor grad_planes = at::empty({batch * channels, kernel_h * kernel_w}, x.options());  // one kernel per plane
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tunable_conv2d_depthwise_backward", [&] {
+    const scalar_t* images = x.const_data_ptr<scalar_t>();
+    const scalar_t* grads = dy.const_data_ptr<scalar_t>();
+    const scalar_t* kernel_data = taps.const_data_ptr<scalar_t>();
+    scalar_t* grad_images = grad_input.mutable_data_ptr<scalar_t>();
+    scalar_t* grad_kernels = grad_planes.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t kernel_index = shared ? plane % channels : plane;
+        depthwise_plane_backward(grads + plane * out_h * out_w, images + plane * height * width, height, width,
+                                 kernel_data + kernel_index * kernel_h * kernel_w, kernel_h, columns, stride[0],
+                                 padding[0], dilation[0], stride[1], out_h, out_w,
+                                 grad_images + plane * height * width, grad_kernels + plane * kernel_h * kernel_w);
+      }
+    });
+  });
+  const at::Tensor per_sample = grad_planes.view({batch, channels * kernel_h * kernel_w});
+  return {grad_input, shared ? per_sample.sum(0, /*keepdim=*/true) : per_sample};
+}
+
 // Results of 128 KiB or more come from kept blocks (cpu/kept_memory.h), as the other ops' do: the
 // per-sample kernels of a batch of 4 are 8 MB for one of NAFNet's 512 -> 1024 layers. Shared
 // pointwise kernels run as matrix products: oneDNN's 1x1 convolution reorders the kernel and, at
@@ -206,7 +298,7 @@ void depthwise_cpu(const at::Tensor& input, const at::Tensor& kernels, const at:
 // (2.3 against 0.2 ms for 512 -> 1024 kernels, B = 4).
 constexpr tunable::Platform kCpu{&per_sample_strategy, &blend_cpu, &cpu::kept_empty,
                                  /*shared_pointwise_as_matmul=*/true, /*one_pixel_as_matvec=*/true, &depthwise_cpu,
-                                 /*depthwise_min_width=*/96};
+                                 &depthwise_backward_cpu, /*depthwise_min_width=*/96};
 
 at::Tensor tunable_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, const at::Tensor& alpha,

@@ -20,7 +20,8 @@ at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options, at::Me
 // batched product (one launch; the CPU's matrix-vector products were measured on CPU only).
 constexpr tunable::Platform kCuda{&grouped, &tunable::blend_by_matmul, &fresh,
                                   /*shared_pointwise_as_matmul=*/false, /*one_pixel_as_matvec=*/false,
-                                  /*depthwise=*/nullptr, /*depthwise_min_width=*/0};
+                                  /*depthwise=*/nullptr,
+                                  /*depthwise_backward=*/nullptr, /*depthwise_min_width=*/0};
 
 at::Tensor tunable_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
