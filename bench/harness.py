@@ -42,11 +42,12 @@ def _time_round(fns, best, rng):
         best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
 
 
-def compare(benchmark, fns, grad=False, min_rounds=None):
+def compare(benchmark, fns, grad=False, min_rounds=None, seconds=TARGET_SECONDS):
     """Best-round seconds of each function in `fns` ({name: fn}), timed in interleaved rounds.
 
     Without `grad` the functions run under inference_mode, as a deployed network would. `min_rounds`
-    overrides the least number of rounds (whole networks get 2, anything else MIN_ROUNDS).
+    overrides the least number of rounds (whole networks get 2, anything else MIN_ROUNDS); beyond it,
+    rounds continue for about `seconds` in all (at most MAX_ROUNDS).
     """
     with torch.inference_mode(not grad):
         for fn in fns.values():  # warm-up: first-call allocations, oneDNN primitive caches
@@ -58,7 +59,7 @@ def compare(benchmark, fns, grad=False, min_rounds=None):
         per_round = time.perf_counter() - start
         # Whole networks take seconds a round: fewer rounds keep the main job within its time.
         least = min_rounds or (MIN_ROUNDS if per_round < SLOW_ROUND_SECONDS else 2)
-        rounds = int(min(MAX_ROUNDS, max(least, TARGET_SECONDS / per_round)))
+        rounds = int(min(MAX_ROUNDS, max(least, seconds / per_round)))
         benchmark.pedantic(_time_round, args=(fns, best, rng), rounds=rounds, iterations=1)
     benchmark.extra_info.update({f"{name}_best_ms": round(1e3 * t, 3) for name, t in best.items()})
     return best
