@@ -92,9 +92,13 @@ def first_calls(module_file, factory, args, names, grad=False, calls=4):
     args must be JSON values. Without `grad` the calls run under inference_mode, as in `compare`.
     """
     result = {}
+    module_file = pathlib.Path(module_file).resolve()
     for name in names:
         job = json.dumps([str(module_file), factory, list(args), name, grad, calls])
-        done = subprocess.run([sys.executable, "-c", _FIRST_CALLS, job], capture_output=True, text=True, timeout=1800)
+        # Started in the bench directory: from the repository root, `python -c` would import the source
+        # tree's flexops/ (without the zoo, which installs as flexops.models) instead of the installed one.
+        done = subprocess.run([sys.executable, "-c", _FIRST_CALLS, job], capture_output=True, text=True, timeout=1800,
+                              cwd=module_file.parent)
         if done.returncode != 0:
             raise RuntimeError(f"first calls of {name} in a new process failed:\n{done.stderr}")
         seconds = json.loads(done.stdout.strip().splitlines()[-1])
