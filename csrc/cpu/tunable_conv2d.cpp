@@ -123,10 +123,8 @@ at::Tensor blend_cpu(const at::Tensor& params, const at::Tensor& alpha, bool scr
   return out;
 }
 
-// One image plane's depthwise convolution: each output row starts from the bias and gathers the
-// kernel's taps one after another (a pass over the row per tap, the row staying in L1).
-// Tap column j of the kernel: output column ow reads input column ow * stride + shift, and the output
-// columns [first, last) read inside the row.
+// Tap column j of a depthwise kernel: output column ow reads input column ow * stride + shift, and
+// the output columns [first, last) read inside the row.
 struct TapColumn {
   int64_t shift, first, last;
 };
@@ -142,6 +140,8 @@ std::vector<TapColumn> tap_columns(int64_t kernel_w, int64_t width, int64_t out_
   return columns;
 }
 
+// One image plane's depthwise convolution: each output row starts from the bias and gathers the
+// kernel's taps one after another (a pass over the row per tap, the row staying in L1).
 template <typename scalar_t>
 FLEXOPS_ALSO_AVX2 void depthwise_plane(const scalar_t* image, int64_t height, int64_t width, const scalar_t* kernel,
                                        int64_t kernel_h, const std::vector<TapColumn>& columns, scalar_t bias,

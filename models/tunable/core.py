@@ -5,9 +5,10 @@ An architecture is written once, as a module built from `Layers` and run by `run
 - the tunable network (`Layers(num_params, mode)`) runs it with the `Alphas` of its omega;
 - its plain twin (`Layers(None)`: nn.Conv2d, nn.Linear, nn.Parameter) runs it with alphas None.
 Inside `run`, a layer is called as `run_layer(layer, x, alphas)` (flexops.nn.tunable, which the
-zoo's SwinIR shares) and a tunable tensor read as `value(param, alphas)`, so the same code serves both. `bake(omega)` fills the plain twin with the
-blended tensors: its state_dict keys are the tunable network's, less the omega MLPs, with each
-TunableParameter `name.weight` stored as the plain Parameter `name`.
+zoo's SwinIR shares) and a tunable tensor read as `value(param, alphas)`, so the same code serves
+both. `bake(omega)` fills the plain twin with the blended tensors: its state_dict keys are the
+tunable network's, less the omega MLPs, with each TunableParameter `name.weight` stored as the plain
+Parameter `name`.
 
 A new architecture (e.g. a tunable SwinIR) is one more file: the plain network built from a
 `layers` argument with a `run(x, alphas)`, and `class TunableX(TunableNetwork, X)` (see edsr.py).

@@ -126,7 +126,7 @@ class NAFNet(nn.Module):
         for block in self.middle_blks:
             x = block.run(x, alphas)
         for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
-            x = up[1](run_layer(up[0], x, alphas)) + skip
+            x = run_layer(up, x, alphas) + skip
             for block in decoder:
                 x = block.run(x, alphas)
         x = run_layer(self.ending, x, alphas) + inp
