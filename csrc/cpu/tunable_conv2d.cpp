@@ -129,34 +129,46 @@ struct TapColumn {
   int64_t shift, first, last;
 };
 
-std::vector<TapColumn> tap_columns(int64_t kernel_w, int64_t width, int64_t out_w, int64_t stride, int64_t padding,
-                                   int64_t dilation) {
-  std::vector<TapColumn> columns(kernel_w);
-  for (int64_t j = 0; j < kernel_w; ++j) {
-    const int64_t shift = j * dilation - padding;
-    columns[j] = {shift, shift >= 0 ? 0 : (-shift + stride - 1) / stride,
-                  shift > width - 1 ? 0 : std::min(out_w, (width - 1 - shift) / stride + 1)};
+// What every image plane of one depthwise convolution shares: sizes, the kernel's rows and its tap
+// columns, and which kernel a plane takes (one per channel for the batch, or one per plane).
+struct DepthwisePlanes {
+  int64_t planes, channels, height, width, out_h, out_w, kernel_h, stride_h, padding_h, dilation_h, stride_w;
+  bool shared;
+  std::vector<TapColumn> columns;
+
+  int64_t kernel_of(int64_t plane) const { return shared ? plane % channels : plane; }
+};
+
+// x [B, C, H, W] and kernels [R, C, kh, kw] (R = 1 or B), both contiguous, into outputs of out_h x out_w.
+DepthwisePlanes depthwise_planes(const at::Tensor& x, const at::Tensor& kernels, int64_t out_h, int64_t out_w,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  DepthwisePlanes geometry{x.size(0) * x.size(1), x.size(1), x.size(2), x.size(3), out_h, out_w, kernels.size(2),
+                           stride[0], padding[0], dilation[0], stride[1], kernels.size(0) == 1, {}};
+  const int64_t width = geometry.width;
+  for (int64_t j = 0; j < kernels.size(3); ++j) {
+    const int64_t shift = j * dilation[1] - padding[1];
+    geometry.columns.push_back({shift, shift >= 0 ? 0 : (-shift + stride[1] - 1) / stride[1],
+                                shift > width - 1 ? 0 : std::min(out_w, (width - 1 - shift) / stride[1] + 1)});
   }
-  return columns;
+  return geometry;
 }
 
 // One image plane's depthwise convolution: each output row starts from the bias and gathers the
 // kernel's taps one after another (a pass over the row per tap, the row staying in L1).
 template <typename scalar_t>
-FLEXOPS_ALSO_AVX2 void depthwise_plane(const scalar_t* image, int64_t height, int64_t width, const scalar_t* kernel,
-                                       int64_t kernel_h, const std::vector<TapColumn>& columns, scalar_t bias,
-                                       int64_t stride_h, int64_t padding_h, int64_t dilation_h, int64_t stride_w,
-                                       scalar_t* out, int64_t out_h, int64_t out_w) {
-  const int64_t kernel_w = static_cast<int64_t>(columns.size());
-  for (int64_t oh = 0; oh < out_h; ++oh) {
-    scalar_t* __restrict row = out + oh * out_w;
-    std::fill(row, row + out_w, bias);
-    for (int64_t i = 0; i < kernel_h; ++i) {
-      const int64_t ih = oh * stride_h - padding_h + i * dilation_h;
-      if (ih < 0 || ih >= height) {
+FLEXOPS_ALSO_AVX2 void depthwise_plane(const DepthwisePlanes& g, const scalar_t* image, const scalar_t* kernel,
+                                       scalar_t bias, scalar_t* out) {
+  const int64_t kernel_w = static_cast<int64_t>(g.columns.size()), stride_w = g.stride_w;
+  const TapColumn* columns = g.columns.data();
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    scalar_t* __restrict row = out + oh * g.out_w;
+    std::fill(row, row + g.out_w, bias);
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      const int64_t ih = oh * g.stride_h - g.padding_h + i * g.dilation_h;
+      if (ih < 0 || ih >= g.height) {
         continue;
       }
-      const scalar_t* __restrict source = image + ih * width;
+      const scalar_t* __restrict source = image + ih * g.width;
       for (int64_t j = 0; j < kernel_w; ++j) {
         const scalar_t tap = kernel[i * kernel_w + j];
         const auto [shift, first, last] = columns[j];
@@ -178,25 +190,23 @@ FLEXOPS_ALSO_AVX2 void depthwise_plane(const scalar_t* image, int64_t height, in
 // row's gradient into the image's and takes its dot product with the image row for the kernel's
 // (in eight lanes, which the compiler vectorises without reordering a sum).
 template <typename scalar_t>
-FLEXOPS_ALSO_AVX2 void depthwise_plane_backward(const scalar_t* grad_out, const scalar_t* image, int64_t height,
-                                                int64_t width, const scalar_t* kernel, int64_t kernel_h,
-                                                const std::vector<TapColumn>& columns, int64_t stride_h,
-                                                int64_t padding_h, int64_t dilation_h, int64_t stride_w,
-                                                int64_t out_h, int64_t out_w, scalar_t* grad_image,
+FLEXOPS_ALSO_AVX2 void depthwise_plane_backward(const DepthwisePlanes& g, const scalar_t* grad_out,
+                                                const scalar_t* image, const scalar_t* kernel, scalar_t* grad_image,
                                                 scalar_t* grad_kernel) {
   constexpr int64_t kLanes = 8;
-  const int64_t kernel_w = static_cast<int64_t>(columns.size());
-  std::fill(grad_image, grad_image + height * width, scalar_t(0));
-  std::fill(grad_kernel, grad_kernel + kernel_h * kernel_w, scalar_t(0));
-  for (int64_t oh = 0; oh < out_h; ++oh) {
-    const scalar_t* __restrict row = grad_out + oh * out_w;
-    for (int64_t i = 0; i < kernel_h; ++i) {
-      const int64_t ih = oh * stride_h - padding_h + i * dilation_h;
-      if (ih < 0 || ih >= height) {
+  const int64_t kernel_w = static_cast<int64_t>(g.columns.size()), stride_w = g.stride_w;
+  const TapColumn* columns = g.columns.data();
+  std::fill(grad_image, grad_image + g.height * g.width, scalar_t(0));
+  std::fill(grad_kernel, grad_kernel + g.kernel_h * kernel_w, scalar_t(0));
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const scalar_t* __restrict row = grad_out + oh * g.out_w;
+    for (int64_t i = 0; i < g.kernel_h; ++i) {
+      const int64_t ih = oh * g.stride_h - g.padding_h + i * g.dilation_h;
+      if (ih < 0 || ih >= g.height) {
         continue;
       }
-      const scalar_t* __restrict source = image + ih * width;
-      scalar_t* __restrict target = grad_image + ih * width;
+      const scalar_t* __restrict source = image + ih * g.width;
+      scalar_t* __restrict target = grad_image + ih * g.width;
       for (int64_t j = 0; j < kernel_w; ++j) {
         const scalar_t tap = kernel[i * kernel_w + j];
         const auto [shift, first, last] = columns[j];
@@ -237,23 +247,20 @@ FLEXOPS_ALSO_AVX2 void depthwise_plane_backward(const scalar_t* grad_out, const 
 void depthwise_cpu(const at::Tensor& input, const at::Tensor& kernels, const at::Tensor& biases,
                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor& output) {
   const at::Tensor x = input.contiguous(), taps = kernels.contiguous();
-  const int64_t channels = x.size(1), height = x.size(2), width = x.size(3);
-  const int64_t out_h = output.size(2), out_w = output.size(3);
-  const int64_t kernel_h = taps.size(2), kernel_w = taps.size(3);
-  const bool shared = taps.size(0) == 1, has_bias = biases.defined();
-  const std::vector<TapColumn> columns = tap_columns(kernel_w, width, out_w, stride[1], padding[1], dilation[1]);
+  const DepthwisePlanes g = depthwise_planes(x, taps, output.size(2), output.size(3), stride, padding, dilation);
+  const int64_t image_size = g.height * g.width, out_size = g.out_h * g.out_w;
+  const int64_t kernel_size = taps.size(2) * taps.size(3);
+  const bool has_bias = biases.defined();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tunable_conv2d_depthwise", [&] {
     const scalar_t* images = x.const_data_ptr<scalar_t>();
     const scalar_t* kernel_data = taps.const_data_ptr<scalar_t>();
     const scalar_t* bias_data = has_bias ? biases.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, g.planes, 1, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t kernel_index = shared ? plane % channels : plane;  // rows of [R, C]: R = 1 or B
-        depthwise_plane(images + plane * height * width, height, width,
-                        kernel_data + kernel_index * kernel_h * kernel_w, kernel_h, columns,
-                        has_bias ? bias_data[kernel_index] : scalar_t(0), stride[0], padding[0], dilation[0],
-                        stride[1], out + plane * out_h * out_w, out_h, out_w);
+        const int64_t kernel = g.kernel_of(plane);
+        depthwise_plane(g, images + plane * image_size, kernel_data + kernel * kernel_size,
+                        has_bias ? bias_data[kernel] : scalar_t(0), out + plane * out_size);
       }
     });
   });
@@ -263,31 +270,27 @@ std::pair<at::Tensor, at::Tensor> depthwise_backward_cpu(const at::Tensor& grad_
                                                          const at::Tensor& kernels, at::IntArrayRef stride,
                                                          at::IntArrayRef padding, at::IntArrayRef dilation) {
   const at::Tensor x = input.contiguous(), taps = kernels.contiguous(), dy = grad_output.contiguous();
-  const int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
-  const int64_t out_h = dy.size(2), out_w = dy.size(3);
-  const int64_t kernel_h = taps.size(2), kernel_w = taps.size(3);
-  const bool shared = taps.size(0) == 1;
-  const std::vector<TapColumn> columns = tap_columns(kernel_w, width, out_w, stride[1], padding[1], dilation[1]);
+  const DepthwisePlanes g = depthwise_planes(x, taps, dy.size(2), dy.size(3), stride, padding, dilation);
+  const int64_t image_size = g.height * g.width, out_size = g.out_h * g.out_w;
+  const int64_t kernel_size = taps.size(2) * taps.size(3);
   at::Tensor grad_input = cpu::kept_empty(x.sizes(), x.options());
-  at::Tensor grad_planes = at::empty({batch * channels, kernel_h * kernel_w}, x.options());  // one kernel per plane
+  at::Tensor grad_planes = at::empty({g.planes, kernel_size}, x.options());  // one kernel gradient per plane
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tunable_conv2d_depthwise_backward", [&] {
     const scalar_t* images = x.const_data_ptr<scalar_t>();
     const scalar_t* grads = dy.const_data_ptr<scalar_t>();
     const scalar_t* kernel_data = taps.const_data_ptr<scalar_t>();
     scalar_t* grad_images = grad_input.mutable_data_ptr<scalar_t>();
     scalar_t* grad_kernels = grad_planes.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, g.planes, 1, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t kernel_index = shared ? plane % channels : plane;
-        depthwise_plane_backward(grads + plane * out_h * out_w, images + plane * height * width, height, width,
-                                 kernel_data + kernel_index * kernel_h * kernel_w, kernel_h, columns, stride[0],
-                                 padding[0], dilation[0], stride[1], out_h, out_w,
-                                 grad_images + plane * height * width, grad_kernels + plane * kernel_h * kernel_w);
+        depthwise_plane_backward(g, grads + plane * out_size, images + plane * image_size,
+                                 kernel_data + g.kernel_of(plane) * kernel_size, grad_images + plane * image_size,
+                                 grad_kernels + plane * kernel_size);
       }
     });
   });
-  const at::Tensor per_sample = grad_planes.view({batch, channels * kernel_h * kernel_w});
-  return {grad_input, shared ? per_sample.sum(0, /*keepdim=*/true) : per_sample};
+  const at::Tensor per_sample = grad_planes.view({x.size(0), g.channels * kernel_size});
+  return {grad_input, g.shared ? per_sample.sum(0, /*keepdim=*/true) : per_sample};
 }
 
 // Results of 128 KiB or more come from kept blocks (cpu/kept_memory.h), as the other ops' do: the
