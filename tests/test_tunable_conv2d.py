@@ -19,6 +19,16 @@ CPU_CASES = random_conv_cases(40, seed=1)
 DEPTHWISE_CASES = [dict(case, in_channels=channels, out_channels=channels, groups=channels, width=200 + case["width"],
                         layout="contiguous")
                    for case, channels in zip(random_conv_cases(16, seed=3), itertools.cycle((1, 4, 7)))]
+# Pointwise kernels on contiguous fp32 images of 2 to 256 pixels run on CPU as a product that blends
+# the kernels as it packs them (cpu/blended_pointwise.cpp): output channels past its 60-row panels and
+# not a multiple of its 6-row tiles, input channels past its 512-deep panels, pixels not a multiple of
+# its 16-pixel tiles.
+BLENDED_POINTWISE_CASES = [
+    dict(batch=batch, in_channels=in_channels, out_channels=out_channels, groups=1, kernel=(1, 1), height=height,
+         width=width, stride=(1, 1), padding=(0, 0), dilation=(1, 1), layout="contiguous")
+    for batch, in_channels, out_channels, (height, width) in zip(
+        (1, 3, 2, 1, 2, 3, 1, 2), (1, 7, 64, 515, 1100, 33, 512, 9), (5, 61, 130, 7, 66, 1, 64, 12),
+        ((1, 2), (3, 5), (8, 8), (16, 16), (4, 17), (15, 17), (2, 9), (16, 1)))]
 # The Triton interpreter costs about 1 ms per program: small images, few channels.
 TRITON_CASES = random_conv_cases(10, seed=2, max_channels=4, max_size=6, max_batch=2)
 
@@ -70,7 +80,7 @@ def test_cpu_depthwise_matches_reference(case, dtype):
     check_against_reference("cpu", case, dtype, *tolerance)
 
 
-@pytest.mark.parametrize("case", CPU_CASES[:10], ids=case_id)
+@pytest.mark.parametrize("case", CPU_CASES[:10] + BLENDED_POINTWISE_CASES, ids=case_id)
 def test_cpu_float32_matches_reference(case):
     check_against_reference("cpu", case, torch.float32, atol=1e-4, rtol=1e-4)
 

@@ -13,6 +13,7 @@
 
 #include "common/macros.h"
 #include "common/tunable_conv2d.h"
+#include "cpu/blended_pointwise.h"
 #include "cpu/kept_memory.h"
 
 namespace flexops {
@@ -301,7 +302,7 @@ std::pair<at::Tensor, at::Tensor> depthwise_backward_cpu(const at::Tensor& grad_
 // (2.3 against 0.2 ms for 512 -> 1024 kernels, B = 4).
 constexpr tunable::Platform kCpu{&per_sample_strategy, &blend_cpu, &cpu::kept_empty,
                                  /*shared_pointwise_as_matmul=*/true, /*one_pixel_as_matvec=*/true, &depthwise_cpu,
-                                 &depthwise_backward_cpu, /*depthwise_min_width=*/96};
+                                 &depthwise_backward_cpu, /*depthwise_min_width=*/96, &cpu::blended_pointwise};
 
 at::Tensor tunable_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, const at::Tensor& alpha,

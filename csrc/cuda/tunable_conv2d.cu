@@ -21,7 +21,8 @@ at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options, at::Me
 constexpr tunable::Platform kCuda{&grouped, &tunable::blend_by_matmul, &fresh,
                                   /*shared_pointwise_as_matmul=*/false, /*one_pixel_as_matvec=*/false,
                                   /*depthwise=*/nullptr,
-                                  /*depthwise_backward=*/nullptr, /*depthwise_min_width=*/0};
+                                  /*depthwise_backward=*/nullptr, /*depthwise_min_width=*/0,
+                                  /*blended_pointwise=*/nullptr};
 
 at::Tensor tunable_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
