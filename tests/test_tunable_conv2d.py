@@ -19,10 +19,10 @@ CPU_CASES = random_conv_cases(40, seed=1)
 DEPTHWISE_CASES = [dict(case, in_channels=channels, out_channels=channels, groups=channels, width=200 + case["width"],
                         layout="contiguous")
                    for case, channels in zip(random_conv_cases(16, seed=3), itertools.cycle((1, 4, 7)))]
-# Pointwise kernels on contiguous fp32 images of 2 to 256 pixels run on CPU as a product that blends
-# the kernels as it packs them (cpu/blended_pointwise.cpp): output channels past its 60-row panels and
-# not a multiple of its 6-row tiles, input channels past its 512-deep panels, pixels not a multiple of
-# its 16-pixel tiles.
+# Per-sample pointwise kernels on contiguous fp32 images of 2 to 256 pixels run on CPU as a product
+# that blends the kernels as it packs them (cpu/blended_pointwise.cpp): output channels past its
+# 60-row panels and not a multiple of its 6-row tiles, input channels past its 512-deep panels,
+# pixels not a multiple of its 16-pixel tiles.
 BLENDED_POINTWISE_CASES = [
     dict(batch=batch, in_channels=in_channels, out_channels=out_channels, groups=1, kernel=(1, 1), height=height,
          width=width, stride=(1, 1), padding=(0, 0), dilation=(1, 1), layout="contiguous")
@@ -55,8 +55,9 @@ def variant(case):
     return rng.randint(1, 6), rng.random() < 0.5, rng.random() < 0.7
 
 
-def check_against_reference(backend, case, dtype, atol, rtol):
+def check_against_reference(backend, case, dtype, atol, rtol, per_sample=False):
     p, shared, with_bias = variant(case)
+    shared = shared and not per_sample
     (x, weight, bias, alpha), conv = make_args(case, dtype, shared, with_bias, p, requires_grad=True)
     with backends.use(backend):
         out = tunable_conv2d(x, weight, bias, alpha, *conv)
@@ -80,9 +81,14 @@ def test_cpu_depthwise_matches_reference(case, dtype):
     check_against_reference("cpu", case, dtype, *tolerance)
 
 
-@pytest.mark.parametrize("case", CPU_CASES[:10] + BLENDED_POINTWISE_CASES, ids=case_id)
+@pytest.mark.parametrize("case", CPU_CASES[:10], ids=case_id)
 def test_cpu_float32_matches_reference(case):
     check_against_reference("cpu", case, torch.float32, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", BLENDED_POINTWISE_CASES, ids=case_id)
+def test_cpu_blended_pointwise_matches_reference(case):
+    check_against_reference("cpu", case, torch.float32, atol=1e-4, rtol=1e-4, per_sample=True)
 
 
 @pytest.mark.parametrize("case", TRITON_CASES, ids=case_id)

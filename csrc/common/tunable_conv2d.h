@@ -55,10 +55,10 @@ struct Platform {
                                                           at::IntArrayRef padding, at::IntArrayRef dilation);
   // The narrowest output rows `depthwise` takes; narrower ones go to the platform's convolution.
   int64_t depthwise_min_width;
-  // A pointwise convolution whose kernels are blended from `weight` by `alpha` as its product packs
-  // them (biases [1 or B, Cout] or undefined, already blended), for images of few pixels, where
-  // writing the blended kernels out costs as much as the products: fills `output` and returns true,
-  // or returns false, writing nothing, where it does not take the case; nullptr: never.
+  // A pointwise convolution with its own kernel per sample, blended from `weight` by `alpha` [B, p]
+  // as its product packs them (biases [B, Cout] or undefined, already blended), for images of few
+  // pixels, where writing B blended kernels out costs as much as their products: fills `output` and
+  // returns true, or returns false, writing nothing, where it does not take the case; nullptr: never.
   bool (*blended_pointwise)(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& alpha,
                             const at::Tensor& biases, at::Tensor& output);
 };
@@ -141,17 +141,6 @@ inline void pointwise_forward(const at::Tensor& input, const at::Tensor& kernels
   }
 }
 
-// pointwise_forward with the kernels blended from `weight` by `alpha` ([p] or [B, p]), by the
-// platform's blended_pointwise where it takes the case.
-inline void blend_pointwise_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& alpha,
-                                    const at::Tensor& biases, at::Tensor& output, const Platform& platform) {
-  if (platform.blended_pointwise && platform.blended_pointwise(input, weight, alpha, biases, output)) {
-    return;
-  }
-  const at::Tensor kernels = platform.blend(weight, alpha, /*scratch=*/alpha.dim() == 1);
-  pointwise_forward(input, kernels.view({-1, weight.size(1), weight.size(2)}), biases, output, platform);
-}
-
 // The gradients of pointwise_forward for the input and the kernels ([R, Cout * Cin]), as matrix
 // products: dx_b = K_r^T dy_b and dK_r = sum over r's samples of dy_b x_b^T (transposed likewise for
 // channels-last pixels).
@@ -211,20 +200,20 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
   const auto out_format = output_memory_format(input);
   const bool is_direct_depthwise = direct_depthwise(platform, input, weight, groups, out_size[3]);
   if (alpha.dim() == 1) {
+    const at::Tensor kernel = platform.blend(weight, alpha, /*scratch=*/true);
     const std::optional<at::Tensor> blended_bias =
         has_bias ? std::optional<at::Tensor>(platform.blend(*bias, alpha, false).view({-1}))
                  : std::nullopt;
-    if (is_pointwise && platform.shared_pointwise_as_matmul) {
-      at::Tensor output = platform.empty(out_size, input.options(), out_format);
-      blend_pointwise_forward(input, weight, alpha, blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), output,
-                              platform);
-      return output;
-    }
-    const at::Tensor kernel = platform.blend(weight, alpha, /*scratch=*/true);
     if (is_direct_depthwise) {
       at::Tensor output = platform.empty(out_size, input.options(), out_format);
       platform.depthwise(input, kernel.view(depthwise_kernel_shape(weight)),
                          blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), stride, padding, dilation, output);
+      return output;
+    }
+    if (is_pointwise && platform.shared_pointwise_as_matmul) {
+      at::Tensor output = platform.empty(out_size, input.options(), out_format);
+      pointwise_forward(input, kernel.view({1, weight.size(1), weight.size(2)}),
+                        blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), output, platform);
       return output;
     }
     return at::convolution(input, kernel.view(kernel_shape), blended_bias, stride, padding, dilation,
@@ -235,17 +224,20 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
     return at::empty(out_size, input.options().memory_format(out_format));
   }
   const at::Tensor biases = has_bias ? platform.blend(*bias, alpha, false) : at::Tensor();  // [B, Cout]
-  if (is_pointwise) {
+  if (is_pointwise || is_direct_depthwise) {
     at::Tensor output = platform.empty(out_size, input.options(), out_format);
-    blend_pointwise_forward(input, weight, alpha, biases, output, platform);
+    const bool blended_while_packed =
+        is_pointwise && platform.blended_pointwise && platform.blended_pointwise(input, weight, alpha, biases, output);
+    if (!blended_while_packed) {
+      const at::Tensor kernels = platform.blend(weight, alpha, false);  // [B, numel of one kernel]
+      is_pointwise
+          ? pointwise_forward(input, kernels.view({batch, weight.size(1), weight.size(2)}), biases, output, platform)
+          : platform.depthwise(input, kernels.view(depthwise_kernel_shape(weight)), biases, stride, padding, dilation,
+                               output);
+    }
     return output;
   }
-  const at::Tensor kernels = platform.blend(weight, alpha, false);  // [B, numel of one kernel]
-  if (is_direct_depthwise) {
-    at::Tensor output = platform.empty(out_size, input.options(), out_format);
-    platform.depthwise(input, kernels.view(depthwise_kernel_shape(weight)), biases, stride, padding, dilation, output);
-    return output;
-  }
+  const at::Tensor kernels = platform.blend(weight, alpha, false);
   const PerSample per_sample = platform.per_sample(weight);
   if (per_sample == PerSample::kGroupedConv) {
     std::vector<int64_t> folded_kernel = {-1};

@@ -119,14 +119,12 @@ bool blended_pointwise(const at::Tensor& input, const at::Tensor& weight, const 
   const int64_t p = weight.size(0), out_channels = weight.size(1), in_channels = weight.size(2);
   const bool floats = input.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
                       alpha.scalar_type() == at::kFloat;
-  if (!has_avx2_fma() || !floats || !input.is_contiguous() || !output.is_contiguous() || pixels < kMinPixels ||
-      pixels > kMaxPixels || batch == 0 || out_channels == 0 || in_channels == 0) {
+  if (!has_avx2_fma() || alpha.dim() != 2 || !floats || !input.is_contiguous() || !output.is_contiguous() ||
+      pixels < kMinPixels || pixels > kMaxPixels || batch == 0 || out_channels == 0 || in_channels == 0) {
     return false;
   }
-  const at::Tensor kernels = weight.contiguous(), alpha_rows = alpha.reshape({-1, p}).contiguous();
+  const at::Tensor kernels = weight.contiguous(), alpha_rows = alpha.contiguous();
   const at::Tensor bias_rows = biases.defined() ? biases.contiguous() : biases;
-  const bool shared = alpha.dim() == 1;
-  const int64_t bias_step = bias_rows.defined() && bias_rows.size(0) > 1 ? out_channels : 0;
   const float* kernel_data = kernels.const_data_ptr<float>();
   const float* alpha_data = alpha_rows.const_data_ptr<float>();
   const float* bias_data = bias_rows.defined() ? bias_rows.const_data_ptr<float>() : nullptr;
@@ -134,20 +132,16 @@ bool blended_pointwise(const at::Tensor& input, const at::Tensor& weight, const 
   float* results = output.mutable_data_ptr<float>();
   const int64_t kernel_numel = out_channels * in_channels, panels = (out_channels + kPanelRows - 1) / kPanelRows;
   // Work items are (panel of output channels, image), image-minor: a thread's run of items mostly
-  // reuses one panel's kernel rows from cache, and batches of one still split over the threads.
+  // reads one panel's p kernels from cache, and small batches still split over the threads.
   at::parallel_for(0, panels * batch, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> panel(kPanelRows * kDepth), tail(kDepth * kColumns);
-    int64_t packed_for = -1;  // a shared alpha's panel serves every image of its output channels
     for (int64_t item = begin; item < end; ++item) {
       const int64_t block = item / batch, b = item % batch;
       const int64_t row0 = block * kPanelRows, rows = std::min(kPanelRows, out_channels - row0);
       for (int64_t k0 = 0; k0 < in_channels; k0 += kDepth) {
         const int64_t depth = std::min(kDepth, in_channels - k0);
-        if (!(shared && in_channels <= kDepth && packed_for == block)) {
-          pack_blended_panel(kernel_data, alpha_data + (shared ? 0 : b * p), p, kernel_numel, in_channels, row0,
-                             rows, k0, depth, panel.data());
-          packed_for = block;
-        }
+        pack_blended_panel(kernel_data, alpha_data + b * p, p, kernel_numel, in_channels, row0, rows, k0, depth,
+                           panel.data());
         const float* image = images + (b * in_channels + k0) * pixels;
         for (int64_t j0 = 0; j0 < pixels; j0 += kColumns) {
           const int64_t columns = std::min(kColumns, pixels - j0);
@@ -165,7 +159,7 @@ bool blended_pointwise(const at::Tensor& input, const at::Tensor& weight, const 
           for (int64_t s = 0; s < rows; s += kRows) {
             product_tile(panel.data() + s * depth, tile_pixels, ldp, depth,
                          results + (b * out_channels + row0 + s) * pixels + j0, pixels, std::min(kRows, rows - s),
-                         columns, k0 == 0, bias_data ? bias_data + b * bias_step + row0 + s : nullptr);
+                         columns, k0 == 0, bias_data ? bias_data + b * out_channels + row0 + s : nullptr);
           }
         }
       }
