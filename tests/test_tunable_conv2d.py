@@ -127,11 +127,13 @@ def test_gradcheck(shared, with_bias):
 
 # 1x1 kernels without stride, padding or groups run as matrix products (one batched product per
 # sample, a product per image for a shared kernel on CPU; matrix-vector products for images of one
-# pixel), per-sample depthwise kernels as one grouped convolution and a few outputs from many inputs
-# (an image's tail) as one convolution per sample: the random cases rarely draw them.
-# kind: (in_channels, out_channels, kernel, groups, image size)
+# pixel), per-sample depthwise kernels as one grouped convolution, and a few outputs from many inputs
+# (an image's tail) or some 500 channel pairs or more as one convolution per sample (on CPU one
+# sample per thread when the threads divide the batch, as 4 on 2 or 4 threads): the random cases
+# rarely draw them. kind: (in_channels, out_channels, kernel, groups, image size)
 SPECIAL = {"pointwise": (5, 5, (1, 1), 1, (4, 6)), "one_pixel": (6, 5, (1, 1), 1, (1, 1)),
-           "depthwise": (600, 600, (3, 3), 600, (4, 6)), "narrow_tail": (16, 3, (3, 3), 1, (4, 6))}
+           "depthwise": (600, 600, (3, 3), 600, (4, 6)), "narrow_tail": (16, 3, (3, 3), 1, (4, 6)),
+           "dense": (24, 24, (3, 3), 1, (4, 6))}
 
 
 @pytest.mark.parametrize("kind", SPECIAL)
@@ -141,14 +143,17 @@ SPECIAL = {"pointwise": (5, 5, (1, 1), 1, (4, 6)), "one_pixel": (6, 5, (1, 1), 1
 def test_special_kernels(kind, layout_kind, with_bias, shared):
     in_channels, out_channels, kernel, groups, (height, width) = SPECIAL[kind]
     pointwise = kernel == (1, 1)
-    case = dict(batch=3, in_channels=in_channels, out_channels=out_channels, groups=groups, kernel=kernel,
+    case = dict(batch=4, in_channels=in_channels, out_channels=out_channels, groups=groups, kernel=kernel,
                 height=height, width=width, stride=(1, 1), padding=(0, 0) if pointwise else (1, 1), dilation=(2, 1),
                 layout=layout_kind)
     (x, weight, bias, alpha), conv = make_args(case, torch.float64, shared, with_bias, 3, requires_grad=True)
     with backends.use("cpu"):
         out = tunable_conv2d(x, weight, bias, alpha, *conv)
+        with torch.inference_mode():
+            inferred = tunable_conv2d(x, weight, bias, alpha, *conv)
     expected = reference.tunable_conv2d(x, weight, bias, alpha, *conv)
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(inferred, expected.detach(), atol=1e-10, rtol=1e-8)
     assert out.is_contiguous(memory_format=torch.channels_last if layout_kind == "channels_last" else torch.contiguous_format)
     inputs = [t for t in (x, weight, bias, alpha) if t is not None]
     assert_grads_match(out, expected, inputs, 1e-10, 1e-8)

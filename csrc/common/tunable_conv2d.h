@@ -5,6 +5,8 @@
 // the p kernels and onto alpha. CPU and CUDA share this file; each says in a Platform how it blends,
 // where results go and how per-sample kernels run, because the faster way differs between the two.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <utility>
 #include <vector>
@@ -32,6 +34,9 @@ inline bool pointwise(const at::Tensor& weight, at::IntArrayRef stride, at::IntA
 struct Platform {
   // How a batch with its own kernel per sample is convolved (pointwise kernels aside).
   PerSample (*per_sample)(const at::Tensor& weight);
+  // Whether PerSample::kLoop runs its samples on the intra-op threads, one convolution per thread at
+  // a time, when they divide the batch evenly, rather than one after another with every thread in each.
+  bool samples_in_parallel;
   // sum_i alpha[r, i] * params[i] for every row r of alpha ([p] is one row): [rows, numel / p].
   // `scratch`: the result is read by this call only (a shared alpha's kernel), so it may live in a
   // buffer that the next call overwrites.
@@ -252,12 +257,25 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
         .contiguous(out_format);
   }
   at::Tensor output = platform.empty(out_size, input.options(), out_format);
-  for (int64_t b = 0; b < batch; ++b) {
-    const std::optional<at::Tensor> sample_bias =
-        has_bias ? std::optional<at::Tensor>(biases[b]) : std::nullopt;
-    output.narrow(0, b, 1).copy_(at::convolution(input.narrow(0, b, 1), kernels[b].view(kernel_shape),
-                                                 sample_bias, stride, padding, dilation, false,
-                                                 {0, 0}, groups));
+  const auto convolve = [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const std::optional<at::Tensor> sample_bias =
+          has_bias ? std::optional<at::Tensor>(biases[b]) : std::nullopt;
+      output.narrow(0, b, 1).copy_(at::convolution(input.narrow(0, b, 1), kernels[b].view(kernel_shape),
+                                                   sample_bias, stride, padding, dilation, false,
+                                                   {0, 0}, groups));
+    }
+  };
+  if (platform.samples_in_parallel && batch % at::get_num_threads() == 0) {
+    // The worker threads take this thread's dispatch state (below autograd, inference mode), so
+    // that the convolutions they call run as they would here.
+    const at::ThreadLocalState state;
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard guard(state);
+      convolve(begin, end);
+    });
+  } else {
+    convolve(0, batch);
   }
   return output;
 }

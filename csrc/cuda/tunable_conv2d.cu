@@ -18,7 +18,7 @@ at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options, at::Me
 // Results come from the caching allocator already; shared pointwise kernels stay with cuDNN (the
 // CPU's matrix-product route was measured against oneDNN only), and one-pixel images with one
 // batched product (one launch; the CPU's matrix-vector products were measured on CPU only).
-constexpr tunable::Platform kCuda{&grouped, &tunable::blend_by_matmul, &fresh,
+constexpr tunable::Platform kCuda{&grouped, /*samples_in_parallel=*/false, &tunable::blend_by_matmul, &fresh,
                                   /*shared_pointwise_as_matmul=*/false, /*one_pixel_as_matvec=*/false,
                                   /*depthwise=*/nullptr,
                                   /*depthwise_backward=*/nullptr, /*depthwise_min_width=*/0,
