@@ -299,7 +299,9 @@ std::pair<at::Tensor, at::Tensor> depthwise_backward_cpu(const at::Tensor& grad_
 // pointwise kernels run as matrix products: oneDNN's 1x1 convolution reorders the kernel and, at
 // 32 -> 64 channels on 128x128, takes 2 ms where the product takes 0.6 ms (10-20 % elsewhere). A
 // batched product of one column per sample runs as a GEMM, 10x slower than matrix-vector products
-// (2.3 against 0.2 ms for 512 -> 1024 kernels, B = 4).
+// (2.3 against 0.2 ms for 512 -> 1024 kernels, B = 4). Per-sample convolutions run one sample per
+// thread: a batch-1 oneDNN convolution on both threads ran 14 % slower than the batched one (4x64x
+// 128x128 3x3 per sample: 28.0 -> 25.8 ms, nn.Conv2d 24.4 ms).
 constexpr tunable::Platform kCpu{&per_sample_strategy, /*samples_in_parallel=*/true, &blend_cpu, &cpu::kept_empty,
                                  /*shared_pointwise_as_matmul=*/true, /*one_pixel_as_matvec=*/true, &depthwise_cpu,
                                  &depthwise_backward_cpu, /*depthwise_min_width=*/96, &cpu::blended_pointwise};
