@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/blend_range.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define FLEXOPS_BLENDED_POINTWISE 1
@@ -43,18 +45,7 @@ __attribute__((target("avx2,fma"))) void pack_blended_panel(const float* kernels
         std::fill(out, out + depth, 0.f);
         continue;
       }
-      const float* row = kernels + (row0 + s + r) * in_channels + k0;
-      const float a0 = alpha[0];
-      for (int64_t k = 0; k < depth; ++k) {
-        out[k] = a0 * row[k];
-      }
-      for (int64_t i = 1; i < p; ++i) {
-        const float ai = alpha[i];
-        const float* row_i = row + i * kernel_numel;
-        for (int64_t k = 0; k < depth; ++k) {
-          out[k] += ai * row_i[k];
-        }
-      }
+      blend_range(kernels + (row0 + s + r) * in_channels + k0, alpha, out, /*rows=*/1, p, kernel_numel, 0, depth);
     }
     float* sliver = panel + s * depth;
     for (int64_t k = 0; k < depth; ++k) {

@@ -13,45 +13,15 @@
 
 #include "common/macros.h"
 #include "common/tunable_conv2d.h"
+#include "cpu/blend_range.h"
 #include "cpu/blended_pointwise.h"
 #include "cpu/kept_memory.h"
 
 namespace flexops {
-namespace {
 
-// Measured on a 2-core x86 machine (bench/): one dense conv per sample beats a grouped conv over
-// the folded batch once a sample's kernel has some 500 (output, input) channel pairs; below that
-// the per-call overhead of B convolutions dominates, except for a kernel of a few output channels
-// from many inputs (an image tail, 64 -> 3 at 9x9: 47 ms looped, 80 ms grouped for 4 samples at
-// 128x128), which oneDNN's grouped convolution runs poorly. A depthwise kernel (one input channel
-// per group) folded over the batch is a depthwise conv of B times the channels: always grouped.
-tunable::PerSample per_sample_strategy(const at::Tensor& weight) {
-  const int64_t out_channels = weight.size(1), group_in = weight.size(2);
-  const bool depthwise = group_in == 1;
-  const bool narrow_tail = out_channels <= 4 && group_in >= 16;
-  return !depthwise && (out_channels * group_in >= 512 || narrow_tail) ? tunable::PerSample::kLoop
-                                                                         : tunable::PerSample::kGroupedConv;
-}
+namespace cpu {
 
-// A shared alpha's blended kernel goes to a buffer kept per thread, one per kernel size and dtype,
-// instead of a fresh tensor each call: a 64x64x3x3 fp32 kernel is 147 KB, and allocating it anew
-// costs more than blending it. Only the call that blends it reads it.
-at::Tensor kept_kernel_buffer(int64_t numel, const at::TensorOptions& options) {
-  thread_local std::map<std::pair<int64_t, at::ScalarType>, at::Tensor> buffers;
-  at::Tensor& buffer = buffers[{numel, options.dtype().toScalarType()}];
-  if (!buffer.defined()) {
-    c10::InferenceMode normal_tensor(false);  // writable both in and outside inference mode
-    buffer = at::empty({numel}, options);
-  }
-  return buffer;
-}
-
-// out[r][begin, end) = sum_i alpha[r, i] * params[i][begin, end), over chunks of the kernel small
-// enough that a chunk of every row stays in L1 while the p kernels stream past it once. Where the
-// kernels come from memory (NAFNet's 58 M weights at p = 2 do not fit the caches) this reads each
-// weight once; a GEMM of inner size p, what at::mm does, spends 20-40 % longer on the same blend.
-// Kernels are added two at a time (half the passes over the chunk), and the loop is also compiled
-// for AVX2 (common/macros.h): 30 % faster than SSE2 for p = 2..6 at 4 rows.
+// Declared in cpu/blend_range.h, which says what it computes and why it is written so.
 template <typename scalar_t>
 FLEXOPS_ALSO_AVX2 void blend_range(
     const scalar_t* params, const scalar_t* alpha, scalar_t* out, int64_t rows, int64_t p, int64_t numel,
@@ -96,6 +66,42 @@ FLEXOPS_ALSO_AVX2 void blend_range(
   }
 }
 
+template void blend_range<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                                 int64_t);
+template void blend_range<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t);
+
+}  // namespace cpu
+
+namespace {
+
+// Measured on a 2-core x86 machine (bench/): one dense conv per sample beats a grouped conv over
+// the folded batch once a sample's kernel has some 500 (output, input) channel pairs; below that
+// the per-call overhead of B convolutions dominates, except for a kernel of a few output channels
+// from many inputs (an image tail, 64 -> 3 at 9x9: 47 ms looped, 80 ms grouped for 4 samples at
+// 128x128), which oneDNN's grouped convolution runs poorly. A depthwise kernel (one input channel
+// per group) folded over the batch is a depthwise conv of B times the channels: always grouped.
+tunable::PerSample per_sample_strategy(const at::Tensor& weight) {
+  const int64_t out_channels = weight.size(1), group_in = weight.size(2);
+  const bool depthwise = group_in == 1;
+  const bool narrow_tail = out_channels <= 4 && group_in >= 16;
+  return !depthwise && (out_channels * group_in >= 512 || narrow_tail) ? tunable::PerSample::kLoop
+                                                                         : tunable::PerSample::kGroupedConv;
+}
+
+// A shared alpha's blended kernel goes to a buffer kept per thread, one per kernel size and dtype,
+// instead of a fresh tensor each call: a 64x64x3x3 fp32 kernel is 147 KB, and allocating it anew
+// costs more than blending it. Only the call that blends it reads it.
+at::Tensor kept_kernel_buffer(int64_t numel, const at::TensorOptions& options) {
+  thread_local std::map<std::pair<int64_t, at::ScalarType>, at::Tensor> buffers;
+  at::Tensor& buffer = buffers[{numel, options.dtype().toScalarType()}];
+  if (!buffer.defined()) {
+    c10::InferenceMode normal_tensor(false);  // writable both in and outside inference mode
+    buffer = at::empty({numel}, options);
+  }
+  return buffer;
+}
+
 // out[r] = sum_i alpha[r, i] * params[i] for every row r, on the intra-op threads once the kernel
 // is large enough to share.
 template <typename scalar_t>
@@ -103,7 +109,7 @@ void blend_rows(const scalar_t* params, const scalar_t* alpha, scalar_t* out, in
                 int64_t numel) {
   const int64_t grain = std::max<int64_t>(2048, 65536 / std::max<int64_t>(rows, 1));
   at::parallel_for(0, numel, grain, [&](int64_t begin, int64_t end) {
-    blend_range(params, alpha, out, rows, p, numel, begin, end);
+    cpu::blend_range(params, alpha, out, rows, p, numel, begin, end);
   });
 }
 
