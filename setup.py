@@ -1,7 +1,7 @@
 """Build flexops and its compiled extension flexops._C.
 
 The C++ CPU kernels (csrc/cpu) are always built. The CUDA kernels (csrc/cuda) are built when torch
-was built with CUDA and a CUDA toolkit is found; FLEXOPS_CUDA=0/1 forces them off/on.
+was built with CUDA, a CUDA toolkit is found and a GPU is present; FLEXOPS_CUDA=0/1 forces them off/on.
 TORCH_CUDA_ARCH_LIST picks the GPU architectures (default here: 8.0;9.0, to bound build time).
 """
 
@@ -26,18 +26,22 @@ DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 
 def want_cuda():
+    """CUDA kernels when FLEXOPS_CUDA=1 asks for them, or by default when this machine has a GPU
+    to run them (compiling them takes most of the build: not for a CPU-only machine)."""
+    import torch
+
     forced = os.environ.get("FLEXOPS_CUDA")
-    available = cpp_extension.CUDA_HOME is not None and __import__("torch").version.cuda is not None
-    if forced == "1" and not available:
+    buildable = cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
+    if forced == "1" and not buildable:
         raise RuntimeError(
             "FLEXOPS_CUDA=1 but CUDA kernels cannot be built: "
-            f"torch.version.cuda={__import__('torch').version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME}"
+            f"torch.version.cuda={torch.version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME}"
         )
     if forced in ("0", "1"):
         return forced == "1"
     if forced is not None:
         raise RuntimeError(f"FLEXOPS_CUDA must be 0 or 1, got {forced!r}")
-    return available
+    return buildable and torch.cuda.is_available()
 
 
 def cuda_include_dirs():
@@ -69,6 +73,9 @@ def extension():
     return ext_class(
         name="flexops._C",
         sources=sources,
+        # A rebuild in the same build/ folder (README's second command) recompiles what changed; without
+        # the headers here, setuptools would call a header-only change up to date.
+        depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra_compile_args,

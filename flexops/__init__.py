@@ -6,6 +6,7 @@ Functional ops: flexops.ops. Backend choice: flexops.backends. FLOP counting: fl
 Model zoo: flexops.models.
 """
 
+import os
 import warnings
 
 import torch  # noqa: F401  (loads libtorch, which flexops._C links against)
@@ -25,11 +26,30 @@ def _check_torch_version(built, running):
     raise ImportError(f"flexops was built against torch {built} but torch {running} is installed: {rebuild}")
 
 
-from flexops._build_info import TORCH_VERSION as _BUILT_WITH  # noqa: E402
+def _missing_build(error):
+    """The error for a flexops without its compiled parts. A Python started in the checkout imports
+    the source folder flexops/, which shadows the installed package and holds neither the
+    extension nor the model zoo: say so in one line instead of a circular-import message."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(os.path.join(package_dir, os.pardir, "setup.py")):
+        return ImportError(f"flexops was imported from its source folder {package_dir}, which has no compiled "
+                           "extension: start Python outside the checkout (e.g. `cd ..`) to use the installed flexops")
+    return ImportError(f"flexops is installed without its compiled extension ({error}): reinstall it with "
+                       "`pip install .` from the flexops checkout")
+
+
+try:
+    from flexops._build_info import TORCH_VERSION as _BUILT_WITH
+except ImportError as error:
+    raise _missing_build(error) from None
 
 _check_torch_version(_BUILT_WITH, torch.__version__)
 
-from flexops import _C  # noqa: E402, F401  (loading the library registers the flexops ops)
+try:
+    from flexops import _C  # noqa: F401  (loading the library registers the flexops ops)
+except ImportError as error:
+    raise _missing_build(error) from None
+
 from flexops import backends, flops, ops  # noqa: E402
 from flexops.nn import (  # noqa: E402
     DeformConv2d,

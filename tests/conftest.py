@@ -11,8 +11,9 @@ import torch  # noqa: E402
 
 import flexops  # noqa: E402
 
-_checkout = pathlib.Path(__file__).resolve().parents[1]
-if pathlib.Path(flexops.__file__).resolve().is_relative_to(_checkout):
+# The source folder flexops/ (not a virtual environment inside the checkout, as README's .venv is).
+_source_folder = pathlib.Path(__file__).resolve().parents[1] / "flexops"
+if pathlib.Path(flexops.__file__).resolve().parent == _source_folder:
     raise pytest.UsageError(
         f"flexops was imported from the source tree ({flexops.__file__}); install it with "
         "`pip install .` and run pytest from a directory that does not shadow it"
