@@ -33,19 +33,44 @@ def fx_leaf(op):
 
     @functools.wraps(op)
     def leaf(*args, **kwargs):
-        for value in args:
-            if isinstance(value, _Proxy):
-                return _record(value, leaf, args, kwargs)
-        if kwargs:
-            for value in kwargs.values():
-                if isinstance(value, _Proxy):
-                    return _record(value, leaf, args, kwargs)
+        proxy = _first_proxy(args, kwargs)
+        if proxy is not None:
+            return _record(proxy, leaf, args, kwargs)
         return op(*args, **kwargs)
 
     return leaf
 
 
+def fx_leaf_layer(forward):
+    """Makes a layer one call_module node when torch.fx traces a module that holds it, as torch.nn's
+    own layers are: torchvision's feature extractor, for one, then sees it as a single leaf. Traced
+    as the root module itself, its forward is traced through (the ops in it are fx_leaf nodes).
+    """
+
+    @functools.wraps(forward)
+    def leaf(self, *args, **kwargs):
+        proxy = _first_proxy(args, kwargs)
+        if proxy is None or proxy.tracer.root is self:
+            return forward(self, *args, **kwargs)
+        tracer = proxy.tracer
+        return tracer.create_proxy("call_module", tracer.path_of_module(self), args, kwargs)
+
+    return leaf
+
+
 _Proxy = torch.fx.Proxy
+
+
+def _first_proxy(args, kwargs):
+    """The first torch.fx Proxy among the arguments, or None (the call is not being traced)."""
+    for value in args:
+        if isinstance(value, _Proxy):
+            return value
+    if kwargs:
+        for value in kwargs.values():
+            if isinstance(value, _Proxy):
+                return value
+    return None
 
 
 def _record(proxy, op, args, kwargs):

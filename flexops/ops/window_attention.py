@@ -76,7 +76,7 @@ def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active,
     batch, height, width, channels3 = qkv.shape
     if channels3 % (3 * num_heads) or channels3 == 0:
         raise _args.ArgumentError(
-            f"qkv's last dimension must be 3 * C with C a positive multiple of num_heads = {num_heads}; "
+            f"qkv's last dimension must be 3 * C with C a multiple of num_heads = {num_heads}, C > 0; "
             f"got qkv of shape {list(qkv.shape)}"
         )
     if height % window_size or width % window_size:
