@@ -44,8 +44,8 @@ class MaskedConv2d(nn.Module):
 
     @fx_leaf_layer
     def forward(self, input, in_mask=None, out_mask=None):
-        return masked_conv2d(_inputs.image(input, self.in_channels), self.weight, self.bias, in_mask, out_mask, self.stride, self.padding,
-                             self.dilation)
+        return masked_conv2d(_inputs.image(input, self.in_channels), self.weight, self.bias, in_mask, out_mask,
+                             self.stride, self.padding, self.dilation)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

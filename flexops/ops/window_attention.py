@@ -117,8 +117,8 @@ def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active,
     return num_heads, window_size, shift_size, float(scale), active, mask_value
 
 
-# The most a CPU call's working memory may take: half of this machine's memory, so that a window
-# far too large is refused with its size instead of the process being killed for memory.
+# This machine's memory. A CPU call's working memory may take half of it: a window far too large is
+# refused with its size instead of the process being killed for memory.
 _MACHINE_BYTES = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -139,7 +139,9 @@ def _check_working_memory(qkv, num_heads, window_size, rel_pos_bias, backend):
     if backend == "reference":
         per_task, running, who = 4 if grad else 2, tasks, f"the reference backend's {tasks} (window, head) pairs"
     else:
-        per_task, running = 4 if grad else 1, min(tasks, torch.get_num_threads())
+        # torch.compile cannot trace get_num_threads: a compiled call is checked for one thread.
+        threads = 1 if torch.compiler.is_compiling() else torch.get_num_threads()
+        per_task, running = 4 if grad else 1, min(tasks, threads)
         who = f"{running} thread{'s' if running > 1 else ''} at once"
     need = per_task * square * running
     if need > _MACHINE_BYTES // 2:
