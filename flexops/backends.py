@@ -5,9 +5,13 @@ C++ in flexops._C) and "triton". By default CPU tensors run on "cpu" and CUDA te
 backend of the op's CUDA priority list that can run them. `FLEXOPS_BACKEND=<name>` or
 `with flexops.backends.use(name):` forces one; a forced backend that cannot run the input raises
 BackendUnavailable with the reason. Nothing falls back silently.
+
+`use` holds for the thread (and asyncio task) that entered it, as torch's own context managers do;
+FLEXOPS_BACKEND is the process-wide default under it.
 """
 
 import contextlib
+import contextvars
 import importlib.util
 import os
 
@@ -37,7 +41,8 @@ MISSING = {
     },
 }
 
-_forced_stack = []
+# The backend `use` forces in the current context; a new thread starts with None.
+_forced_by_use = contextvars.ContextVar("flexops_forced_backend", default=None)
 
 
 class BackendUnavailable(RuntimeError):
@@ -52,18 +57,19 @@ def _check_name(name, source):
 
 @contextlib.contextmanager
 def use(name):
-    """Force backend `name` for flexops ops called inside the block."""
-    _forced_stack.append(_check_name(name, "flexops.backends.use(name)"))
+    """Force backend `name` for flexops ops called inside the block by this thread (or task)."""
+    token = _forced_by_use.set(_check_name(name, "flexops.backends.use(name)"))
     try:
         yield
     finally:
-        _forced_stack.pop()
+        _forced_by_use.reset(token)
 
 
 def forced():
-    """The backend forced by `use` or FLEXOPS_BACKEND, or None."""
-    if _forced_stack:
-        return _forced_stack[-1]
+    """The backend forced by this context's `use`, else by FLEXOPS_BACKEND, or None."""
+    name = _forced_by_use.get()
+    if name is not None:
+        return name
     env = os.environ.get("FLEXOPS_BACKEND")
     return _check_name(env, "FLEXOPS_BACKEND") if env else None
 

@@ -26,6 +26,52 @@ def test_use_forces_and_restores():
     assert backends.forced() is None
 
 
+def test_use_holds_for_its_own_thread_only():
+    """Two threads in interleaved `use` blocks each run their own backend: a half-precision call
+    runs in the thread that forced "reference" and is refused in the one that forced "cpu"."""
+    import threading
+
+    import flexops
+
+    x, weight, alpha = torch.randn(1, 2, 4, 4).half(), torch.randn(2, 3, 2, 3, 3).half(), torch.rand(2).half()
+    both_inside, both_called = threading.Barrier(2, timeout=60), threading.Barrier(2, timeout=60)
+    seen = {}
+
+    def run(name):
+        with backends.use(name):
+            both_inside.wait()  # the other thread's block is open too
+            try:
+                flexops.ops.tunable_conv2d(x, weight, None, alpha, padding=1)
+                seen[name] = ("ran", backends.forced())
+            except backends.BackendUnavailable as error:
+                seen[name] = (str(error), backends.forced())
+            both_called.wait()
+        seen[name + " after"] = backends.forced()
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("reference", "cpu")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen["reference"] == ("ran", "reference")
+    assert "forced backend 'cpu' cannot run: dtype torch.float16" in seen["cpu"][0] and seen["cpu"][1] == "cpu"
+    assert seen["reference after"] is None and seen["cpu after"] is None
+    assert backends.forced() is None  # the main thread never saw either
+
+
+def test_use_in_one_thread_leaves_the_default_of_others(monkeypatch):
+    import threading
+
+    monkeypatch.setenv("FLEXOPS_BACKEND", "reference")
+    other = []
+    with backends.use("cpu"):
+        thread = threading.Thread(target=lambda: other.append(backends.forced()))
+        thread.start()
+        thread.join()
+        assert backends.forced() == "cpu"
+    assert other == ["reference"]  # the environment's default, not the main thread's block
+
+
 def test_env_var_forces(monkeypatch):
     monkeypatch.setenv("FLEXOPS_BACKEND", "reference")
     assert backends.choose("tunable_conv2d", torch.device("cpu"), torch.float32) == "reference"

@@ -290,3 +290,48 @@ def test_flop_count():
     conv = 8 * 6 * 6 * 4 * 9
     sampling = 4 * 9 * 36 * 5
     assert flexops.flops.count(layer, x) == predictor + conv + sampling
+
+
+def test_messages_carry_torchvisions_phrases():
+    """Code and tests written for torchvision match these phrases of its messages."""
+    layer = flexops.DeformConv2d(6, 2, (3, 2), padding=(1, 0), groups=2)
+    x, offset, mask = torch.randn(2, 6, 5, 4), torch.randn(2, 36, 5, 3), torch.rand(2, 18, 5, 3)
+    assert layer(x, offset, mask).shape == (2, 2, 5, 3)  # 3 offset groups
+    with pytest.raises(RuntimeError, match="the shape of the offset is not valid: offset.shape.1. must be "
+                                           r"2 \* offset_groups \* kh \* kw, a nonzero multiple of 12 \(kernel 3x2\)"):
+        layer(x, offset[:, :2])
+    with pytest.raises(RuntimeError, match=r"mask.shape\[1\] is not valid: mask must be \[B, og\*kh\*kw, Ho, Wo\] = "
+                                           r"\[2, 18, 5, 3\] \(og = 3 offset groups, from offset\); got \[2, 2, 5, 3\]"):
+        layer(x, offset, mask[:, :2])
+    with pytest.raises(RuntimeError, match=r"^mask must be \[B, og\*kh\*kw, Ho, Wo\]"):  # only the rows wrong
+        layer(x, offset, mask[:, :, :4])
+
+
+def test_module_is_one_leaf_for_torchvisions_feature_extractor():
+    """torchvision's feature extractor treats its own ops' modules as leaves; flexops' layers are leaves
+    under any torch.fx tracer, so it sees one node for each, as it does for torchvision.ops.DeformConv2d."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    class Net(torch.nn.Module):
+        def __init__(self, dcn):
+            super().__init__()
+            self.dcn = dcn
+
+        def forward(self, x, offset, mask):
+            return self.dcn(x, offset, mask).relu()
+
+    ours = Net(flexops.DeformConv2d(6, 4, (3, 2), stride=2, padding=1, groups=2))
+    theirs = Net(torchvision_ops.DeformConv2d(6, 4, (3, 2), stride=2, padding=1, groups=2))
+    assert get_graph_node_names(ours) == get_graph_node_names(theirs) == (["x", "offset", "mask", "dcn", "relu"],) * 2
+    x, offset, mask = torch.randn(2, 6, 9, 8), torch.randn(2, 12, 5, 5), torch.rand(2, 6, 5, 5)
+    features = create_feature_extractor(ours, ["dcn"])(x, offset, mask)
+    torch.testing.assert_close(features["dcn"], ours.dcn(x, offset, mask), rtol=0, atol=0)
+
+
+def test_modulated_layer_names_its_input_channels():
+    layer = flexops.ModulatedDeformConv2d(64, 64, 3, padding=1)
+    with pytest.raises(flexops.ops.ArgumentError,
+                       match=r"x must be \[B, in_channels=64, H, W\] for this layer, got \[1, 3, 16, 16\]$"):
+        layer(torch.randn(1, 3, 16, 16))
+    with pytest.raises(flexops.ops.ArgumentError, match=r"x must be \[B, in_channels=6, H, W\] for this layer"):
+        flexops.DeformConv2d(6, 4, 3)(torch.randn(1, 4, 8, 8), torch.randn(1, 18, 6, 6))

@@ -104,6 +104,37 @@ def test_fx_trace_layer(name):
     torch.testing.assert_close(traced(*inputs), layer(*inputs), rtol=0, atol=0)
 
 
+def test_fx_trace_window_attention_with_its_defaults():
+    """Its optional arguments become graph inputs (proxies), so nothing may branch on them."""
+    layer = flexops.WindowAttention(12, 4, 2)
+    traced = torch.fx.symbolic_trace(layer)
+    x, active = torch.randn(2, 8, 8, 12), torch.rand(2, 2, 2) > 0.3
+    torch.testing.assert_close(traced(x), layer(x), rtol=0, atol=0)
+    torch.testing.assert_close(traced(x, 2, active), layer(x, 2, active), rtol=0, atol=0)
+
+
+class Holder(nn.Module):
+    """Holds one layer and calls it on its first `arity` inputs."""
+
+    def __init__(self, layer, arity):
+        super().__init__()
+        self.layer, self.arity = layer, arity
+
+    def forward(self, a, b=None, c=None):  # named: torch.fx cannot trace *args
+        return self.layer(*(a, b, c)[: self.arity])
+
+
+@pytest.mark.parametrize("name", sorted(set(layers()) - {"AllOps"}))
+def test_fx_trace_layer_inside_a_module_is_one_leaf(name):
+    """As torch.nn's own layers are: one call_module node, which runs the layer itself."""
+    layer, inputs = layers()[name]
+    holder = Holder(layer, len(inputs))
+    traced = torch.fx.symbolic_trace(holder)
+    calls = [(n.op, n.target) for n in traced.graph.nodes if n.op not in ("placeholder", "output")]
+    assert calls == [("call_module", "layer")]
+    torch.testing.assert_close(traced(*inputs), holder(*inputs), rtol=0, atol=0)
+
+
 # One bad argument per op, with the message it must give.
 BAD_CALLS = {
     "deform_conv2d": ({1: torch.randn(2, 18, 7, 8)}, r"offset must be \[B, 2\*og\*kh\*kw, Ho, Wo\] = \[2, 18, 8, 8\]"),

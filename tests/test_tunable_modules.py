@@ -179,3 +179,18 @@ def test_layer_errors_speak_the_layers_language():
         layer(torch.randn(1, 32, 8, 8), torch.rand(2))
     with pytest.raises(RuntimeError, match="omega has 3 rows .* but x has 2 images"):
         layer(torch.randn(2, 64, 8, 8), torch.rand(3, 2))
+
+
+@pytest.mark.parametrize("mode", ["mlp", "linear"])
+def test_omega_of_another_dtype_is_taken_in_the_layers_dtype(mode):
+    """omega is the user's setting: float64 or integer values mean what they say."""
+    conv = TunableConv2d(4, 6, 3, num_params=2, padding=1, mode=mode)
+    linear = TunableLinear(5, 3, num_params=2, mode=mode)
+    parameter = TunableParameter((4, 2), num_params=2, mode=mode, init=torch.nn.init.normal_)
+    x, tokens = torch.randn(2, 4, 6, 6), torch.randn(2, 7, 5)
+    for omega in (torch.tensor([1.0, 0.0]), torch.tensor([[0.3, 0.7], [1.0, 0.0]])):
+        for given in (omega.double(), omega.long() if omega.dim() == 1 else omega.half()):
+            torch.testing.assert_close(conv(x, given), conv(x, omega.to(given.dtype).float()), rtol=0, atol=0)
+            torch.testing.assert_close(linear(tokens, given), linear(tokens, omega.to(given.dtype).float()),
+                                       rtol=0, atol=0)
+            torch.testing.assert_close(parameter(given), parameter(omega.to(given.dtype).float()), rtol=0, atol=0)

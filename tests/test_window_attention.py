@@ -3,6 +3,7 @@ against the reference over random shapes and active masks; gradients, opcheck, c
 (SwinIR checkpoints load), the early-exit helpers, FLOP counting and errors."""
 
 import random
+import sys
 
 import pytest
 import torch
@@ -424,6 +425,11 @@ def qkv_args(**change):
         (dict(active=torch.ones(1, 2, 3, dtype=torch.bool)), r"active must be \[B, H/ws, W/ws\] = \[1, 2, 4\]"),
         (dict(active=torch.ones(1, 2, 4, device="meta")), "active is on meta"),
         (dict(scale="big"), "scale must be a real number"),
+        (dict(scale=float("nan")), "scale must be a real number, finite, or None"),
+        (dict(scale=float("inf")), "scale must be a real number, finite, or None"),
+        (dict(qkv=torch.randn(1, 8, 16, 0), rel_pos_bias=None), "3 \\* C with C a multiple of num_heads = 3, C > 0"),
+        (dict(shift_size=True), r"shift_size must be an int in \[0, window_size = 4\)"),
+        (dict(num_heads=True), "num_heads must be a positive int"),
         (dict(mask_value=float("nan")), r"mask_value must be None or a real number below \+inf"),
         (dict(mask_value=float("inf")), r"mask_value must be None or a real number below \+inf"),
         (dict(mask_value="-100"), r"mask_value must be None or a real number below \+inf"),
@@ -446,3 +452,35 @@ def test_zero_shift_and_full_window_is_plain_attention():
     q, k, v = qkv.reshape(2, 16, 3, 2, 4).permute(2, 0, 3, 1, 4)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 4, 4, 8)
     torch.testing.assert_close(window_attention(qkv, 2, 4), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_window_too_large_for_memory_is_refused_with_the_size(monkeypatch):
+    op = sys.modules["flexops.ops.window_attention"]  # the module, not the function flexops.ops exports
+    monkeypatch.setattr(op, "_MACHINE_BYTES", 16 * 2**30)  # a 16 GiB machine with two threads, whatever this is
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with pytest.raises(flexops.ops.ArgumentError, match=(
+        r"window_size = 256 is too large: with N = 65536 tokens a window's N x N float32 attention matrix takes "
+        r"17.2 GB, and this call would hold 1 of them for each of 1 thread at once: 17.2 GB, more than half of "
+        r"this machine's 17.2 GB; use a smaller window_size"
+    )):
+        window_attention(torch.randn(1, 256, 256, 3), 1, 256)  # one window, one head: one thread
+    # Windows of 4096 tokens: a 67 MB matrix per (window, head), four with gradients.
+    monkeypatch.setattr(op, "_MACHINE_BYTES", 2**29)
+    assert window_attention(torch.randn(1, 64, 64, 6), 2, 64).shape == (1, 64, 64, 2)
+    with pytest.raises(flexops.ops.ArgumentError, match=r"would hold 4 of them \(with gradients\) for each of 2 "):
+        window_attention(torch.randn(1, 64, 128, 6, requires_grad=True), 2, 64)
+    with backends.use("reference"), pytest.raises(
+        flexops.ops.ArgumentError, match=r"would hold 2 of them for each of the reference backend's 8 \(window, head\)"
+    ):
+        window_attention(torch.randn(1, 128, 128, 6), 2, 64)
+
+
+def test_module_refuses_channels_first_input():
+    attention = flexops.WindowAttention(12, window_size=4, num_heads=2)
+    with pytest.raises(flexops.ops.ArgumentError, match=(
+        r"x must be a token map \[B, H, W, C = dim = 12\], channels last; got \[1, 12, 8, 8\] "
+        r"\(a channels-first image: pass x.permute\(0, 2, 3, 1\)\)"
+    )):
+        attention(torch.randn(1, 12, 8, 8))
+    with pytest.raises(flexops.ops.ArgumentError, match=r"C = dim = 12\], channels last; got \[1, 8, 8, 6\]$"):
+        attention(torch.randn(1, 8, 8, 6))

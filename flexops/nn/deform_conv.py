@@ -13,7 +13,9 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from flexops.nn import _inputs
 from flexops.nn._init import default_init_
+from flexops.ops._args import fx_leaf_layer
 from flexops.ops.deform_conv2d import deform_conv2d
 
 
@@ -45,7 +47,11 @@ class DeformConv2d(nn.Module):
     def reset_parameters(self):
         default_init_(self.weight, self.bias)
 
+    @fx_leaf_layer
     def forward(self, input, offset, mask=None):
+        return self._deform(_inputs.image(input, self.in_channels), offset, mask)
+
+    def _deform(self, input, offset, mask):
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
     def extra_repr(self):
@@ -91,12 +97,13 @@ class ModulatedDeformConv2d(DeformConv2d):
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
 
+    @fx_leaf_layer
     def forward(self, input):
-        prediction = self.conv_offset(input)
+        prediction = self.conv_offset(_inputs.image(input, self.in_channels))
         num_offsets = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         offset, logits = prediction[:, :num_offsets], prediction[:, num_offsets:]
         mask = torch.sigmoid(logits)
-        return super().forward(input, offset, 2 * mask if self.mask_activation == "2sigmoid" else mask)
+        return self._deform(input, offset, 2 * mask if self.mask_activation == "2sigmoid" else mask)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, offset_groups={self.offset_groups}, mask_activation={self.mask_activation!r}"

@@ -5,7 +5,9 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from flexops.nn import _inputs
 from flexops.nn._init import default_init_
+from flexops.ops._args import fx_leaf_layer
 from flexops.ops.masked_conv2d import masked_conv2d
 
 
@@ -40,9 +42,10 @@ class MaskedConv2d(nn.Module):
         # nn.Conv2d's initialisation, so a MaskedConv2d with full masks starts as an nn.Conv2d would.
         default_init_(self.weight, self.bias)
 
+    @fx_leaf_layer
     def forward(self, input, in_mask=None, out_mask=None):
-        return masked_conv2d(input, self.weight, self.bias, in_mask, out_mask, self.stride, self.padding,
-                             self.dilation)
+        return masked_conv2d(_inputs.image(input, self.in_channels), self.weight, self.bias, in_mask, out_mask,
+                             self.stride, self.padding, self.dilation)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -14,8 +14,9 @@ import math
 import torch
 from torch import nn
 
+from flexops.nn import _inputs
 from flexops.nn._init import default_init_
-from flexops.ops._args import ArgumentError, conv_params, fx_leaf
+from flexops.ops._args import ArgumentError, conv_params, fx_leaf, fx_leaf_layer
 from flexops.ops.tunable_conv2d import tunable_conv2d, tunable_conv2d_unchecked
 
 MODES = ("mlp", "linear")
@@ -78,7 +79,7 @@ class _Tunable(nn.Module):
         """alpha for omega [p] or [B, p] (checked), or the one an `Alphas` holds for this layer."""
         if type(omega) is Alphas:
             return omega.of(self)
-        omega = _checked_omega(omega, self.num_params)
+        omega = _checked_omega(omega, self.num_params, self.weight)
         return omega if self.mlp is None else self.mlp(omega)
 
     def extra_repr(self):
@@ -86,12 +87,14 @@ class _Tunable(nn.Module):
 
 
 @fx_leaf
-def _checked_omega(omega, num_params):
-    """omega itself once it is [p] or [B, p]; one node under torch.fx, where its shape is unknown."""
+def _checked_omega(omega, num_params, weight):
+    """omega once it is [p] or [B, p], as weight's dtype and device: omega is the user's setting, so
+    float64 or integer values, or a CPU tensor for a layer on the GPU, are taken as they are meant.
+    One node under torch.fx, where its shape is unknown."""
     if not isinstance(omega, torch.Tensor) or omega.dim() not in (1, 2) or omega.shape[-1] != num_params:
         shape = tuple(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
         raise ArgumentError(f"omega must be [p] or [B, p] with p = {num_params}, got {shape}")
-    return omega
+    return omega.to(device=weight.device, dtype=weight.dtype)
 
 
 class TunableConv2d(_Tunable):
@@ -134,6 +137,7 @@ class TunableConv2d(_Tunable):
         for i in range(self.num_params):
             default_init_(self.weight[i], None if self.bias is None else self.bias[i])
 
+    @fx_leaf_layer
     def forward(self, x, omega):
         """x [B, in_channels, H, W]; omega [p], [B, p] or an `Alphas` (then unchecked)."""
         if type(omega) is Alphas:
@@ -152,9 +156,7 @@ class TunableConv2d(_Tunable):
 def _layer_input(x, alpha, in_channels):
     """x itself once it fits a TunableConv2d: its errors speak of the layer's in_channels and omega,
     not of the op's weight and alpha. One node under torch.fx, where shapes are unknown."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_channels:
-        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ArgumentError(f"x must be [B, in_channels={in_channels}, H, W] for this layer, got {shape}")
+    _inputs.image(x, in_channels)
     if alpha.dim() == 2 and alpha.shape[0] != x.shape[0]:
         raise ArgumentError(f"omega has {alpha.shape[0]} rows (one setting per image) but x has {x.shape[0]} "
                             "images: give omega [p] for the whole batch or [B, p]")
@@ -179,6 +181,7 @@ class TunableParameter(_Tunable):
         for i in range(num_params):
             init(self.weight[i])
 
+    @fx_leaf_layer
     def forward(self, omega):
         """omega [p], [B, p] or an `Alphas`; returns [*shape] or [B, *shape]."""
         alpha = self.alpha(omega)
@@ -207,6 +210,7 @@ class TunableLinear(_Tunable):
         for i in range(num_params):
             default_init_(self.weight[i], None if self.bias is None else self.bias[i])
 
+    @fx_leaf_layer
     def forward(self, x, omega):
         """x [..., in_features] ([B, ..., in_features] with per-sample omega); omega [p], [B, p] or an
         `Alphas` (then unchecked)."""

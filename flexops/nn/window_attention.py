@@ -4,7 +4,7 @@ that turn FlexIR's per-token or per-region early exit into the op's window mask 
 import torch
 from torch import nn
 
-from flexops.ops._args import ArgumentError, fx_leaf
+from flexops.ops._args import ArgumentError, fx_leaf, fx_leaf_layer
 from flexops.ops.window_attention import window_attention
 
 
@@ -70,6 +70,25 @@ def _chosen_table(own, table, entries, heads):
     return table
 
 
+@fx_leaf
+def _token_map(x, dim):
+    """x itself once it is a token map [B, H, W, dim], channels last. One node under torch.fx."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[-1] != dim:
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        hint = " (a channels-first image: pass x.permute(0, 2, 3, 1))" if shape[1:2] == [dim] else ""
+        raise ArgumentError(f"x must be a token map [B, H, W, C = dim = {dim}], channels last; got {shape}{hint}")
+    return x
+
+
+@fx_leaf
+def _zero_inactive(out, window_size, shift_size, active):
+    """WindowAttention.zero_inactive. One node under torch.fx, where whether `active` is None and
+    the shift are not known."""
+    if active is None:
+        return out
+    return torch.where(window_tokens(active != 0, window_size, shift_size).unsqueeze(-1), out, 0)
+
+
 class WindowAttention(nn.Module):
     """Window multi-head self-attention with relative position bias, as SwinIR's WindowAttention.
 
@@ -126,16 +145,15 @@ class WindowAttention(nn.Module):
             qkv, self.num_heads, self.window_size, shift_size, bias, self.scale, active, self.mask_value
         )
 
+    @fx_leaf_layer
     def forward(self, x, shift_size=0, active=None, bias_table=None):
-        out = self.proj(self.attend(self.qkv(x), shift_size, active, bias_table))
+        out = self.proj(self.attend(self.qkv(_token_map(x, self.dim)), shift_size, active, bias_table))
         return self.zero_inactive(out, shift_size, active)
 
     def zero_inactive(self, out, shift_size=0, active=None):
         """The projected attention `out` [B, H, W, C] with the tokens of inactive windows zero again:
         proj's bias would make them nonzero. `out` itself when every window is active (None)."""
-        if active is None:
-            return out
-        return torch.where(window_tokens(active != 0, self.window_size, shift_size).unsqueeze(-1), out, 0)
+        return _zero_inactive(out, self.window_size, shift_size, active)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         stored = state_dict.pop(prefix + "relative_position_index", None)

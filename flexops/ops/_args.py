@@ -7,6 +7,8 @@ ValueError`) both catch them.
 """
 
 import functools
+import math
+import numbers
 
 import torch
 import torch.fx
@@ -31,19 +33,44 @@ def fx_leaf(op):
 
     @functools.wraps(op)
     def leaf(*args, **kwargs):
-        for value in args:
-            if isinstance(value, _Proxy):
-                return _record(value, leaf, args, kwargs)
-        if kwargs:
-            for value in kwargs.values():
-                if isinstance(value, _Proxy):
-                    return _record(value, leaf, args, kwargs)
+        proxy = _first_proxy(args, kwargs)
+        if proxy is not None:
+            return _record(proxy, leaf, args, kwargs)
         return op(*args, **kwargs)
 
     return leaf
 
 
+def fx_leaf_layer(forward):
+    """Makes a layer one call_module node when torch.fx traces a module that holds it, as torch.nn's
+    own layers are: torchvision's feature extractor, for one, then sees it as a single leaf. Traced
+    as the root module itself, its forward is traced through (the ops in it are fx_leaf nodes).
+    """
+
+    @functools.wraps(forward)
+    def leaf(self, *args, **kwargs):
+        proxy = _first_proxy(args, kwargs)
+        if proxy is None or proxy.tracer.root is self:
+            return forward(self, *args, **kwargs)
+        tracer = proxy.tracer
+        return tracer.create_proxy("call_module", tracer.path_of_module(self), args, kwargs)
+
+    return leaf
+
+
 _Proxy = torch.fx.Proxy
+
+
+def _first_proxy(args, kwargs):
+    """The first torch.fx Proxy among the arguments, or None (the call is not being traced)."""
+    for value in args:
+        if isinstance(value, _Proxy):
+            return value
+    if kwargs:
+        for value in kwargs.values():
+            if isinstance(value, _Proxy):
+                return value
+    return None
 
 
 def _record(proxy, op, args, kwargs):
@@ -53,15 +80,33 @@ def _record(proxy, op, args, kwargs):
     return result
 
 
+# Sizes, strides and paddings beyond this overflow the kernels' int64 index arithmetic.
+INT64_MAX = 2**63 - 1
+
+
+def integer(value):
+    """Whether value is an int (numpy's too) and not a bool, which Python counts as one."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def positive_int(value, name):
+    """value as an int, once it is an int of at least 1."""
+    if not integer(value) or value < 1:
+        raise ArgumentError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def pair(value, name, minimum):
     """An int or a pair of ints, as (h, w), each at least `minimum`."""
-    if isinstance(value, int):
+    if integer(value):
         value = (value, value)
-    value = tuple(value)
-    if len(value) != 2 or not all(isinstance(v, int) for v in value):
-        raise ArgumentError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(integer(v) for v in value):
+        raise ArgumentError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    value = (int(value[0]), int(value[1]))
     if min(value) < minimum:
         raise ArgumentError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(value) > INT64_MAX:
+        raise ArgumentError(f"{name} must be below 2**63, got {value!r}")
     return value
 
 
@@ -88,11 +133,22 @@ def check_floating(name, tensor):
         raise ArgumentError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
 
 
+def check_kernel(kernel):
+    if min(kernel) < 1:
+        raise ArgumentError(f"the kernel must be at least 1x1, got {tuple(kernel)} (weight's last two dimensions)")
+
+
 def conv_output_size(size, kernel, stride, padding, dilation, name="input"):
-    """Output (h, w) of a convolution; an error when the kernel does not fit."""
+    """Output (h, w) of a convolution; an error when the kernel does not fit or the sizes overflow."""
+    check_kernel(kernel)
     out = []
     for n, k, s, p, d in zip(size, kernel, stride, padding, dilation):
         extent = d * (k - 1) + 1
+        if n + 2 * p > INT64_MAX or extent > INT64_MAX:
+            raise ArgumentError(
+                f"padding {tuple(padding)} and dilation {tuple(dilation)} are too large: {name} of spatial size "
+                f"{tuple(size)}, padded, and the dilated kernel {tuple(kernel)} must each span fewer than 2**63 pixels"
+            )
         if n + 2 * p < extent:
             raise ArgumentError(
                 f"{name} of spatial size {tuple(size)} with padding {tuple(padding)} is smaller "
@@ -100,6 +156,15 @@ def conv_output_size(size, kernel, stride, padding, dilation, name="input"):
             )
         out.append((n + 2 * p - extent) // s + 1)
     return tuple(out)
+
+
+def check_output_fits(shape):
+    """An error when a tensor of `shape` (the output) would have 2**63 elements or more."""
+    if math.prod(shape) > INT64_MAX:
+        raise ArgumentError(
+            f"the output would be {list(shape)}, {math.prod(shape):.3g} elements, more than a tensor can hold "
+            "(2**63 - 1): check padding, dilation and the input size"
+        )
 
 
 def output_memory_format(input):

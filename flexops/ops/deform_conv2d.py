@@ -43,7 +43,7 @@ def _check(input, offset, weight, bias, mask, stride, padding, dilation):
     # come first, as torchvision's CUDA kernel checks them before anything else.
     _args.check_tensor("input", input, None)
     for name, tensor in (("offset", offset), ("mask", mask), ("weight", weight), ("bias", bias)):
-        if tensor is not None:
+        if tensor is not None or name in ("offset", "weight"):  # mask and bias are optional
             _args.check_tensor(name, tensor, None)
             if tensor.device != input.device:
                 raise _args.ArgumentError(f"{name} is on {tensor.device} but input is on {input.device}")
@@ -60,16 +60,20 @@ def _check(input, offset, weight, bias, mask, stride, padding, dilation):
     groups = in_channels // cin_per_group
     if out_channels % groups:
         raise _args.ArgumentError(f"output channels ({out_channels}) must be divisible by groups ({groups})")
+    _args.check_kernel((kh, kw))
+    # The first two messages carry torchvision's phrases ("the shape of the offset", "mask.shape[1] is
+    # not valid"), which code and tests written for torchvision.ops.deform_conv2d match.
     points = kh * kw
     if offset.shape[1] % (2 * points) or offset.shape[1] == 0:
         raise _args.ArgumentError(
-            f"offset must have 2 * offset_groups * kh * kw channels (a multiple of {2 * points}); "
-            f"got {offset.shape[1]}"
+            f"the shape of the offset is not valid: offset.shape[1] must be 2 * offset_groups * kh * kw, "
+            f"a nonzero multiple of {2 * points} (kernel {kh}x{kw}); got offset of shape {list(offset.shape)}"
         )
     offset_groups = offset.shape[1] // (2 * points)
     if in_channels % offset_groups:
         raise _args.ArgumentError(f"offset groups ({offset_groups}) must divide input channels ({in_channels})")
     out_size = _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+    _args.check_output_fits((batch, out_channels, *out_size))
     expected = (batch, 2 * offset_groups * points, *out_size)
     if tuple(offset.shape) != expected:
         raise _args.ArgumentError(
@@ -77,7 +81,11 @@ def _check(input, offset, weight, bias, mask, stride, padding, dilation):
         )
     expected = (batch, offset_groups * points, *out_size)
     if mask is not None and tuple(mask.shape) != expected:
-        raise _args.ArgumentError(f"mask must be [B, og*kh*kw, Ho, Wo] = {list(expected)}; got {list(mask.shape)}")
+        channels = "" if mask.shape[1] == expected[1] else "mask.shape[1] is not valid: "
+        raise _args.ArgumentError(
+            f"{channels}mask must be [B, og*kh*kw, Ho, Wo] = {list(expected)} (og = {offset_groups} offset groups, "
+            f"from offset); got {list(mask.shape)}"
+        )
     _args.check_floating("input", input)
     for name, tensor in (("weight", weight), ("offset", offset), ("mask", mask), ("bias", bias)):
         if tensor is not None:

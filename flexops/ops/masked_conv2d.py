@@ -83,7 +83,8 @@ def _check(input, weight, bias, in_mask, out_mask, stride, padding, dilation):
             f"input batch must be 1 (shared by the M = {tasks} tasks) or M = {tasks} (one sample per task); "
             f"got input of shape {list(input.shape)}"
         )
-    _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+    out_size = _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+    _args.check_output_fits((tasks if tasks > 1 else batch, out_channels, *out_size))
     return in_mask, out_mask
 
 

@@ -28,7 +28,7 @@ def tunable_conv2d(input, weight, bias, alpha, stride=1, padding=0, dilation=1, 
     >>> y = tunable_conv2d(x, weight, bias, torch.tensor([0.3, 0.7]), padding=1)   # weight [2, Cout, Cin, 3, 3]
     """
     stride, padding, dilation = _args.conv_params(stride, padding, dilation)
-    _check(input, weight, bias, alpha, stride, padding, dilation, groups)
+    groups = _check(input, weight, bias, alpha, stride, padding, dilation, groups)
     return tunable_conv2d_unchecked(input, weight, bias, alpha, stride, padding, dilation, groups)
 
 
@@ -53,13 +53,13 @@ _TRITON = torch.ops.flexops.tunable_conv2d_triton.default
 
 
 def _check(input, weight, bias, alpha, stride, padding, dilation, groups):
+    """Validates the arguments; returns groups as an int."""
     _args.check_tensor("input", input, 4)
     _args.check_floating("input", input)
     _args.check_tensor("weight", weight, 5, like=input)
     _args.check_tensor("alpha", alpha, None, like=input)
     p, cout, cin_per_group, kh, kw = weight.shape
-    if not isinstance(groups, int) or groups < 1:
-        raise _args.ArgumentError(f"groups must be a positive int, got {groups!r}")
+    groups = _args.positive_int(groups, "groups")
     if input.shape[1] % groups or cout % groups:
         raise _args.ArgumentError(
             f"groups={groups} must divide input channels ({input.shape[1]}) and output channels ({cout})"
@@ -79,7 +79,9 @@ def _check(input, weight, bias, alpha, stride, padding, dilation, groups):
         _args.check_tensor("bias", bias, 2, like=input)
         if bias.shape != (p, cout):
             raise _args.ArgumentError(f"bias must be [p, Cout] = [{p}, {cout}] or None; got {tuple(bias.shape)}")
-    _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+    out_size = _args.conv_output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+    _args.check_output_fits((input.shape[0], cout, *out_size))
+    return groups
 
 
 def _output_like(input, weight, alpha, stride, padding, dilation):

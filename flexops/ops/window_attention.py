@@ -13,6 +13,7 @@ weights make them reach tens, so `mask_value=-100` reproduces SwinIR where its o
 
 import math
 import numbers
+import os
 
 import torch
 
@@ -53,6 +54,7 @@ def window_attention(
         qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value
     )
     backend = backends.choose("window_attention", qkv.device, qkv.dtype)
+    _check_working_memory(qkv, num_heads, window_size, rel_pos_bias, backend)
     if backend == "reference":
         return reference.window_attention(
             qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value
@@ -61,25 +63,20 @@ def window_attention(
     return op(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value)
 
 
-def _positive_int(value, name):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _args.ArgumentError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value):
     """Validates the arguments; returns (num_heads, window_size, shift_size, scale, active as bool,
     mask_value as float or None)."""
     _args.check_tensor("qkv", qkv, 4)
     _args.check_floating("qkv", qkv)
-    num_heads = _positive_int(num_heads, "num_heads")
-    window_size = _positive_int(window_size, "window_size")
-    if not isinstance(shift_size, int) or isinstance(shift_size, bool) or not 0 <= shift_size < window_size:
+    num_heads = _args.positive_int(num_heads, "num_heads")
+    window_size = _args.positive_int(window_size, "window_size")
+    if not _args.integer(shift_size) or not 0 <= shift_size < window_size:
         raise _args.ArgumentError(f"shift_size must be an int in [0, window_size = {window_size}), got {shift_size!r}")
+    shift_size = int(shift_size)
     batch, height, width, channels3 = qkv.shape
-    if channels3 % (3 * num_heads):
+    if channels3 % (3 * num_heads) or channels3 == 0:
         raise _args.ArgumentError(
-            f"qkv's last dimension must be 3 * C with C a multiple of num_heads = {num_heads}; "
+            f"qkv's last dimension must be 3 * C with C a multiple of num_heads = {num_heads}, C > 0; "
             f"got qkv of shape {list(qkv.shape)}"
         )
     if height % window_size or width % window_size:
@@ -98,8 +95,8 @@ def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active,
             )
     if scale is None:
         scale = (channels3 // (3 * num_heads)) ** -0.5
-    elif not isinstance(scale, numbers.Real) or isinstance(scale, bool):
-        raise _args.ArgumentError(f"scale must be a real number or None, got {scale!r}")
+    elif not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise _args.ArgumentError(f"scale must be a real number, finite, or None (head_dim ** -0.5), got {scale!r}")
     if active is not None:
         grid = [batch, height // window_size, width // window_size]
         _args.check_tensor("active", active, 3)
@@ -118,6 +115,43 @@ def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active,
             raise _args.ArgumentError(f"mask_value must be None or a real number below +inf (SwinIR: -100.0), got {mask_value!r}")
         mask_value = float(mask_value)
     return num_heads, window_size, shift_size, float(scale), active, mask_value
+
+
+# This machine's memory. A CPU call's working memory may take half of it: a window far too large is
+# refused with its size instead of the process being killed for memory.
+_MACHINE_BYTES = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_working_memory(qkv, num_heads, window_size, rel_pos_bias, backend):
+    """Refuses a call whose N x N attention matrices (N = window_size^2) would not fit in memory.
+
+    Each (window, head) works on N x N matrices: the CPU kernel keeps one per thread in the forward
+    and four in the backward, with a thread per (window, head) up to torch.get_num_threads(); the
+    reference holds those of every window and head at once (logits and probabilities, and their
+    gradients in the backward). GPU memory is not estimated here.
+    """
+    if qkv.device.type != "cpu":
+        return
+    tokens = window_size * window_size
+    square = tokens * tokens * qkv.element_size()
+    grad = torch.is_grad_enabled() and (qkv.requires_grad or (rel_pos_bias is not None and rel_pos_bias.requires_grad))
+    tasks = qkv.shape[0] * (qkv.shape[1] // window_size) * (qkv.shape[2] // window_size) * num_heads
+    if backend == "reference":
+        per_task, running, who = 4 if grad else 2, tasks, f"the reference backend's {tasks} (window, head) pairs"
+    else:
+        # torch.compile cannot trace get_num_threads: a compiled call is checked for one thread.
+        threads = 1 if torch.compiler.is_compiling() else torch.get_num_threads()
+        per_task, running = 4 if grad else 1, min(tasks, threads)
+        who = f"{running} thread{'s' if running > 1 else ''} at once"
+    need = per_task * square * running
+    if need > _MACHINE_BYTES // 2:
+        raise _args.ArgumentError(
+            f"window_size = {window_size} is too large: with N = {tokens} tokens a window's N x N "
+            f"{str(qkv.dtype).removeprefix('torch.')} attention matrix takes {square / 1e9:.3g} GB, and this call "
+            f"would hold {per_task} of them{' (with gradients)' if grad else ''} for each of {who}: "
+            f"{need / 1e9:.3g} GB, more than half of this machine's {_MACHINE_BYTES / 1e9:.3g} GB; "
+            "use a smaller window_size"
+        )
 
 
 @torch.library.register_fake("flexops::window_attention")
