@@ -3,6 +3,7 @@ while a benchmark runs, each bench module's tables printed as soon as its last b
 verdicts and the time per module at the end, and `--report DIR` writes the tables with a summary,
 plots and raw numbers. pytest-benchmark's own table is switched off: the project's tables replace it."""
 
+import os
 import sys
 import textwrap
 import threading
@@ -30,6 +31,9 @@ def pytest_configure(config):
     # here, in nanoseconds) says nothing the project's tables do not; --benchmark-only still runs them.
     config.option.benchmark_quiet = True
     _state["config"] = config
+    # pytest captures file descriptors 1 and 2 while a test runs (pytest's own lines are written
+    # between tests): a copy of the terminal's descriptor, taken now, reaches it during a benchmark.
+    _state["terminal"] = open(os.dup(sys.stdout.fileno()), "w", buffering=1)
     threading.Thread(target=_progress_lines, daemon=True, name="bench progress").start()
 
 
@@ -45,13 +49,20 @@ def pytest_report_header(config):
 
 # The terminal is written by pytest (main thread) and by the progress thread: one at a time.
 _terminal = threading.Lock()
-_state = {"config": None, "test": None, "module start": None, "last line": time.time()}
+_state = {"config": None, "terminal": None, "test": None, "module start": None, "last line": time.time()}
 _module_seconds = {}  # bench module file -> seconds from its first benchmark's setup to its last's teardown
 _finished = []  # tables whose module has just run its last benchmark
 
 
 def _write_line(text):
-    _state["config"].pluginmanager.get_plugin("terminalreporter").write_line(text)
+    """`text` on a line of its own on the terminal, also while pytest captures a benchmark's output."""
+    reporter = _state["config"].pluginmanager.get_plugin("terminalreporter")
+    reporter.flush()
+    if reporter.currentfspath:  # pytest's line of dots: end it, and have pytest name the module again after
+        text = "\n" + text
+        reporter.currentfspath = None
+    _state["terminal"].write(text + "\n")
+    _state["terminal"].flush()
 
 
 def _progress_lines():
@@ -99,6 +110,7 @@ def pytest_runtest_logreport(report):
             for title in _finished:
                 reporter.write_line("")
                 harness.print_table(title, reporter.write_line, reporter.write_sep)
+            reporter.flush()
             _finished.clear()
         return result
 
