@@ -21,6 +21,7 @@ import time
 import torch
 
 MIN_ROUNDS, MAX_ROUNDS, TARGET_SECONDS = 3, 50, 1.5
+MIN_SECONDS = 0.5  # functions of a millisecond get more than MIN_ROUNDS: their best-of needs more tries
 # Settled: over the last PATIENCE rounds no function's best improved by SETTLED or more (and the two
 # copies of a function timed twice for the noise column read within NOISE_SETTLED of each other).
 PATIENCE, SETTLED, NOISE_SETTLED = 2, 0.01, 0.02
@@ -33,6 +34,8 @@ tables = collections.defaultdict(dict)  # title -> {(row, column): Cell}
 notes = {}  # title -> text printed under the table
 tables_of_module = collections.defaultdict(list)  # bench module -> titles of the tables it fills
 current_module = None  # set by conftest.py before each benchmark
+current_test = None  # the benchmark's test id, set by conftest.py
+unsettled = []  # test ids whose best-of was still moving when their time ran out (a busy machine)
 plots = []  # (file name, draw function) registered with @plot
 doing = None  # what is being measured now, for conftest.py's progress lines (None between benchmarks)
 session = {"start": time.time(), "load at start": os.getloadavg()}  # the run, for the report's header
@@ -64,9 +67,10 @@ def compare(benchmark, fns, grad=False, seconds=TARGET_SECONDS, twins=None):
     """Best-round seconds of each function in `fns` ({name: fn}), timed in interleaved rounds.
 
     Without `grad` the functions run under inference_mode, as a deployed network would. After an
-    untimed warm-up round, rounds run until best-of has settled (at least MIN_ROUNDS; see `settled`,
-    with `twins` the names of the function timed twice for a noise column) or for `seconds` in all
-    (at most MAX_ROUNDS): a quiet machine stops early, a busy one keeps looking for quiet moments.
+    untimed warm-up round, rounds run until best-of has settled (at least MIN_ROUNDS and MIN_SECONDS;
+    see `settled`, with `twins` the names of the function timed twice for a noise column) or for
+    `seconds` in all (at most MAX_ROUNDS): a quiet machine stops early, a busy one keeps looking for
+    quiet moments.
     """
     global doing
     best, history = {}, []
@@ -79,8 +83,11 @@ def compare(benchmark, fns, grad=False, seconds=TARGET_SECONDS, twins=None):
             _time_round(fns, best, rng)
             history.append(dict(best))
             doing = f"round {len(history)}, best " + ", ".join(f"{n} {_ms(t)}" for n, t in best.items())
+            elapsed, done = time.perf_counter() - start, settled(history, twins)
             if len(history) >= MAX_ROUNDS or len(history) >= MIN_ROUNDS and (
-                    settled(history, twins) or time.perf_counter() - start >= seconds):
+                    done and elapsed >= MIN_SECONDS or elapsed >= seconds):
+                if not done and elapsed >= seconds and current_test not in unsettled:
+                    unsettled.append(current_test)
                 return
 
     with torch.inference_mode(not grad):
@@ -302,7 +309,11 @@ def summary_lines():
                   if cell.met is False]
         if misses:
             missed.append(f"- {title}: " + "; ".join(misses))
-    return lines + (["", "Missed:", *missed] if missed else [])
+    lines += ["", "Missed:", *missed] if missed else []
+    if unsettled:
+        lines += ["", "Not settled (best-of still moving when the time limit came; a busy machine): "
+                  + ", ".join(unsettled)]
+    return lines
 
 
 def console_summary(width=120):
@@ -314,6 +325,8 @@ def console_summary(width=120):
             flag = f", {len(noisy)} row(s) within noise" if noisy else ""
             counts = f"{met:3} met {missed:3} missed{flag}  "
             lines.append(counts + textwrap.shorten(title, width - len(counts), placeholder=" ..."))
+    if unsettled:
+        lines += textwrap.wrap(f"not settled (read with care): {', '.join(unsettled)}", width)
     return lines
 
 

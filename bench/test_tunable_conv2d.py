@@ -89,5 +89,6 @@ def draw(figure):
         axes.set_title(f"{kernel}x{kernel}", fontsize=9)
         if i == 0:
             axes.set_ylabel("overhead over nn.Conv2d (%)")
-            axes.legend(fontsize=6)
+        if i == len(KERNELS) - 1:  # the largest kernels' overheads are the lowest: room for the legend
+            axes.legend(fontsize=6, loc="upper right")
     figure.suptitle("Tunable convolution overhead, shared omega, with the noise band (grey)", fontsize=10)

@@ -81,12 +81,14 @@ def test_verdict_summary_of_a_fake_result_set(harness, tmp_path):
     harness.record("speed", "fast", "speed-up", "9.0x", 9.0, ">= 8x (goal 10x)", True)
     assert harness.verdicts(table) == (2, 1, [("shaky", 7.8, pytest.approx(1.7))])
     assert harness.verdicts("speed") == (1, 0, [])
+    harness.unsettled.append("test_fake.py::test_busy")
     text = harness.write_report(tmp_path, "pytest bench/", {"test_fake.py": 75.0}).read_text()
     summary = text[text.index("## Summary"):text.index(f"## {table}")]
     assert f"| {table} | 2 | 1 | shaky: noise +7.8 > margin 1.7 |" in summary
     assert "| speed | 1 | 0 |  |" in summary
     assert "Missed:\n- overhead: shaky / p=2 +6.7% (<= 5%)" in summary
     assert "load average" in summary and "test_fake.py 1 min 15 s" in summary
+    assert "Not settled" in summary and "test_fake.py::test_busy" in summary
     # The date is the run's start, as in the console header.
     assert harness.machine()["date"] in text.splitlines()[4]
     console = harness.console_summary()
