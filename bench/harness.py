@@ -82,7 +82,7 @@ def compare(benchmark, fns, grad=False, seconds=TARGET_SECONDS, twins=None):
         while True:
             _time_round(fns, best, rng)
             history.append(dict(best))
-            doing = f"round {len(history)}, best " + ", ".join(f"{n} {_ms(t)}" for n, t in best.items())
+            doing = f"round {len(history)}, best " + ", ".join(f"{name} {_ms(best[name])}" for name in fns)
             elapsed, done = time.perf_counter() - start, settled(history, twins)
             if len(history) >= MAX_ROUNDS or len(history) >= MIN_ROUNDS and (
                     done and elapsed >= MIN_SECONDS or elapsed >= seconds):

@@ -71,6 +71,15 @@ def test_console_tables_fit_the_width_and_wrap_notes_at_words(harness):
     assert all(line.split() and set(line.split()) == {"word"} for line in note_lines)
 
 
+def test_rounds_stop_once_best_of_has_settled(harness):
+    still_improving = [{"f": 1.00}, {"f": 0.95}, {"f": 0.90}]
+    assert not harness.settled(still_improving)
+    steady = still_improving + [{"f": 0.899}, {"f": 0.898}]
+    assert harness.settled(steady)
+    twins_apart = [{"f": 1.0, "f again": 1.1}] * 3
+    assert harness.settled(twins_apart) and not harness.settled(twins_apart, twins=("f", "f again"))
+
+
 def test_verdict_summary_of_a_fake_result_set(harness, tmp_path):
     table = "overhead"
     harness.record(table, "steady", "noise", "+0.5%", 0.5)
