@@ -295,10 +295,21 @@ def run_line():
             f"start, {load[1]} at the end (the machine has {os.cpu_count()} cores)")
 
 
+def busy():
+    """Whether other work shared the machine: a 1-minute load average above 1 at the start, or above
+    the cores + 1 at the end (the benchmarks themselves keep about one runnable thread per core)."""
+    cores = os.cpu_count() or 1
+    return session["load at start"][0] > 1 or os.getloadavg()[0] > cores + 1
+
+
+BUSY = "BUSY MACHINE (see the load averages): times and verdicts are not comparable with a quiet run's"
+
+
 def summary_lines():
     """The verdict summary: a markdown table of met / missed cells per table, rows whose noise
     exceeds their margin, then every missed cell."""
-    lines = ["| table | met | missed | noise beyond the margin |", "|---|---|---|---|"]
+    lines = ([f"**{BUSY}.**", ""] if busy() else []) + ["| table | met | missed | noise beyond the margin |",
+                                                       "|---|---|---|---|"]
     missed = []
     for title, cells in tables.items():
         met, misses, noisy = verdicts(title)
@@ -327,6 +338,8 @@ def console_summary(width=120):
             lines.append(counts + textwrap.shorten(title, width - len(counts), placeholder=" ..."))
     if unsettled:
         lines += textwrap.wrap(f"not settled (read with care): {', '.join(unsettled)}", width)
+    if busy():
+        lines.append(BUSY)
     return lines
 
 

@@ -104,6 +104,15 @@ def test_verdict_summary_of_a_fake_result_set(harness, tmp_path):
     assert console[0].startswith("  2 met   1 missed, 1 row(s) within noise  overhead")
 
 
+def test_summary_warns_of_a_busy_machine(harness, monkeypatch):
+    harness.record("speed", "fast", "speed-up", "9.0x", 9.0, ">= 8x", True)
+    monkeypatch.setattr(harness.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    harness.session["load at start"] = (0.1, 0.1, 0.1)
+    assert not any("BUSY" in line for line in harness.summary_lines() + harness.console_summary())
+    harness.session["load at start"] = (6.0, 5.0, 4.0)  # other work running when the benchmarks began
+    assert "BUSY MACHINE" in harness.summary_lines()[0] and "BUSY MACHINE" in harness.console_summary()[-1]
+
+
 def test_plot_outliers_are_clipped_and_marked(tmp_path):
     import matplotlib
 
