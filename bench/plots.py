@@ -20,7 +20,7 @@ def reference(axes, y, kind, label=None, span=None):
         axes.hlines(y, *span, label=label, **STYLES[kind])
 
 
-def noise_band(axes, x, noise, label="noise: a function timed against itself"):
+def noise_band(axes, x, noise, label="noise (one function twice)"):
     """A grey band of +-|noise| around zero at each x: differences inside it are the machine's."""
     size = [abs(n) for n in noise]
     axes.fill_between(x, [-n for n in size], size, color="gray", alpha=0.25, lw=0, label=label)
