@@ -140,6 +140,8 @@ def test_a_small_benchmark_with_report_and_the_options(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "masked conv 64->64" in done.stdout  # the table, printed when its module finished
+    assert "Name (time in" not in done.stdout  # pytest-benchmark's own table is switched off
+    assert "verdicts (cells meeting / missing their goal" in done.stdout and "per module (min:s)" in done.stdout
     assert "flexops benchmarks on cpu:" in done.stdout
     assert "--paper-sizes: TASNet at HD/2K/4K" in done.stdout and "hours" in done.stdout  # said up front
     report = (tmp_path / "report.md").read_text()
