@@ -83,7 +83,8 @@ def pytest_runtest_setup(item):
         if harness.current_module != item.module.__name__:
             _state["module start"] = _state["last line"] = time.time()
         harness.current_module = item.module.__name__
-        harness.current_test = _state["test"] = item.nodeid.rsplit("/", 1)[-1]
+        harness.current_test = item.nodeid.rsplit("/", 1)[-1]
+        _state["test"] = item.name  # its module is named in pytest's line above the progress lines
 
 
 def pytest_runtest_teardown(item, nextitem):

@@ -41,12 +41,14 @@ doing = None  # what is being measured now, for conftest.py's progress lines (No
 session = {"start": time.time(), "load at start": os.getloadavg()}  # the run, for the report's header
 
 
-def _time_round(fns, best, rng):
+def _time_round(fns, best, rng, number):
+    global doing
     # A new order every round: a fixed one can favour a position (the function timed after the one
     # that evicted the caches, or after the clock settled) by a few percent.
     order = list(fns.items())
     rng.shuffle(order)
     for name, fn in order:
+        doing = f"round {number}, timing {name}; best " + ", ".join(f"{n} {_ms(best[n])}" for n in fns if n in best)
         start = time.perf_counter()
         fn()
         best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
@@ -77,12 +79,10 @@ def compare(benchmark, fns, grad=False, seconds=TARGET_SECONDS, twins=None):
     rng = random.Random(0)
 
     def measure():
-        global doing
         start = time.perf_counter()
         while True:
-            _time_round(fns, best, rng)
+            _time_round(fns, best, rng, len(history) + 1)
             history.append(dict(best))
-            doing = f"round {len(history)}, best " + ", ".join(f"{name} {_ms(best[name])}" for name in fns)
             elapsed, done = time.perf_counter() - start, settled(history, twins)
             if len(history) >= MAX_ROUNDS or len(history) >= MIN_ROUNDS and (
                     done and elapsed >= MIN_SECONDS or elapsed >= seconds):
@@ -91,8 +91,8 @@ def compare(benchmark, fns, grad=False, seconds=TARGET_SECONDS, twins=None):
                 return
 
     with torch.inference_mode(not grad):
-        doing = "warm-up round"
-        for fn in fns.values():  # warm-up: first-call allocations, oneDNN primitive caches
+        for name, fn in fns.items():  # warm-up: first-call allocations, oneDNN primitive caches
+            doing = f"warm-up call of {name}"
             fn()
         benchmark.pedantic(measure, rounds=1, iterations=1)
     doing = None
