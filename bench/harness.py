@@ -1,7 +1,8 @@
 """Benchmark harness: a candidate and its baselines are timed in interleaved rounds (in a new random
-order each round) in the same run, and results are printed as tables at the end of the session (see conftest.py).
+order each round) in the same run, until best-of has settled; results are printed as tables when a
+bench module has run (see conftest.py) and written to a report with a verdict summary and plots.
 
-pytest-benchmark's own statistics are those of one round (every function once); the tables give
+pytest-benchmark times the whole measurement once (its own table is switched off); the tables give
 each function's best round and the ratios. Nothing here asserts a time: benchmarks measure.
 """
 
@@ -11,6 +12,7 @@ import os
 import pathlib
 import platform
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,7 +20,11 @@ import time
 
 import torch
 
-MIN_ROUNDS, MAX_ROUNDS, TARGET_SECONDS, SLOW_ROUND_SECONDS = 5, 50, 1.5, 5.0
+MIN_ROUNDS, MAX_ROUNDS, TARGET_SECONDS = 3, 50, 1.5
+MIN_SECONDS = 0.5  # functions of a millisecond get more than MIN_ROUNDS: their best-of needs more tries
+# Settled: over the last PATIENCE rounds no function's best improved by SETTLED or more (and the two
+# copies of a function timed twice for the noise column read within NOISE_SETTLED of each other).
+PATIENCE, SETTLED, NOISE_SETTLED = 2, 0.01, 0.02
 
 Cell = collections.namedtuple("Cell", "text value target met")
 Cell.__doc__ = """A table cell: its text, the number behind it (None if none), the paper's value or the goal
@@ -28,41 +34,75 @@ tables = collections.defaultdict(dict)  # title -> {(row, column): Cell}
 notes = {}  # title -> text printed under the table
 tables_of_module = collections.defaultdict(list)  # bench module -> titles of the tables it fills
 current_module = None  # set by conftest.py before each benchmark
+current_test = None  # the benchmark's test id, set by conftest.py
+unsettled = []  # test ids whose best-of was still moving when their time ran out (a busy machine)
 plots = []  # (file name, draw function) registered with @plot
+doing = None  # what is being measured now, for conftest.py's progress lines (None between benchmarks)
+session = {"start": time.time(), "load at start": os.getloadavg()}  # the run, for the report's header
 
 
-def _time_round(fns, best, rng):
+def _time_round(fns, best, rng, number):
+    global doing
     # A new order every round: a fixed one can favour a position (the function timed after the one
     # that evicted the caches, or after the clock settled) by a few percent.
     order = list(fns.items())
     rng.shuffle(order)
     for name, fn in order:
+        doing = f"round {number}, timing {name}; best " + ", ".join(f"{n} {_ms(best[n])}" for n in fns if n in best)
         start = time.perf_counter()
         fn()
         best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
 
 
-def compare(benchmark, fns, grad=False, min_rounds=None, seconds=TARGET_SECONDS):
+def settled(history, twins=None):
+    """Whether best-of has settled: `history` holds each round's {name: best seconds so far}; see
+    PATIENCE, SETTLED and NOISE_SETTLED. `twins`: the names of one function timed twice, or None."""
+    if len(history) <= PATIENCE:
+        return False
+    now, before = history[-1], history[-1 - PATIENCE]
+    if any(before[name] - best >= SETTLED * best for name, best in now.items()):
+        return False
+    return twins is None or abs(now[twins[1]] / now[twins[0]] - 1) < NOISE_SETTLED
+
+
+def compare(benchmark, fns, grad=False, seconds=TARGET_SECONDS, twins=None):
     """Best-round seconds of each function in `fns` ({name: fn}), timed in interleaved rounds.
 
-    Without `grad` the functions run under inference_mode, as a deployed network would. `min_rounds`
-    overrides the least number of rounds (whole networks get 2, anything else MIN_ROUNDS); beyond it,
-    rounds continue for about `seconds` in all (at most MAX_ROUNDS).
+    Without `grad` the functions run under inference_mode, as a deployed network would. After an
+    untimed warm-up round, rounds run until best-of has settled (at least MIN_ROUNDS and MIN_SECONDS;
+    see `settled`, with `twins` the names of the function timed twice for a noise column) or for
+    `seconds` in all (at most MAX_ROUNDS): a quiet machine stops early, a busy one keeps looking for
+    quiet moments.
     """
-    with torch.inference_mode(not grad):
-        for fn in fns.values():  # warm-up: first-call allocations, oneDNN primitive caches
-            fn()
-        best = {}
-        rng = random.Random(0)
+    global doing
+    best, history = {}, []
+    rng = random.Random(0)
+
+    def measure():
         start = time.perf_counter()
-        _time_round(fns, best, rng)
-        per_round = time.perf_counter() - start
-        # Whole networks take seconds a round: fewer rounds keep the main job within its time.
-        least = min_rounds or (MIN_ROUNDS if per_round < SLOW_ROUND_SECONDS else 2)
-        rounds = int(min(MAX_ROUNDS, max(least, seconds / per_round)))
-        benchmark.pedantic(_time_round, args=(fns, best, rng), rounds=rounds, iterations=1)
+        while True:
+            _time_round(fns, best, rng, len(history) + 1)
+            history.append(dict(best))
+            elapsed, done = time.perf_counter() - start, settled(history, twins)
+            if len(history) >= MAX_ROUNDS or len(history) >= MIN_ROUNDS and (
+                    done and elapsed >= MIN_SECONDS or elapsed >= seconds):
+                if not done and elapsed >= seconds and current_test not in unsettled:
+                    unsettled.append(current_test)
+                return
+
+    with torch.inference_mode(not grad):
+        for name, fn in fns.items():  # warm-up: first-call allocations, oneDNN primitive caches
+            doing = f"warm-up call of {name}"
+            fn()
+        benchmark.pedantic(measure, rounds=1, iterations=1)
+    doing = None
     benchmark.extra_info.update({f"{name}_best_ms": round(1e3 * t, 3) for name, t in best.items()})
+    benchmark.extra_info["rounds"] = len(history)
     return best
+
+
+def _ms(seconds):
+    return f"{1e3 * seconds:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
 _FIRST_CALLS = textwrap.dedent("""
@@ -97,13 +137,23 @@ def first_calls(module_file, factory, args, names, grad=False, calls=4):
         job = json.dumps([str(module_file), factory, list(args), name, grad, calls])
         # Started in the bench directory: from the repository root, `python -c` would import the source
         # tree's flexops/ (without the zoo, which installs as flexops.models) instead of the installed one.
-        done = subprocess.run([sys.executable, "-c", _FIRST_CALLS, job], capture_output=True, text=True, timeout=1800,
-                              cwd=module_file.parent)
+        done = in_new_process([sys.executable, "-c", _FIRST_CALLS, job], f"{name}: first calls",
+                              timeout=1800, cwd=module_file.parent)
         if done.returncode != 0:
             raise RuntimeError(f"first calls of {name} in a new process failed:\n{done.stderr}")
         seconds = json.loads(done.stdout.strip().splitlines()[-1])
         result[name] = (seconds[0], min(seconds[1:]))
     return result
+
+
+def in_new_process(command, what, timeout=7200, **options):
+    """subprocess.run(command) with its output captured, said in the progress lines as `what`."""
+    global doing
+    doing = f"{what} in a new process"
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **options)
+    finally:
+        doing = None
 
 
 def record_first_calls(table, row, fresh):
@@ -137,7 +187,7 @@ def cell_text(cell):
 
 
 def machine():
-    """What the numbers were measured on."""
+    """What the numbers were measured on, and when the run started."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -146,26 +196,53 @@ def machine():
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return {"cpu": cpu, "cores": os.cpu_count(), "torch threads": torch.get_num_threads(), "gpu": gpu,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(session["start"]))}
 
 
 def note(table, text):
     notes[table] = text
 
 
-def table_lines(title):
-    """The table as aligned text lines, its note last."""
+def _rows_and_columns(cells):
+    return list(dict.fromkeys(r for r, _ in cells)), list(dict.fromkeys(c for _, c in cells))
+
+
+def _console_column(cells, column):
+    """(header, {row: text}) of a column on the console: a target shared by every cell of the column
+    moves into the header, leaving each cell its text and verdict."""
+    column_cells = {r: cell for (r, c), cell in cells.items() if c == column}
+    targets = {cell.target for cell in column_cells.values()}
+    if len(targets) == 1 and None not in targets:
+        verdicts = {True: " met", False: " MISSED", None: ""}
+        return f"{column} ({targets.pop()})", {r: cell.text + verdicts[cell.met] for r, cell in column_cells.items()}
+    return str(column), {r: cell_text(cell) for r, cell in column_cells.items()}
+
+
+def table_lines(title, width=120):
+    """The table as aligned text lines for the console, its note last: columns that would not fit in
+    `width` characters go to further blocks (each repeating the row names), the note is wrapped."""
     cells = tables[title]
-    rows = list(dict.fromkeys(r for r, _ in cells))
-    columns = list(dict.fromkeys(c for _, c in cells))
-    texts = {key: cell_text(cell) for key, cell in cells.items()}
-    width = max(len(str(x)) for x in columns + list(texts.values())) + 2
+    rows, columns = _rows_and_columns(cells)
+    shown = [_console_column(cells, c) for c in columns]
     head = max(len(str(r)) for r in rows) + 2
-    lines = [" " * head + "".join(f"{str(c):>{width}}" for c in columns)]
-    for row in rows:
-        lines.append(f"{str(row):<{head}}" + "".join(f"{texts.get((row, c), ''):>{width}}" for c in columns))
+    widths = [max(len(header), *(len(t) for t in texts.values())) + 2 for header, texts in shown]
+    blocks, block, used = [], [], head
+    for column, column_width in zip(shown, widths):
+        if block and used + column_width > width:
+            blocks.append(block)
+            block, used = [], head
+        block.append((column, column_width))
+        used += column_width
+    blocks.append(block)
+    lines = []
+    for i, block in enumerate(blocks):
+        if i:
+            lines.append("")
+        lines.append(" " * head + "".join(f"{header:>{w}}" for (header, _), w in block))
+        for row in rows:
+            lines.append(f"{str(row):<{head}}" + "".join(f"{texts.get(row, ''):>{w}}" for (_, texts), w in block))
     if title in notes:
-        lines.append(notes[title])
+        lines += textwrap.wrap(notes[title], width)
     return lines
 
 
@@ -175,31 +252,112 @@ def print_table(title, write_line, write_sep):
         write_line(line)
 
 
-def print_tables(write_line, write_sep):
-    for title in tables:
-        print_table(title, write_line, write_sep)
-
-
 def markdown_table(title):
     cells = tables[title]
-    rows = list(dict.fromkeys(r for r, _ in cells))
-    columns = list(dict.fromkeys(c for _, c in cells))
+    rows, columns = _rows_and_columns(cells)
     lines = ["| | " + " | ".join(map(str, columns)) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(cell_text(cells[(row, c)]) if (row, c) in cells else "" for c in columns)
-                     + " |")
+        texts = (cell_text(cells[(row, c)]) if (row, c) in cells else "" for c in columns)
+        lines.append(f"| {row} | " + " | ".join(texts) + " |")
     return lines
 
 
-def write_report(directory, command):
-    """report.md (every table, the machine, the plots), report.json (every cell's number, target and
-    verdict) and the registered plots as PNG files in `directory`. Returns the report's path."""
+def bound(target):
+    """The number a verdict's target compares with ("<= 15%" -> 15.0, ">= 3x (goal 5x)" -> 3.0)."""
+    found = re.search(r"[<>]=?\s*([-+]?\d+(?:\.\d+)?)", target)
+    if found is None:
+        raise ValueError(f"target must hold a comparison such as '<= 5%' or '>= 8x', got {target!r}")
+    return float(found.group(1))
+
+
+def verdicts(title):
+    """(met, missed, noisy) of a table: how many cells meet their goal and miss it, and per row whose
+    "noise" column (a function timed against itself) exceeds the margin of a judged cell of the row
+    (how far its value lies from the goal), (row, noise, margin): there the verdict is noise's call."""
+    cells = tables[title]
+    judged = [(r, cell) for (r, _), cell in cells.items() if cell.met is not None]
+    noisy = []
+    for row in dict.fromkeys(r for r, _ in judged):
+        noise = cells.get((row, "noise"))
+        if noise is None:
+            continue
+        margins = [abs(cell.value - bound(cell.target)) for r, cell in judged if r == row and cell.value is not None]
+        if margins and abs(noise.value) > min(margins):
+            noisy.append((row, noise.value, min(margins)))
+    return sum(cell.met for _, cell in judged), sum(not cell.met for _, cell in judged), noisy
+
+
+def run_line():
+    """When the run started, how long it has taken and the load averages at its start and now."""
+    minutes, seconds = divmod(round(time.time() - session["start"]), 60)
+    load = [" / ".join(f"{x:.2f}" for x in averages) for averages in (session["load at start"], os.getloadavg())]
+    return (f"started {machine()['date']}, {minutes} min {seconds} s; load average (1 / 5 / 15 min) {load[0]} at the "
+            f"start, {load[1]} at the end (the machine has {os.cpu_count()} cores)")
+
+
+def busy():
+    """Whether other work shared the machine: a 1-minute load average above 1 at the start, or above
+    the cores + 1 at the end (the benchmarks themselves keep about one runnable thread per core)."""
+    cores = os.cpu_count() or 1
+    return session["load at start"][0] > 1 or os.getloadavg()[0] > cores + 1
+
+
+BUSY = "BUSY MACHINE (see the load averages): times and verdicts are not comparable with a quiet run's"
+
+
+def summary_lines():
+    """The verdict summary: a markdown table of met / missed cells per table, rows whose noise
+    exceeds their margin, then every missed cell."""
+    lines = ([f"**{BUSY}.**", ""] if busy() else []) + ["| table | met | missed | noise beyond the margin |",
+                                                       "|---|---|---|---|"]
+    missed = []
+    for title, cells in tables.items():
+        met, misses, noisy = verdicts(title)
+        if met or misses:
+            flagged = "; ".join(f"{row}: noise {noise:+.1f} > margin {margin:.1f}" for row, noise, margin in noisy)
+            lines.append(f"| {title} | {met} | {misses} | {flagged} |")
+        misses = [f"{row} / {column} {cell.text} ({cell.target})" for (row, column), cell in cells.items()
+                  if cell.met is False]
+        if misses:
+            missed.append(f"- {title}: " + "; ".join(misses))
+    lines += ["", "Missed:", *missed] if missed else []
+    if unsettled:
+        lines += ["", "Not settled (best-of still moving when the time limit came; a busy machine): "
+                  + ", ".join(unsettled)]
+    return lines
+
+
+def console_summary(width=120):
+    """The verdicts per table in one line each (for the end of the console output)."""
+    lines = []
+    for title in tables:
+        met, missed, noisy = verdicts(title)
+        if met or missed:
+            flag = f", {len(noisy)} row(s) within noise" if noisy else ""
+            counts = f"{met:3} met {missed:3} missed{flag}  "
+            lines.append(counts + textwrap.shorten(title, width - len(counts), placeholder=" ..."))
+    if unsettled:
+        lines += textwrap.wrap(f"not settled (read with care): {', '.join(unsettled)}", width)
+    if busy():
+        lines.append(BUSY)
+    return lines
+
+
+def write_report(directory, command, module_seconds=None):
+    """report.md (the verdict summary, the run's duration and load, every table, the plots),
+    report.json (every cell's number, target and verdict) and the registered plots as PNG files in
+    `directory`; `module_seconds` ({bench module: seconds}) is listed under the summary. Returns the
+    report's path."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     info = machine()
     drawn = _draw_plots(directory)
-    lines = ["# flexops benchmark report", "", f"`{command}`", "",
-             ", ".join(f"{k}: {v}" for k, v in info.items()), ""]
+    lines = ["# flexops benchmark report", "", f"`{command}`", "", ", ".join(f"{k}: {v}" for k, v in info.items()),
+             "", "## Summary", "", f"Run {run_line()}.", ""]
+    if module_seconds:
+        lines += ["Time per module: " + ", ".join(f"{m} {s // 60:.0f} min {s % 60:.0f} s"
+                                                  for m, s in module_seconds.items()), ""]
+    lines += [*summary_lines(), ""]
     for title in tables:
         lines += [f"## {title}", "", *markdown_table(title), ""]
         if title in notes:
@@ -209,7 +367,8 @@ def write_report(directory, command):
     (directory / "report.md").write_text("\n".join(lines))
     results = {title: [{"row": str(r), "column": str(c), **cell._asdict()} for (r, c), cell in cells.items()]
                for title, cells in tables.items()}
-    (directory / "report.json").write_text(json.dumps({"machine": info, "command": command, "notes": notes,
+    (directory / "report.json").write_text(json.dumps({"machine": info, "run": run_line(), "command": command,
+                                                       "module seconds": module_seconds, "notes": notes,
                                                        "tables": results}, indent=1))
     return directory / "report.md"
 

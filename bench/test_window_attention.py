@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import flexops
 from harness import compare, first_calls, note, plot, record, record_first_calls, tables
+from plots import STYLES, robust_ylim
 
 CHANNELS, HEADS, WINDOW, SHIFT = 180, 6, 8, 4
 SIZES = (64, 128, 256)
@@ -131,11 +132,13 @@ def draw(figure):
         axes = figure.add_subplot(1, len(rows), i + 1)
         full = cells[(row, "flexops ms")].value
         times = [full] + [full * cells[(row, f"{100 * f:g}% / 100%")].value for f in FRACTIONS[1:]]
+        baselines = [cells[(row, "swinir ms")].value, cells[(row, "sdpa ms")].value]
         axes.plot(FRACTIONS, times, "o-", label="flexops")
-        axes.axhline(cells[(row, "swinir ms")].value, color="tab:red", ls="--", label="SwinIR path")
-        axes.axhline(cells[(row, "sdpa ms")].value, color="tab:green", ls=":", label="SwinIR path + SDPA")
-        axes.set_ylim(bottom=0)
-        axes.set_xlabel("active windows")
+        axes.plot(FRACTIONS, [full * f for f in FRACTIONS], **STYLES["ideal"], label="ideal: a x all-active time")
+        axes.axhline(baselines[0], color="tab:red", ls="--", label="SwinIR path")
+        axes.axhline(baselines[1], color="tab:green", ls=":", label="SwinIR path + SDPA")
+        robust_ylim(axes, list(zip(FRACTIONS, times)), keep=(0, *baselines))
+        axes.set_xlabel("active windows a")
         axes.set_title(row, fontsize=9)
         if i == 0:
             axes.set_ylabel("ms (forward)")
