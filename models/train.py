@@ -18,6 +18,7 @@ or another number of ranks sees the same data stream.
 
 import argparse
 import contextlib
+import copy
 import math
 import os
 import pathlib
@@ -25,6 +26,8 @@ import pathlib
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from flexops.ops import ArgumentError
 
 CHECKPOINT_FORMAT = 1
 
@@ -69,17 +72,61 @@ def save_checkpoint(path, state):
     os.replace(temporary, path)
 
 
-def load_checkpoint(path, model=None):
-    """The state saved by `train` at `path`; with `model`, also loads its weights into it (strict)."""
+def read_torch_file(path, what="checkpoint"):
+    """What torch.save wrote to `path` (tensors and plain containers only: weights_only), on the CPU. A
+    missing file is a FileNotFoundError, a damaged one an ArgumentError that says so in one line."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # torch and pickle raise many kinds for a damaged file: one message for all
+        reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
+        raise ArgumentError(f"{what} {str(path)!r} cannot be read ({reason}): it is damaged, truncated or not a "
+                            "file of tensors saved by torch.save; save it again or give another file") from None
+
+
+def load_checkpoint(path, model=None):
+    """The state saved by `train` at `path`; with `model`, also loads its weights into it (strict)."""
+    state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a flexops zoo checkpoint (format {CHECKPOINT_FORMAT})")
+        raise ArgumentError(f"{str(path)!r} is not a flexops zoo checkpoint (format {CHECKPOINT_FORMAT})")
     if model is not None:
         model.load_state_dict(state["model"])
     return state
+
+
+def checkpoint_contents(state):
+    """One line on what a saved checkpoint holds: its size, the network's weights and the rest (the
+    optimiser's state, which resuming needs: Adam keeps two moments per weight)."""
+    def size(value):
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(size(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(size(v) for v in value)
+        return 0
+
+    weights = size(state["model"])
+    rest = size(state) - weights
+    return f"{megabytes(weights + rest)}: weights {megabytes(weights)}, optimiser state for resuming {megabytes(rest)}"
+
+
+def megabytes(size):
+    return f"{size / 2**20:.1f} MB"
+
+
+def gigabytes(size):
+    return f"{size / 2**30:.1f} GB"
+
+
+def say(*args):
+    """print on the first process only (rank 0 under torchrun), so that a result shows once."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, flush=True)
 
 
 def run_state(step, config, **stateful):
@@ -103,18 +150,85 @@ def resume(checkpoint, config, **stateful):
     return state
 
 
-def load_model(path):
+def load_model(path, name=None):
     """The zoo network saved in checkpoint `path` by a zoo entry point, rebuilt from the registry
-    name and settings stored with it, its weights loaded, in eval mode."""
+    name and settings stored with it, its weights loaded, in eval mode. With `name` (a registry
+    name), a checkpoint of another network is refused (ArgumentError)."""
     from flexops.models.registry import create
 
     state = load_checkpoint(path)
     config = state["config"]
     if "model" not in config:
-        raise ValueError(f"checkpoint {str(path)!r} does not say which zoo network it holds")
+        raise ArgumentError(f"checkpoint {str(path)!r} does not say which zoo network it holds")
+    if name is not None and config["model"] != name:
+        raise ArgumentError(f"checkpoint {str(path)!r} holds a {config['model']!r} network, not a {name!r} one")
     model = create(config["model"], **config.get("network", {}))
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+# Peak memory of a training step over the tensors autograd saves for its backward: the backward's
+# gradients of the activations and the kernels' scratch come on top (measured on the zoo's methods
+# on CPU: 1.2-1.4 times).
+ACTIVATION_PEAK = 1.5
+
+
+def available_memory(device):
+    """Bytes still free for this process: the GPU's free memory, or MemAvailable of /proc/meminfo
+    (None where there is no such file: no check)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def saved_bytes(run):
+    """Bytes of the tensors autograd saves for the backward of `run()` (each storage once, parameters
+    left out), counted through saved-tensor hooks without keeping them."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda packed: None):
+        run()
+    return sum(storages.values())
+
+
+def check_memory(model, loss_fn, sample, batch_size, step, device, optimizer_slots=2, what="training"):
+    """Refuses (ArgumentError) a run whose steps would not fit the memory left: gradients and
+    `optimizer_slots` state tensors per weight (Adam 2, SGD with momentum 1), and `batch_size` times
+    the activations that one `sample` (a dataset item) takes through `loss_fn` at `step` (through a
+    copy of the model, so that running statistics do not move; the random streams are restored).
+    Under torchrun the ranks on one machine share its memory (CPU)."""
+    available = available_memory(device)
+    if available is None:
+        return
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    fixed = weights * (1 + optimizer_slots)
+    probe = copy.deepcopy(model).train()
+    batch = [item[None].to(device) for item in sample]
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+        per_sample = ACTIVATION_PEAK * saved_bytes(lambda: loss_fn(probe, batch, step))
+    del probe
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    need = ranks * (fixed + per_sample * batch_size)
+    if need <= available:
+        return
+    fits = int((available / ranks - fixed) // per_sample)
+    lower = f"at most {fits} fits" if fits >= 1 else "even 1 does not fit: lower the patch size"
+    raise ArgumentError(
+        f"{what} needs about {gigabytes(need)} of memory ({gigabytes(per_sample * batch_size)} of activations for "
+        f"a batch of {batch_size} {'x'.join(map(str, sample[0].shape[-2:]))} patches, {gigabytes(fixed)} of "
+        f"gradients and optimiser state{f', times {ranks} processes' if ranks > 1 else ''}) but "
+        f"{gigabytes(available)} is available: lower the batch size ({lower}) or the patch size")
 
 
 def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9, 0.99), milestones=None,
@@ -164,12 +278,18 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
     config = dict(config or {})
     state = resume(checkpoint, config, model=model, optimizer=optimizer, scheduler=scheduler, **companions)
     first = 0 if state is None else state["step"]
+    if first < steps:
+        check_memory(model, loss_fn, dataset[0], batch_size, steps - 1, device, what=description)
+    if state is not None and rank == 0:
+        print(f"{description}: resuming {checkpoint} at step {first} of {steps}", flush=True)
     runner = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters) if world > 1 else model
 
-    def save(step):
+    def save(step, report=False):
         if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, run_state(step, config, model=model, optimizer=optimizer, scheduler=scheduler,
-                                                  **companions))
+            state = run_state(step, config, model=model, optimizer=optimizer, scheduler=scheduler, **companions)
+            save_checkpoint(checkpoint, state)
+            if report:
+                print(f"{description}: saved step {step} to {checkpoint} ({checkpoint_contents(state)})", flush=True)
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers,
@@ -200,12 +320,13 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
             if step % save_every == 0 and step < steps:
                 save(step)
     except KeyboardInterrupt:
-        save(step)
+        bar.close()
+        save(step, report=True)
         raise
     finally:
         bar.close()
     if step > first:
-        save(step)
+        save(step, report=True)
     if world > 1:
         dist.barrier()
     return model.eval()
@@ -243,14 +364,14 @@ def add_arguments(parser, steps=1000, patch_size=64, batch_size=16, lr=5e-4, lr_
     --lr, for a command whose optimiser is not Adam)."""
     parser.add_argument("--data", type=pathlib.Path,
                         help="folder of PNG/JPEG training images (default: the built-in sample photos)")
-    parser.add_argument("--steps", type=int, default=steps, help="optimiser steps in all (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="per process (default %(default)s)")
-    parser.add_argument("--patch-size", type=int, default=patch_size, help="training patch side (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=lr, help=f"{lr_help} (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=steps, help="optimiser steps in all")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="per process")
+    parser.add_argument("--patch-size", type=int, default=patch_size, help="training patch side")
+    parser.add_argument("--lr", type=float, default=lr, help=lr_help)
     parser.add_argument("--checkpoint", type=pathlib.Path, help="resume from and save to this file")
-    parser.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data stream and the weights (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default %(default)s)")
+    parser.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data stream and the weights")
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -268,14 +389,32 @@ def images(folder=None):
 
 
 def run_command(parser, run):
-    """Runs a command-line action; a missing file or a bad setting ends with its message, not a traceback."""
+    """Runs a command-line action; a missing or damaged file, a bad setting or a run that would not fit
+    in memory ends with its one-line message and status 2, Ctrl-C with status 130, never a traceback."""
     try:
         run()
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # ArgumentError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, except where there is none (None, a flag's False) or the
+    help says it itself."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parser(prog, description):
-    """The argument parser of a zoo command line (defaults shown in --help)."""
-    return argparse.ArgumentParser(prog=prog, description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The argument parser of a zoo command line (defaults shown in --help); add its commands with
+    `command`."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter)
+
+
+def command(commands, name, help):
+    """A subcommand of `commands` (a parser's add_subparsers()) whose --help shows the defaults too."""
+    return commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
