@@ -78,14 +78,13 @@ def read_torch_file(path, what="checkpoint"):
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as error:  # torch and pickle raise many kinds for a damaged file: one message for all
-        reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
-        raise ArgumentError(f"{what} {str(path)!r} cannot be read ({reason}): it is damaged, truncated or not a "
-                            "file of tensors saved by torch.save; save it again or give another file") from None
+    with open(path, "rb") as file:  # a file that cannot be opened keeps its own error
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch and pickle raise many kinds for a damaged file: one message for all
+            reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
+            raise ArgumentError(f"{what} {str(path)!r} cannot be read ({reason}): it is damaged, truncated or not "
+                                "a file of tensors saved by torch.save; save it again or give another file") from None
 
 
 def load_checkpoint(path, model=None):
@@ -389,11 +388,12 @@ def images(folder=None):
 
 
 def run_command(parser, run):
-    """Runs a command-line action; a missing or damaged file, a bad setting or a run that would not fit
-    in memory ends with its one-line message and status 2, Ctrl-C with status 130, never a traceback."""
+    """Runs a command-line action; a missing or damaged file, a bad setting, a run that would not fit
+    in memory or a diverged loss ends with its one-line message and status 2, Ctrl-C with status 130,
+    never a traceback."""
     try:
         run()
-    except (OSError, ValueError) as error:  # ArgumentError is a ValueError
+    except (OSError, ValueError, FloatingPointError) as error:  # ArgumentError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"{parser.prog}: interrupted\n")
