@@ -2,8 +2,8 @@
 
 Each raises flexops' ArgumentError (a ValueError and a RuntimeError) naming the argument and the
 form expected. Under `torch.fx.symbolic_trace` the network's inputs are fx Proxies, whose shapes and
-values are unknown while tracing: the checks let them through, so the zoo's networks trace; the traced
-graph then calls the flexops ops on real tensors, and those check their own arguments.
+values are unknown while tracing: the checks let them through, so the zoo's networks trace. The traced
+graph holds no checks of the network's own (the flexops ops in it still check their arguments).
 """
 
 import torch
