@@ -118,8 +118,9 @@ def megabytes(size):
     return f"{size / 2**20:.1f} MB"
 
 
-def gigabytes(size):
-    return f"{size / 2**30:.1f} GB"
+def memory_size(size):
+    """A memory size in GB, or in MB below 1 GB."""
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else megabytes(size)
 
 
 def say(*args):
@@ -222,12 +223,13 @@ def check_memory(model, loss_fn, sample, batch_size, step, device, optimizer_slo
     if need <= available:
         return
     fits = int((available / ranks - fixed) // per_sample)
-    lower = f"at most {fits} fits" if fits >= 1 else "even 1 does not fit: lower the patch size"
+    lower = (f"lower the batch size (at most {fits} fits) or the patch size" if fits >= 1
+             else "lower the patch size (a batch of 1 does not fit)")
     raise ArgumentError(
-        f"{what} needs about {gigabytes(need)} of memory ({gigabytes(per_sample * batch_size)} of activations for "
-        f"a batch of {batch_size} {'x'.join(map(str, sample[0].shape[-2:]))} patches, {gigabytes(fixed)} of "
+        f"{what} needs about {memory_size(need)} of memory ({memory_size(per_sample * batch_size)} of activations "
+        f"for a batch of {batch_size} {'x'.join(map(str, sample[0].shape[-2:]))} patches, {memory_size(fixed)} of "
         f"gradients and optimiser state{f', times {ranks} processes' if ranks > 1 else ''}) but "
-        f"{gigabytes(available)} is available: lower the batch size ({lower}) or the patch size")
+        f"{memory_size(available)} is available: {lower}")
 
 
 def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9, 0.99), milestones=None,

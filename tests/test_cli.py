@@ -73,7 +73,8 @@ def test_a_file_that_is_no_image_is_named(files):
 def test_a_run_that_does_not_fit_in_memory_is_refused_before_it_starts(files):
     result = run_module("flexops.models.cresmd", "train", "--batch-size", "1000000", "--nf", "4", "--nb", "1",
                         "--patch-size", "32", "--steps", "1", "--checkpoint", "big.pt", cwd=files)
-    refused(result, "CResMD needs about", "GB of memory", "1000000 32x32 patches", "lower the batch size (at most")
+    refused(result, "CResMD needs about", "GB of memory", "a batch of 1000000 32x32 patches",
+            "lower the batch size (at most")
     assert not (files / "big.pt").exists()
 
 
