@@ -4,7 +4,9 @@
 with the loss and the speed, saves a checkpoint every `save_every` steps and at the end, and resumes
 from it when it exists. A checkpoint is written to a temporary file and then renamed over the old one,
 so a crash or Ctrl-C while saving never leaves a broken or missing checkpoint; Ctrl-C saves the steps
-done so far before it stops.
+done so far before it stops. The end of a run (and Ctrl-C) says where it saved and what the file
+holds. Before its first step a run whose memory need (gradients, optimiser state and the activations
+of the batch, measured on one sample) exceeds the memory available is refused with what to lower.
 
 Under `torchrun` (WORLD_SIZE > 1) the same call trains with DistributedDataParallel: gloo on CPU,
 nccl on GPUs, each rank reading its own samples and rank 0 alone writing checkpoints and printing.
@@ -258,7 +260,8 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
             `after_step() -> {name: float}` (run after every step of the model; its numbers join the
             progress bar) and `state_dict` / `load_state_dict` (saved in the checkpoint under `name`).
 
-    Returns the trained model (unwrapped, on its device), in eval mode.
+    Returns the trained model (unwrapped, on its device), in eval mode. Raises ArgumentError before the
+    first step when the run would not fit in memory (`check_memory`).
 
     Example: `train(net, lambda model, batch, step: F.l1_loss(model(batch[0]), batch[1]),
     data.NoisyPairs(data.sample_images()), steps=1000, checkpoint="net.pt")`.
@@ -280,7 +283,12 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
     state = resume(checkpoint, config, model=model, optimizer=optimizer, scheduler=scheduler, **companions)
     first = 0 if state is None else state["step"]
     if first < steps:
+        # The probe runs the loss, and with it the companions (a discriminator's running statistics):
+        # they are put back as they were, so that a resumed run matches an uninterrupted one.
+        kept = {name: copy.deepcopy(companion.state_dict()) for name, companion in companions.items()}
         check_memory(model, loss_fn, dataset[0], batch_size, steps - 1, device, what=description)
+        for name, companion in companions.items():
+            companion.load_state_dict(kept[name])
     if state is not None and rank == 0:
         print(f"{description}: resuming {checkpoint} at step {first} of {steps}", flush=True)
     runner = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters) if world > 1 else model

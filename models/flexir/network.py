@@ -11,8 +11,8 @@ import copy
 
 from torch import nn
 
-from flexops.models.registry import register
 from flexops.models import checks
+from flexops.models.registry import register
 from flexops.models.swinir import Reconstruction, SwinIR, official_state_dict
 
 TAIL_MODULES = ("norm", "conv_after_body", "conv_before_upsample", "upsample", "conv_up1", "conv_up2", "conv_hr",

@@ -21,7 +21,7 @@ from flexops.models import checks
 from flexops.models.cresmd.network import CResMD
 from flexops.models.tasnet import cost
 from flexops.models.tasnet.network import Controller
-from flexops.ops import masked_conv2d
+from flexops.ops import ArgumentError, masked_conv2d
 
 DEFAULT_MAX_MEMORY = 4 << 30
 MIN_TILE = 64  # below this the halo's recomputation costs more than chunking the tasks
@@ -171,8 +171,8 @@ class TASNetDeploy(nn.Module):
         tasks = self._check_tasks(tasks)
         net.check_input(x, tasks[:1])
         if x.shape[0] != 1:
-            raise checks.ArgumentError(f"x must be one image [1, {net.in_nc}, H, W] (its M outputs are the tasks); "
-                             f"got batch {x.shape[0]}: call once per image")
+            raise ArgumentError(f"x must be one image [1, {net.in_nc}, H, W] (its M outputs are the tasks); "
+                                f"got batch {x.shape[0]}: call once per image")
         height, width = x.shape[2:]
         side, chunk = self.plan(height, width, tasks.shape[0], max_memory, tile, x.element_size())
         masks = self.masks(tasks)
