@@ -78,7 +78,8 @@ def test_training_says_where_it_saved_and_keeps_what_resuming_needs(tmp_path, ca
     # The weights, Adam's two moments per weight and the schedule: no second copy of the network.
     assert set(state) == {"format", "step", "config", "model", "optimizer", "scheduler"}
     weights = sum(t.numel() for t in state["model"].values())
-    moments = sum(t.numel() for slot in state["optimizer"]["state"].values() for name, t in slot.items() if name != "step")
+    slots = state["optimizer"]["state"].values()
+    moments = sum(t.numel() for slot in slots for name, t in slot.items() if name != "step")
     assert moments == 2 * weights
 
 

@@ -174,7 +174,8 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
             state = dict(training.run_state(step, config, **stateful), best=best)
             training.save_checkpoint(checkpoint, state)
             if report:
-                training.say(f"IR-NAS search: saved step {step} to {checkpoint} ({training.checkpoint_contents(state)})")
+                contents = training.checkpoint_contents(state)
+                training.say(f"IR-NAS search: saved step {step} to {checkpoint} ({contents})")
 
     def evaluate_and_keep():
         nonlocal best

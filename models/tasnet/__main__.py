@@ -24,7 +24,8 @@ def main(argv=None):
     restore.add_argument("--checkpoint", type=pathlib.Path, required=True, help="a search checkpoint")
     restore.add_argument("--image", type=pathlib.Path, required=True, help="PNG/JPEG to restore")
     restore.add_argument("--out", type=pathlib.Path, required=True, help="folder for the restored PNGs")
-    restore.add_argument("--task", type=checks.unit_interval, nargs=3, action="append", metavar=("BLUR", "NOISE", "JPEG"),
+    restore.add_argument("--task", type=checks.unit_interval, nargs=3, action="append",
+                         metavar=("BLUR", "NOISE", "JPEG"),
                          help="a task vector in [0, 1]^3 (repeatable; default: CResMD's 27-task grid)")
     args = parser.parse_args(argv)
     training.run_command(parser, lambda: _search(args) if args.command == "search" else _restore(args))
