@@ -12,6 +12,7 @@ handles take them in call order.
 """
 
 import math
+import warnings
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -125,14 +126,18 @@ for _suffix in ("", "_triton"):
 
 def count(model, *inputs):
     """Total MACs of model(*inputs) by fvcore, flexops ops included."""
-    from fvcore.nn import FlopCountAnalysis
-
     with torch.no_grad(), _RecordValues():
         model(*inputs)
     try:
-        analysis = FlopCountAnalysis(model, inputs).set_op_handle(**FVCORE_HANDLES)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return analysis.total()
+        with warnings.catch_warnings():
+            # fvcore scripts and traces with torch.jit (on import and per analysis), which torch now
+            # calls deprecated: the warning is about fvcore's internals, not the caller's code.
+            warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+            from fvcore.nn import FlopCountAnalysis
+
+            analysis = FlopCountAnalysis(model, inputs).set_op_handle(**FVCORE_HANDLES)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            return analysis.total()
     finally:
         for calls in _recorded.values():
             calls.clear()

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flexops.ops import ArgumentError
+
 __all__ = [
     "CRESMD_27_LEVELS",
     "CRESMD_27_TASKS",
@@ -523,14 +525,19 @@ def load_image(path) -> torch.Tensor:
 
     Raises:
         FileNotFoundError: if ``path`` is not a file.
+        flexops.ops.ArgumentError: if it is not an image Pillow can read (a ValueError).
     """
     from PIL import Image
 
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {str(path)!r}")
-    with Image.open(path) as im:
-        return _to_tensor(np.array(im.convert("RGB")))
+    try:
+        with Image.open(path) as im:
+            return _to_tensor(np.array(im.convert("RGB")))
+    except (OSError, SyntaxError) as error:  # Pillow's kinds for an unknown, damaged or cut file
+        raise ArgumentError(f"{str(path)!r} is not a readable image ({type(error).__name__}): PNG or JPEG "
+                            "files are expected") from None
 
 
 def save_image(image: torch.Tensor, path) -> None:

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops.models import checks
 from flexops.models.registry import register
+from flexops.models.train import read_torch_file
 from flexops.nn.tunable import run_layer
 from flexops.nn.window_attention import WindowAttention, relative_position_index
 from flexops.reference.window_attention import shift_regions
@@ -290,22 +292,13 @@ def check_config(in_chans, embed_dim, depths, num_heads, window_size, upscale, i
         raise ValueError("attn_drop_rate must be 0: the fused window attention has no dropout on its probabilities")
 
 
-def check_image(x, in_chans, name="x"):
-    """ValueErrors for an input that is not an image batch [B, in_chans, H, W]."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"{name} must be an image batch [B, C, H, W], got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if x.shape[1] != in_chans:
-        raise ValueError(f"{name} must have in_chans = {in_chans} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point image, got {x.dtype}")
-
-
 def pad_to_window(x, window_size):
     """Reflect-pads bottom and right to multiples of window_size (the official check_image_size)."""
     height, width = x.shape[-2:]
     pad_h, pad_w = (-height) % window_size, (-width) % window_size
-    return F.pad(x, (0, pad_w, 0, pad_h), "reflect") if pad_h or pad_w else x
+    if checks.traced(x) or pad_h or pad_w:  # traced: the sizes are known only when the graph runs
+        return F.pad(x, (0, pad_w, 0, pad_h), "reflect")
+    return x
 
 
 def activation_bytes(shape, embed_dim, mlp_ratio, scale, element_size):
@@ -427,7 +420,7 @@ class SwinIR(Reconstruction, nn.Module):
         return out[..., :height * self.scale, :width * self.scale].contiguous()
 
     def forward(self, x, tile=None, tile_overlap=32, max_memory=4 * 2**30):
-        check_image(x, self.in_chans)
+        checks.image_batch(x, self.in_chans)
         if tile is not None:
             return run_tiled(self, x, tile, tile_overlap, self.window_size, self.scale)
         self.check_memory(x, max_memory)
@@ -444,6 +437,8 @@ class SwinIR(Reconstruction, nn.Module):
 
     def check_memory(self, x, max_memory):
         """Refuses an untiled input whose estimated activations exceed max_memory, naming a tile that fits."""
+        if checks.traced(x):
+            return
         padded = (*x.shape[:2], x.shape[2] + (-x.shape[2]) % self.window_size, x.shape[3] + (-x.shape[3]) % self.window_size)
         need = activation_bytes(padded, self.embed_dim, self.mlp_ratio, self.scale, x.element_size())
         if need <= max_memory:
@@ -491,6 +486,6 @@ def load_official(model, path_or_dict):
     """
     checkpoint = path_or_dict
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = torch.load(path_or_dict, map_location="cpu", weights_only=True)
+        checkpoint = read_torch_file(path_or_dict, "SwinIR checkpoint")
     model.load_state_dict(dict(official_state_dict(checkpoint)), strict=True)
     return model

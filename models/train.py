@@ -4,7 +4,9 @@
 with the loss and the speed, saves a checkpoint every `save_every` steps and at the end, and resumes
 from it when it exists. A checkpoint is written to a temporary file and then renamed over the old one,
 so a crash or Ctrl-C while saving never leaves a broken or missing checkpoint; Ctrl-C saves the steps
-done so far before it stops.
+done so far before it stops. The end of a run (and Ctrl-C) says where it saved and what the file
+holds. Before its first step a run whose memory need (gradients, optimiser state and the activations
+of the batch, measured on one sample) exceeds the memory available is refused with what to lower.
 
 Under `torchrun` (WORLD_SIZE > 1) the same call trains with DistributedDataParallel: gloo on CPU,
 nccl on GPUs, each rank reading its own samples and rank 0 alone writing checkpoints and printing.
@@ -18,6 +20,7 @@ or another number of ranks sees the same data stream.
 
 import argparse
 import contextlib
+import copy
 import math
 import os
 import pathlib
@@ -25,6 +28,8 @@ import pathlib
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from flexops.ops import ArgumentError
 
 CHECKPOINT_FORMAT = 1
 
@@ -69,17 +74,61 @@ def save_checkpoint(path, state):
     os.replace(temporary, path)
 
 
-def load_checkpoint(path, model=None):
-    """The state saved by `train` at `path`; with `model`, also loads its weights into it (strict)."""
+def read_torch_file(path, what="checkpoint"):
+    """What torch.save wrote to `path` (tensors and plain containers only: weights_only), on the CPU. A
+    missing file is a FileNotFoundError, a damaged one an ArgumentError that says so in one line."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    with open(path, "rb") as file:  # a file that cannot be opened keeps its own error
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch and pickle raise many kinds for a damaged file: one message for all
+            reason = str(error).split(". ")[0].splitlines()[0] if str(error) else type(error).__name__
+            raise ArgumentError(f"{what} {str(path)!r} cannot be read ({reason}): it is damaged, truncated or not "
+                                "a file of tensors saved by torch.save; save it again or give another file") from None
+
+
+def load_checkpoint(path, model=None):
+    """The state saved by `train` at `path`; with `model`, also loads its weights into it (strict)."""
+    state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a flexops zoo checkpoint (format {CHECKPOINT_FORMAT})")
+        raise ArgumentError(f"{str(path)!r} is not a flexops zoo checkpoint (format {CHECKPOINT_FORMAT})")
     if model is not None:
         model.load_state_dict(state["model"])
     return state
+
+
+def checkpoint_contents(state):
+    """One line on what a saved checkpoint holds: its size, the network's weights and the rest (the
+    optimiser's state, which resuming needs: Adam keeps two moments per weight)."""
+    def size(value):
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(size(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(size(v) for v in value)
+        return 0
+
+    weights = size(state["model"])
+    rest = size(state) - weights
+    return f"{megabytes(weights + rest)}: weights {megabytes(weights)}, optimiser state for resuming {megabytes(rest)}"
+
+
+def megabytes(size):
+    return f"{size / 2**20:.1f} MB"
+
+
+def memory_size(size):
+    """A memory size in GB, or in MB below 1 GB."""
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else megabytes(size)
+
+
+def say(*args):
+    """print on the first process only (rank 0 under torchrun), so that a result shows once."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, flush=True)
 
 
 def run_state(step, config, **stateful):
@@ -103,18 +152,90 @@ def resume(checkpoint, config, **stateful):
     return state
 
 
-def load_model(path):
+def load_model(path, name=None):
     """The zoo network saved in checkpoint `path` by a zoo entry point, rebuilt from the registry
-    name and settings stored with it, its weights loaded, in eval mode."""
+    name and settings stored with it, its weights loaded, in eval mode. With `name` (a registry
+    name), a checkpoint of another network is refused (ArgumentError)."""
     from flexops.models.registry import create
 
     state = load_checkpoint(path)
     config = state["config"]
     if "model" not in config:
-        raise ValueError(f"checkpoint {str(path)!r} does not say which zoo network it holds")
+        raise ArgumentError(f"checkpoint {str(path)!r} does not say which zoo network it holds")
+    if name is not None and config["model"] != name:
+        raise ArgumentError(f"checkpoint {str(path)!r} holds a {config['model']!r} network, not a {name!r} one")
     model = create(config["model"], **config.get("network", {}))
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+# A training step's peak memory (the growth of the process's resident size) over the tensors autograd
+# saves for its backward: the backward's gradients of the activations, the kernels' scratch and the
+# allocator's slack come on top. Measured on CPU: 5.4 to 5.9 times for the convolutional networks
+# (CResMD, TunableNAFNet), 3.6 for FlexIR's transformer; the larger bound, so that a run that starts
+# is not killed for memory later (FlexIR's estimate is then 1.7 times its need).
+ACTIVATION_PEAK = 6.0
+
+
+def available_memory(device):
+    """Bytes still free for this process: the GPU's free memory, or MemAvailable of /proc/meminfo
+    (None where there is no such file: no check)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def saved_bytes(run, parameters=()):
+    """Bytes of the tensors autograd saves for the backward of `run()`, each storage once, the storages
+    of `parameters` (which exist anyway) left out; counted through saved-tensor hooks, not kept."""
+    storages = {}
+    kept = {p.untyped_storage().data_ptr() for p in parameters}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in kept:
+            storages[storage.data_ptr()] = storage.nbytes()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda packed: None):
+        run()
+    return sum(storages.values())
+
+
+def check_memory(model, loss_fn, sample, batch_size, step, device, optimizer_slots=2, what="training"):
+    """Refuses (ArgumentError) a run whose steps would not fit the memory left: gradients and
+    `optimizer_slots` state tensors per weight (Adam 2, SGD with momentum 1), and `batch_size` times
+    the activations that one `sample` (a dataset item) takes through `loss_fn` at `step` (through a
+    copy of the model, so that running statistics do not move; the random streams are restored).
+    Under torchrun the ranks on one machine share its memory (CPU)."""
+    available = available_memory(device)
+    if available is None:
+        return
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    fixed = weights * (1 + optimizer_slots)
+    probe = copy.deepcopy(model).train()
+    batch = [item[None].to(device) for item in sample]
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+        per_sample = ACTIVATION_PEAK * saved_bytes(lambda: loss_fn(probe, batch, step), probe.parameters())
+    del probe
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    need = ranks * (fixed + per_sample * batch_size)
+    if need <= available:
+        return
+    fits = int((available / ranks - fixed) // per_sample)
+    lower = (f"lower the batch size (at most {fits} fits) or the patch size" if fits >= 1
+             else "lower the patch size (a batch of 1 does not fit)")
+    raise ArgumentError(
+        f"{what} needs about {memory_size(need)} of memory ({memory_size(per_sample * batch_size)} of activations "
+        f"for a batch of {batch_size} {'x'.join(map(str, sample[0].shape[-2:]))} patches, {memory_size(fixed)} of "
+        f"gradients and optimiser state{f', times {ranks} processes' if ranks > 1 else ''}) but "
+        f"{memory_size(available)} is available: {lower}")
 
 
 def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9, 0.99), milestones=None,
@@ -143,7 +264,8 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
             `after_step() -> {name: float}` (run after every step of the model; its numbers join the
             progress bar) and `state_dict` / `load_state_dict` (saved in the checkpoint under `name`).
 
-    Returns the trained model (unwrapped, on its device), in eval mode.
+    Returns the trained model (unwrapped, on its device), in eval mode. Raises ArgumentError before the
+    first step when the run would not fit in memory (`check_memory`).
 
     Example: `train(net, lambda model, batch, step: F.l1_loss(model(batch[0]), batch[1]),
     data.NoisyPairs(data.sample_images()), steps=1000, checkpoint="net.pt")`.
@@ -164,12 +286,23 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
     config = dict(config or {})
     state = resume(checkpoint, config, model=model, optimizer=optimizer, scheduler=scheduler, **companions)
     first = 0 if state is None else state["step"]
+    if first < steps:
+        # The probe runs the loss, and with it the companions (a discriminator's running statistics):
+        # they are put back as they were, so that a resumed run matches an uninterrupted one.
+        kept = {name: copy.deepcopy(companion.state_dict()) for name, companion in companions.items()}
+        check_memory(model, loss_fn, dataset[0], batch_size, steps - 1, device, what=description)
+        for name, companion in companions.items():
+            companion.load_state_dict(kept[name])
+    if state is not None and rank == 0:
+        print(f"{description}: resuming {checkpoint} at step {first} of {steps}", flush=True)
     runner = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters) if world > 1 else model
 
-    def save(step):
+    def save(step, report=False):
         if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, run_state(step, config, model=model, optimizer=optimizer, scheduler=scheduler,
-                                                  **companions))
+            state = run_state(step, config, model=model, optimizer=optimizer, scheduler=scheduler, **companions)
+            save_checkpoint(checkpoint, state)
+            if report:
+                print(f"{description}: saved step {step} to {checkpoint} ({checkpoint_contents(state)})", flush=True)
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers,
@@ -200,12 +333,13 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
             if step % save_every == 0 and step < steps:
                 save(step)
     except KeyboardInterrupt:
-        save(step)
+        bar.close()
+        save(step, report=True)
         raise
     finally:
         bar.close()
     if step > first:
-        save(step)
+        save(step, report=True)
     if world > 1:
         dist.barrier()
     return model.eval()
@@ -243,14 +377,14 @@ def add_arguments(parser, steps=1000, patch_size=64, batch_size=16, lr=5e-4, lr_
     --lr, for a command whose optimiser is not Adam)."""
     parser.add_argument("--data", type=pathlib.Path,
                         help="folder of PNG/JPEG training images (default: the built-in sample photos)")
-    parser.add_argument("--steps", type=int, default=steps, help="optimiser steps in all (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="per process (default %(default)s)")
-    parser.add_argument("--patch-size", type=int, default=patch_size, help="training patch side (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=lr, help=f"{lr_help} (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=steps, help="optimiser steps in all")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="per process")
+    parser.add_argument("--patch-size", type=int, default=patch_size, help="training patch side")
+    parser.add_argument("--lr", type=float, default=lr, help=lr_help)
     parser.add_argument("--checkpoint", type=pathlib.Path, help="resume from and save to this file")
-    parser.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data stream and the weights (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes (default %(default)s)")
+    parser.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data stream and the weights")
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -268,14 +402,33 @@ def images(folder=None):
 
 
 def run_command(parser, run):
-    """Runs a command-line action; a missing file or a bad setting ends with its message, not a traceback."""
+    """Runs a command-line action; a missing or damaged file, a bad setting, a run that would not fit
+    in memory or a diverged loss ends with its one-line message and status 2, Ctrl-C with status 130,
+    never a traceback."""
     try:
         run()
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError, FloatingPointError) as error:  # ArgumentError is a ValueError
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, except where there is none (None, a flag's False) or the
+    help says it itself."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parser(prog, description):
-    """The argument parser of a zoo command line (defaults shown in --help)."""
-    return argparse.ArgumentParser(prog=prog, description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The argument parser of a zoo command line (defaults shown in --help); add its commands with
+    `command`."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter)
+
+
+def command(commands, name, help):
+    """A subcommand of `commands` (a parser's add_subparsers()) whose --help shows the defaults too."""
+    return commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)

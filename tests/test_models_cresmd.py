@@ -1,6 +1,8 @@
 """CResMD against an independent implementation written here from the zoo's spec (tasnet.md section 2):
 parameter count, state_dict names, outputs on random weights, MACs, initialisation, errors."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ from torch import nn
 from flexops.flops import count
 from flexops.models import create, list_models
 from flexops.models.cresmd import CResMD
+from flexops.ops import ArgumentError
 
 
 class OfficialStyleCResMD(nn.Module):
@@ -110,5 +113,14 @@ def test_bad_inputs_name_the_problem():
         net(torch.rand(1, 3, 8, 8), torch.rand(2))
     with pytest.raises(ValueError, match="cond has 3 rows but the batch has 2"):
         net(torch.rand(2, 3, 8, 8), torch.rand(3, 3))
+    with pytest.raises(ArgumentError, match=r"cond must lie in \[0, 1\] componentwise"):
+        net(torch.rand(1, 3, 8, 8), torch.tensor([0.5, -0.1, 0.0]))
     with pytest.raises(ValueError, match="in_nc and out_nc must be equal"):
         CResMD(in_nc=3, out_nc=1)
+
+
+def test_counting_macs_does_not_pass_on_fvcores_torch_jit_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        count(CResMD(nf=4, nb=1), torch.rand(1, 3, 8, 8), torch.rand(3))
+    assert not [w for w in caught if "torch.jit" in str(w.message)], [str(w.message) for w in caught]

@@ -226,9 +226,9 @@ def test_bad_inputs():
         net.adaptive(x, regions=3)
     with pytest.raises(ValueError, match="at least window_size = 4 pixels per side"):
         net.adaptive(x, regions=25)
-    with pytest.raises(ValueError, match="in_chans = 3 channels, got 1"):
+    with pytest.raises(ValueError, match=r"x must be \[B, 3, H, W\] \(an image batch\); got \[1, 1, 16, 16\]"):
         net.adaptive(x[:, :1])
-    with pytest.raises(ValueError, match="in_chans = 3 channels, got 1"):
+    with pytest.raises(ValueError, match=r"x must be \[B, 3, H, W\] \(an image batch\); got \[1, 1, 16, 16\]"):
         net(x[:, :1])
     with pytest.raises(ValueError, match="ref must be one of"):
         net.adaptive(x, ref="last")

@@ -12,6 +12,7 @@ from torch import nn
 
 from flexops.models import create, swinir
 from flexops.models.swinir import SwinIR, load_official
+from flexops.ops import ArgumentError
 
 # ---------------------------------------------------------------------------------------------------
 # Official-style SwinIR: the structure and names of network_swinir.py, written independently.
@@ -327,9 +328,9 @@ def test_bad_config(kwargs, message):
 
 def test_bad_input():
     net = SwinIR(img_size=16, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, upscale=1)
-    with pytest.raises(ValueError, match="in_chans = 3 channels, got 1"):
+    with pytest.raises(ArgumentError, match=r"x must be \[B, 3, H, W\] \(an image batch\); got \[1, 1, 8, 8\]"):
         net(torch.rand(1, 1, 8, 8))
-    with pytest.raises(ValueError, match=r"image batch \[B, C, H, W\]"):
+    with pytest.raises(ArgumentError, match=r"image batch"):
         net(torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match="params"):
         swinir.load_official(net, [1, 2])

@@ -11,6 +11,7 @@ from flexops.flops import count
 from flexops.models import data
 from flexops.models.cresmd import CResMD
 from flexops.models.tasnet import TASNet, TASNetDeploy, agreement_regularizer, flops_regularizer, gate, search
+from flexops.ops import ArgumentError
 
 
 def random_cresmd(nf=8, nb=2):
@@ -225,8 +226,10 @@ def test_tiles_and_task_chunks_give_the_untiled_result():
 
 def test_deploy_bad_inputs():
     deploy = TASNetDeploy.from_widths(random_cresmd(), 2, 4, 4)
-    with pytest.raises(ValueError, match=r"tasks must be \[M, 3\]"):
+    with pytest.raises(ArgumentError, match=r"tasks must be \[3\] or \[M, 3\]"):
         deploy(torch.rand(1, 3, 8, 8), torch.rand(4, 2))
+    with pytest.raises(ArgumentError, match=r"tasks must lie in \[0, 1\] componentwise .*got \[\[2.0, 0.0, 0.0\]\]"):
+        deploy(torch.rand(1, 3, 8, 8), torch.tensor([[2.0, 0, 0]]))
     with pytest.raises(ValueError, match="x must be one image"):
         deploy(torch.rand(2, 3, 8, 8), torch.rand(4, 3))
     with pytest.raises(ValueError, match="even"):

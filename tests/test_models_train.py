@@ -11,6 +11,7 @@ import torch
 
 from flexops.models import cresmd, data
 from flexops.models import train as training
+from flexops.ops import ArgumentError
 
 
 def tiny_run(checkpoint, steps, loss_fn=cresmd.l1_loss, config=None):
@@ -70,6 +71,42 @@ def test_load_model_rebuilds_from_the_registry(tmp_path):
         training.load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_training_says_where_it_saved_and_keeps_what_resuming_needs(tmp_path, capsys):
+    tiny_run(tmp_path / "run.pt", 3)
+    assert f"saved step 3 to {tmp_path / 'run.pt'}" in capsys.readouterr().out
+    state = training.load_checkpoint(tmp_path / "run.pt")
+    # The weights, Adam's two moments per weight and the schedule: no second copy of the network.
+    assert set(state) == {"format", "step", "config", "model", "optimizer", "scheduler"}
+    weights = sum(t.numel() for t in state["model"].values())
+    slots = state["optimizer"]["state"].values()
+    moments = sum(t.numel() for slot in slots for name, t in slot.items() if name != "step")
+    assert moments == 2 * weights
+
+
+def test_say_prints_on_the_first_process_only(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    training.say("result")
+    monkeypatch.setenv("RANK", "0")
+    training.say("result")
+    assert capsys.readouterr().out == "result\n"
+
+
+def test_a_run_that_would_not_fit_is_refused_before_its_first_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "available_memory", lambda device: 1024)
+    with pytest.raises(ArgumentError, match=r"train needs about .* MB of memory \(.* MB of activations for a batch "
+                                             r"of 2 16x16 patches, .*\) but 0.0 MB is available: lower the patch size"):
+        tiny_run(tmp_path / "run.pt", 3)
+    assert not (tmp_path / "run.pt").exists()
+
+
+def test_damaged_checkpoints_raise_one_clear_error(tmp_path):
+    tiny_run(tmp_path / "run.pt", 1)
+    content = (tmp_path / "run.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(content[:1000])
+    with pytest.raises(ArgumentError, match=r"checkpoint '.*cut.pt' cannot be read .* damaged, truncated"):
+        training.load_checkpoint(tmp_path / "cut.pt")
+
+
 def test_each_rank_reads_its_own_samples():
     single = list(training._StepSampler(1000, 4, 0, 3, rank=0, world=1))
     ranks = [list(training._StepSampler(1000, 2, 0, 3, rank=r, world=2)) for r in range(2)]
@@ -88,10 +125,12 @@ DISTRIBUTED_SCRIPT = """
 import sys
 import torch, torch.distributed as dist
 from flexops.models import cresmd
+from flexops.models import train as training
 checkpoint, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 model = cresmd.train(steps=steps, patch_size=16, batch_size=2, nf=4, nb=1, checkpoint=checkpoint, save_every=2,
                      progress=False)
 torch.save(model.state_dict(), f"{out}/rank{dist.get_rank()}.pt")
+training.say("finished")
 """
 
 
@@ -103,6 +142,8 @@ def run_distributed(tmp_path, steps):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Rank 0 alone says where it saved and prints results.
+    assert result.stdout.count(f"saved step {steps} to") == 1 and result.stdout.count("finished") == 1, result.stdout
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 
@@ -138,5 +179,6 @@ def test_command_lines(tmp_path):
     restored = run_module("flexops.models.tasnet", "restore", "--checkpoint", "s.pt", "--image", "photo.png",
                           "--out", "out", "--task", "0.5", "0", "0", "--task", "0", "1", "0.2", cwd=tmp_path)
     assert restored.returncode == 0, restored.stderr
+    assert "photo.png is 18x21 (width x height): restoring its top-left 18x20" in restored.stdout
     outputs = sorted((tmp_path / "out").iterdir())
     assert len(outputs) == 2 and data.load_image(outputs[0]).shape == (3, 20, 18)

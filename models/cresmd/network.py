@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops.models import checks
 from flexops.models.registry import register
 
 
@@ -97,24 +98,12 @@ class CResMD(nn.Module):
 
     def check_input(self, x, cond, name="x"):
         """Validates x [B, in_nc, H, W] (even H, W) and cond; returns cond as [B or 1, cond_dim]."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_nc:
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name} must be [B, {self.in_nc}, H, W]; got {shape}")
-        if x.shape[2] % 2 or x.shape[3] % 2:
-            raise ValueError(
-                f"{name} height and width must be even (CResMD halves and doubles them); got {list(x.shape[2:])}: "
-                "crop one row/column, as CResMD's test script does (modcrop to a multiple of 2)"
-            )
-        return self.check_cond(cond, x.shape[0])
+        checks.image_batch(x, self.in_nc, name)
+        checks.even_size(x, name, "CResMD halves and doubles them")
+        return self.check_cond(cond, None if checks.traced(x) else x.shape[0])
 
     def check_cond(self, cond, batch, name="cond"):
-        if not isinstance(cond, torch.Tensor) or cond.shape[-1:] != (self.cond_dim,) or cond.dim() > 2:
-            shape = list(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-            raise ValueError(f"{name} must be [{self.cond_dim}] or [B, {self.cond_dim}] (one level per degradation); got {shape}")
-        cond = cond.reshape(-1, self.cond_dim)
-        if cond.shape[0] not in (1, batch):
-            raise ValueError(f"{name} has {cond.shape[0]} rows but the batch has {batch} images")
-        return cond
+        return checks.tasks(cond, self.cond_dim, batch, name)
 
     def forward(self, x, cond):
         cond = self.check_input(x, cond)

@@ -9,7 +9,7 @@ from flexops.models.swinir import SwinIR, load_official
 def main(argv=None):
     parser = training.parser("python -m flexops.models.flexir", "FlexIR: distil a SwinIR into exits")
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("train", help="progressive self-distillation (Algorithm 1)")
+    command = training.command(commands, "train", "progressive self-distillation (Algorithm 1)")
     training.add_arguments(command, patch_size=128, batch_size=8, lr=1e-5)
     command.add_argument("--teacher", help="official SwinIR checkpoint (.pth) of the configuration below")
     command.add_argument("--sigma", type=float, default=25.0, help="Gaussian noise level, 0-255 scale")

@@ -26,7 +26,8 @@ import numbers
 import torch
 
 from flexops.nn.window_attention import active_windows, window_tokens
-from flexops.models.swinir import as_image, as_tokens, check_image
+from flexops.models import checks
+from flexops.models.swinir import as_image, as_tokens
 from flexops.ops.window_attention import window_attention
 
 REFS = ("first", "input", "absolute")
@@ -118,7 +119,7 @@ def adaptive(model, x, threshold=1.1, ref="first", regions=4, max_pointer=None, 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     max_pointer = model.check_pointer(max_pointer, "max_pointer")
-    check_image(x, model.in_chans)
+    checks.image_batch(x, model.in_chans)
     k = _grid(regions)
     height, width = x.shape[-2:]
     if min(height, width) // k < model.window_size:

@@ -11,8 +11,9 @@ import copy
 
 from torch import nn
 
+from flexops.models import checks
 from flexops.models.registry import register
-from flexops.models.swinir import Reconstruction, SwinIR, check_image, official_state_dict
+from flexops.models.swinir import Reconstruction, SwinIR, official_state_dict
 
 TAIL_MODULES = ("norm", "conv_after_body", "conv_before_upsample", "upsample", "conv_up1", "conv_up2", "conv_hr",
                 "conv_last", "lrelu")
@@ -80,15 +81,12 @@ class FlexIR(SwinIR):
         return self.branches[index](tokens, x_first, x)
 
     def check_pointer(self, pointer, name="pointer"):
-        if pointer is None:
-            return self.num_blocks
-        if not isinstance(pointer, int) or isinstance(pointer, bool) or not 1 <= pointer <= self.num_blocks:
-            raise ValueError(f"{name} must be an int in [1, {self.num_blocks}], got {pointer!r}")
-        return pointer
+        """pointer, an int in [1, num_blocks] (None: the last block)."""
+        return checks.pointer(pointer, self.num_blocks, name)
 
     def forward(self, x, pointer=None):
         pointer = self.check_pointer(pointer)
-        check_image(x, self.in_chans)
+        checks.image_batch(x, self.in_chans)
         height, width = x.shape[-2:]
         x, x_first, tokens = self.head(x)
         for layer in self.layers[:pointer]:
@@ -101,7 +99,7 @@ class FlexIR(SwinIR):
         Returns (outputs, features): lists of [B, C, H * s, W * s] and [B, embed_dim, H', W'] (H', W'
         padded to the window)."""
         depth = self.check_pointer(depth, "depth")
-        check_image(x, self.in_chans)
+        checks.image_batch(x, self.in_chans)
         height, width = x.shape[-2:]
         x, x_first, tokens = self.head(x)
         outputs, features = [], []

@@ -8,20 +8,20 @@ from flexops.models.irnas.search import SIGMAS, search, train
 def main(argv=None):
     parser = training.parser("python -m flexops.models.irnas", "IR-NAS: search a cell and width path, train the result")
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("search", help="search the supernet (gray denoising)")
+    command = training.command(commands, "search", "search the supernet (gray denoising)")
     training.add_arguments(command, batch_size=12, lr=0.025, lr_help="SGD learning rate of the weights (cosine)")
-    command.add_argument("--layers", type=int, default=4, help="supernet layers L (default %(default)s)")
-    command.add_argument("--nodes", type=int, default=5, help="nodes per cell N (default %(default)s)")
-    command.add_argument("--width", type=int, default=10, help="channels per node at the lowest width W (default %(default)s)")
-    command.add_argument("--sigma", type=float, nargs="+", default=list(SIGMAS), help="noise levels (default %(default)s)")
+    command.add_argument("--layers", type=int, default=4, help="supernet layers L")
+    command.add_argument("--nodes", type=int, default=5, help="nodes per cell N")
+    command.add_argument("--width", type=int, default=10, help="channels per node at the lowest width W")
+    command.add_argument("--sigma", type=float, nargs="+", default=list(SIGMAS), help="noise levels")
     command.add_argument("--warmup", type=int, help="weights-only steps (default 20 %% of --steps)")
-    command.add_argument("--arch-lr", type=float, default=1e-3, help="Adam learning rate of alpha, beta (default %(default)s)")
-    command.add_argument("--eval-every", type=int, default=1000, help="steps between evaluations (default %(default)s)")
-    train_command = commands.add_parser("train", help="train the derived network (gray denoising)")
+    command.add_argument("--arch-lr", type=float, default=1e-3, help="Adam learning rate of alpha, beta")
+    command.add_argument("--eval-every", type=int, default=1000, help="steps between evaluations")
+    train_command = training.command(commands, "train", "train the derived network (gray denoising)")
     training.add_arguments(train_command, batch_size=12, lr=1e-3)
     train_command.add_argument("--search", help="a search checkpoint whose best genotype and path to train "
                                "(default: the illustrative genotype, path 0 1 2 2, W 10, N 5)")
-    train_command.add_argument("--sigma", type=float, nargs="+", default=[30.0], help="noise level(s) (default %(default)s)")
+    train_command.add_argument("--sigma", type=float, nargs="+", default=[30.0], help="noise level(s)")
     args = parser.parse_args(argv)
     training.run_command(parser, lambda: _search(args) if args.command == "search" else _train(args))
 
@@ -33,9 +33,9 @@ def _search(args):
                     batch_size=args.batch_size, sigma=args.sigma, layers=args.layers, nodes=args.nodes,
                     width=args.width, lr=args.lr, arch_lr=args.arch_lr, eval_every=args.eval_every, seed=args.seed,
                     checkpoint=args.checkpoint, save_every=args.save_every, progress=not args.no_progress)
-    print(f"best at step {result.step}: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}")
-    print(f"genotype: {result.genotype}")
-    print(f"path: {result.path}")
+    training.say(f"best at step {result.step}: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}")
+    training.say(f"genotype: {result.genotype}")
+    training.say(f"path: {result.path}")
 
 
 def _train(args):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops.models import checks
 from flexops.models.irnas.ops import OPS, check_op_name
 from flexops.models.irnas.viterbi import check_path
 from flexops.models.registry import register
@@ -141,8 +142,7 @@ class IRNASNet(nn.Module):
         self.out = nn.Conv2d(ASPP_CHANNELS, in_chans, 3, padding=1)
 
     def forward(self, x):
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"x must be [B, {self.in_chans}, H, W], got {list(x.shape)}")
+        checks.image_batch(x, self.in_chans)
         h1 = self.stem1(x)
         h0 = self.stem2(F.relu(h1))
         for (scale0, scale1), cell in zip(self.scalers, self.cells):

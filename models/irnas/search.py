@@ -61,9 +61,10 @@ def split_images(images, val_portion=0.02, seed=0):
     return shuffled[:n_val], rest[:half], rest[half:]
 
 
-def evaluate(model, images, sigma=SIGMAS, patch_size=64, seed=0, batch_size=16):
+def evaluate(model, images, sigma=SIGMAS, patch_size=64, seed=0, batch_size=16, progress=False):
     """(PSNR dB, SSIM) of `model` on `images` cut into non-overlapping patch_size tiles (the remainder
-    dropped), each noisy at every level of `sigma` (noise seeded by `seed`), in eval mode."""
+    dropped), each noisy at every level of `sigma` (noise seeded by `seed`), in eval mode; `progress`
+    shows a bar over the batches."""
     device = next(model.parameters()).device
     tiles = []
     for image in images:
@@ -78,15 +79,25 @@ def evaluate(model, images, sigma=SIGMAS, patch_size=64, seed=0, batch_size=16):
     was_training = model.training
     model.eval()
     outputs, targets = [], []
+    levels = data.noise_levels(sigma)
+    bar = training.progress_bar(progress, 0, len(levels) * math.ceil(len(clean) / batch_size), "IR-NAS evaluation")
     with torch.no_grad():
-        for sigma_value in data.noise_levels(sigma):
+        for sigma_value in levels:
             noisy = data.add_noise(clean.expand(-1, 3, -1, -1), sigma_value, g)[:, :1]
             for start in range(0, len(clean), batch_size):
                 outputs.append(model(noisy[start:start + batch_size].to(device)).cpu())
                 targets.append(clean[start:start + batch_size])
+                bar.update(1)
+    bar.close()
     model.train(was_training)
     output, target = torch.cat(outputs), torch.cat(targets)
     return psnr(output, target), ssim(output, target).item()
+
+
+def denoising_loss(net, batch, step=None):
+    """Eq. 7's loss of `net` on a batch (noisy, clean), in the training loop's loss_fn form."""
+    noisy, clean = batch
+    return irnas_loss(net(noisy), clean)
 
 
 class SearchResult(NamedTuple):
@@ -154,21 +165,27 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
     stateful = dict(model=model, weight_optimizer=weight_optimizer, arch_optimizer=arch_optimizer, scheduler=scheduler)
     state = training.resume(checkpoint, config, **stateful)
     step, best = (0, None) if state is None else (state["step"], state["best"])
+    if step < steps:  # the weights' SGD keeps one momentum per weight (alpha and beta's Adam: few)
+        training.check_memory(model, denoising_loss, weight_data[0],
+                              batch_size, steps - 1, device, optimizer_slots=1, what="IR-NAS search")
 
-    def save():
+    def save(report=False):
         if checkpoint is not None:
-            training.save_checkpoint(checkpoint, dict(training.run_state(step, config, **stateful), best=best))
+            state = dict(training.run_state(step, config, **stateful), best=best)
+            training.save_checkpoint(checkpoint, state)
+            if report:
+                contents = training.checkpoint_contents(state)
+                training.say(f"IR-NAS search: saved step {step} to {checkpoint} ({contents})")
 
     def evaluate_and_keep():
         nonlocal best
-        value_psnr, value_ssim = evaluate(model, val_images, sigma, patch_size, seed)
+        value_psnr, value_ssim = evaluate(model, val_images, sigma, patch_size, seed, progress=progress)
         genotype, path = model.genotype()
         if best is None or value_ssim + value_psnr / 100 > best["ssim"] + best["psnr"] / 100:
             best = {"genotype": genotype, "path": path, "psnr": value_psnr, "ssim": value_ssim, "step": step}
 
     def descend(loss_batch, optimizer):
-        noisy, clean = loss_batch
-        loss = irnas_loss(model(noisy), clean)
+        loss = denoising_loss(model, loss_batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss.item()} at step {step}: stopped without saving; "
                                      "lower the learning rates")
@@ -195,13 +212,14 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
             if step % save_every == 0 and step < steps:
                 save()
     except KeyboardInterrupt:
-        save()
+        bar.close()
+        save(report=True)
         raise
     finally:
         bar.close()
     if best is None or best["step"] != step:
         evaluate_and_keep()
-    save()
+    save(report=True)
     model.eval()
     return SearchResult([tuple(pair) for pair in best["genotype"]], list(best["path"]), best["psnr"], best["ssim"],
                         best["step"], model)
@@ -233,10 +251,6 @@ def train(images=None, *, genotype=ILLUSTRATIVE_GENOTYPE, path=ILLUSTRATIVE_PATH
     config = {"model": "irnas", "network": network, "sigma": list(data.noise_levels(sigma)), "patch_size": patch_size,
               "batch_size": batch_size, "seed": seed}
 
-    def loss(net, batch, step=None):
-        noisy, clean = batch
-        return irnas_loss(net(noisy), clean)
-
-    return training.train(model, loss, dataset, steps=steps, batch_size=batch_size, lr=lr, betas=(0.9, 0.999),
+    return training.train(model, denoising_loss, dataset, steps=steps, batch_size=batch_size, lr=lr, betas=(0.9, 0.999),
                           checkpoint=checkpoint, save_every=save_every, config=config, num_workers=num_workers,
                           progress=progress, description="IR-NAS train")

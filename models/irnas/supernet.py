@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops.models import checks
 from flexops.models.irnas.ops import OP_NAMES, OPS
 from flexops.models.irnas.viterbi import NUM_WIDTHS, beta_rows, trellis, viterbi
 from flexops.models.registry import register
@@ -175,8 +176,7 @@ class SuperNet(nn.Module):
             return cell_genotype(self.op_weights(), self.nodes), viterbi(self.transition_probabilities())
 
     def forward(self, x):
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"x must be [B, {self.in_chans}, H, W], got {list(x.shape)}")
+        checks.image_batch(x, self.in_chans)
         weights, betas = self.op_weights(), self.transition_probabilities()
         features = self.stem1(x)
         previous_inputs = [self.reduce(features)]  # the h_{l-2} input per width

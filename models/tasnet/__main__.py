@@ -4,6 +4,7 @@ import pathlib
 
 import torch
 
+from flexops.models import checks
 from flexops.models import train as training
 from flexops.models.tasnet.search import LAMBDA_AGREEMENT, LAMBDA_FLOPS, search
 
@@ -11,19 +12,20 @@ from flexops.models.tasnet.search import LAMBDA_AGREEMENT, LAMBDA_FLOPS, search
 def main(argv=None):
     parser = training.parser("python -m flexops.models.tasnet", "TASNet: search, and restore with the searched net")
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("search", help="search TASNet (supernet + controller, relative ground truth)")
+    command = training.command(commands, "search", "search TASNet (supernet + controller, relative ground truth)")
     training.add_arguments(command)
-    command.add_argument("--nf", type=int, default=64, help="supernet feature channels (default %(default)s)")
-    command.add_argument("--nb", type=int, default=32, help="supernet residual blocks (default %(default)s)")
-    command.add_argument("--lambda-flops", type=float, default=LAMBDA_FLOPS, help="lambda1 of R1 (default %(default)s)")
+    command.add_argument("--nf", type=int, default=64, help="supernet feature channels")
+    command.add_argument("--nb", type=int, default=32, help="supernet residual blocks")
+    command.add_argument("--lambda-flops", type=float, default=LAMBDA_FLOPS, help="lambda1 of R1")
     command.add_argument("--lambda-agreement", type=float, default=LAMBDA_AGREEMENT,
-                         help="lambda2 of R2 (default %(default)s)")
+                         help="lambda2 of R2")
     command.add_argument("--tsnet", action="store_true", help="no forced sharing (TSNet)")
-    restore = commands.add_parser("restore", help="restore an image at the 27 tasks of CResMD's grid, or given ones")
+    restore = training.command(commands, "restore", "restore an image at the 27 tasks of CResMD's grid, or given ones")
     restore.add_argument("--checkpoint", type=pathlib.Path, required=True, help="a search checkpoint")
     restore.add_argument("--image", type=pathlib.Path, required=True, help="PNG/JPEG to restore")
     restore.add_argument("--out", type=pathlib.Path, required=True, help="folder for the restored PNGs")
-    restore.add_argument("--task", type=float, nargs=3, action="append", metavar=("BLUR", "NOISE", "JPEG"),
+    restore.add_argument("--task", type=checks.unit_interval, nargs=3, action="append",
+                         metavar=("BLUR", "NOISE", "JPEG"),
                          help="a task vector in [0, 1]^3 (repeatable; default: CResMD's 27-task grid)")
     args = parser.parse_args(argv)
     training.run_command(parser, lambda: _search(args) if args.command == "search" else _restore(args))
@@ -34,16 +36,19 @@ def _search(args):
                    lambda_flops=args.lambda_flops, lambda_agreement=args.lambda_agreement, share=not args.tsnet,
                    seed=args.seed, **training.training_options(args))
     shared = int(model.shared.long().cumprod(0).sum())
-    print(f"searched: {shared} of {model.num_maps} maps shared")
+    training.say(f"searched: {shared} of {model.num_maps} maps shared")
 
 
 def _restore(args):
     from flexops.models import data
 
-    model = training.load_model(args.checkpoint)
+    model = training.load_model(args.checkpoint, "tasnet")
     deploy = model.deploy()
     image = data.load_image(args.image)
     height, width = image.shape[1] - image.shape[1] % 2, image.shape[2] - image.shape[2] % 2
+    if (height, width) != tuple(image.shape[1:]):
+        training.say(f"{args.image} is {image.shape[2]}x{image.shape[1]} (width x height): restoring its top-left "
+                     f"{width}x{height} (the network needs even sides)")
     tasks = torch.tensor(args.task) if args.task else data.CRESMD_27_TASKS
     with torch.inference_mode():
         restored = deploy(image[None, :, :height, :width], tasks)
@@ -52,7 +57,7 @@ def _restore(args):
         name = "_".join(f"{v:.3f}" for v in task)
         data.save_image(output, args.out / f"{args.image.stem}_t{name}.png")
     ratio = deploy.macs(height, width, tasks) / (len(tasks) * model.supernet.macs(height, width))
-    print(f"{len(tasks)} outputs in {args.out}; {100 * ratio:.2f} % of CResMD's MACs per inference")
+    training.say(f"{len(tasks)} outputs in {args.out}; {100 * ratio:.2f} % of CResMD's MACs per inference")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ import math
 import torch
 from torch import nn
 
+from flexops.models import checks
 from flexops.models.cresmd.network import CResMD
 from flexops.models.tasnet import cost
 from flexops.models.tasnet.network import Controller
-from flexops.ops import masked_conv2d
+from flexops.ops import ArgumentError, masked_conv2d
 
 DEFAULT_MAX_MEMORY = 4 << 30
 MIN_TILE = 64  # below this the halo's recomputation costs more than chunking the tasks
@@ -128,11 +129,7 @@ class TASNetDeploy(nn.Module):
         return convs + heads + scales
 
     def _check_tasks(self, tasks):
-        d = self.supernet.cond_dim
-        if not isinstance(tasks, torch.Tensor) or tasks.dim() != 2 or tasks.shape[1] != d or tasks.shape[0] < 1:
-            shape = list(tasks.shape) if isinstance(tasks, torch.Tensor) else type(tasks).__name__
-            raise ValueError(f"tasks must be [M, {d}] (one task vector per output, M >= 1); got {shape}")
-        return tasks
+        return checks.tasks(tasks, self.supernet.cond_dim)
 
     def halo(self):
         """Pixels of context a tile needs on each side for outputs equal to the untiled run: the
@@ -174,8 +171,8 @@ class TASNetDeploy(nn.Module):
         tasks = self._check_tasks(tasks)
         net.check_input(x, tasks[:1])
         if x.shape[0] != 1:
-            raise ValueError(f"x must be one image [1, {net.in_nc}, H, W] (its M outputs are the tasks); "
-                             f"got batch {x.shape[0]}: call once per image")
+            raise ArgumentError(f"x must be one image [1, {net.in_nc}, H, W] (its M outputs are the tasks); "
+                                f"got batch {x.shape[0]}: call once per image")
         height, width = x.shape[2:]
         side, chunk = self.plan(height, width, tasks.shape[0], max_memory, tile, x.element_size())
         masks = self.masks(tasks)

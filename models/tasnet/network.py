@@ -112,10 +112,12 @@ class TASNet(nn.Module):
         phi = shared.to(x.dtype)
         gates = phi[:, None] * g_agnostic + (1 - phi[:, None]) * g_specific  # [M, N, C]
         image = self._run(x, tasks, task_mean, gates, phi)
-        flops = flops_regularizer(cost.pair_costs(self.supernet, *x.shape[2:]), g_specific, g_agnostic, phi,
-                                  self.supernet)
-        full = flops_regularizer(cost.pair_costs(self.supernet, *x.shape[2:]), torch.ones_like(g_specific),
-                                 torch.ones_like(g_agnostic), torch.zeros_like(phi), self.supernet)
+        # R1 over its value for all of CResMD: a ratio, the same at every (even) image size, so the
+        # costs of a 2x2 image serve (and the forward has no size-dependent Python for torch.fx).
+        costs = cost.pair_costs(self.supernet, 2, 2)
+        flops = flops_regularizer(costs, g_specific, g_agnostic, phi, self.supernet)
+        full = flops_regularizer(costs, torch.ones_like(g_specific), torch.ones_like(g_agnostic),
+                                 torch.zeros_like(phi), self.supernet)
         agreement = agreement_regularizer(g_specific, g_agnostic, phi) / g_specific.numel()
         return SearchOutput(image, flops / full, agreement, shared)
 
@@ -131,7 +133,7 @@ class TASNet(nn.Module):
 
     def _run(self, x, tasks, task_mean, gates, phi):
         net = self.supernet
-        channels = gates.shape[-1]
+        channels = net.nf
 
         def gated_conv(index, layer, input):
             # A convolution reading the residual stream (each block's conv1, upconv) sees the stream
@@ -143,8 +145,8 @@ class TASNet(nn.Module):
             if index > net.num_maps:  # conv_last: the image, never gated
                 return out
             gate_n = gates[:, index - 1]
-            if out.shape[1] != channels:  # upconv: one gate per shuffled channel covers 4 channels
-                gate_n = gate_n.repeat_interleave(out.shape[1] // channels, dim=1)
+            if layer.out_channels != channels:  # upconv: one gate per shuffled channel covers 4 channels
+                gate_n = gate_n.repeat_interleave(layer.out_channels // channels, dim=1)
             return out * gate_n[:, :, None, None]
 
         mean_scales = [block.local_scale(task_mean[None]) for block in net.recon_trunk]

@@ -9,12 +9,12 @@ def main(argv=None):
     parser = training.parser("python -m flexops.models.tunable",
                              "Tunable Convolutions: train a tunable network with the parametric multi-loss")
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("train", help="train on folder images or the sample photos")
+    command = training.command(commands, "train", "train on folder images or the sample photos")
     training.add_arguments(command, lr=1e-4)
     command.add_argument("--experiment", choices=list(EXPERIMENTS), default="denoise",
                          help="denoise: reconstruction vs noise preservation; joint: denoise + deblur; "
-                              "sr: x4 reconstruction vs GAN (VGG + RaGAN); style: 3 styles (default %(default)s)")
-    command.add_argument("--network", choices=list(NETWORKS), default="edsr", help="(default %(default)s)")
+                              "sr: x4 reconstruction vs GAN (VGG + RaGAN); style: 3 styles")
+    command.add_argument("--network", choices=list(NETWORKS), default="edsr", help="the network to train")
     command.add_argument("--blocks", type=int, help="residual blocks of the ResNet (default 16)")
     command.add_argument("--features", type=int, help="channels of the ResNet (default 64)")
     command.add_argument("--per-step", action="store_true", help="one omega per step instead of one per image")

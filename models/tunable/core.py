@@ -17,6 +17,7 @@ A new architecture (e.g. a tunable SwinIR) is one more file: the plain network b
 import torch
 from torch import nn
 
+from flexops.models import checks
 from flexops.nn.tunable import MODES, Alphas, TunableConv2d, TunableLinear, TunableParameter
 
 TUNABLE = (TunableConv2d, TunableLinear, TunableParameter)
@@ -71,15 +72,6 @@ def value(param, alphas):
     return param if alphas is None else param(alphas)
 
 
-def check_image(x, channels, name="x"):
-    """Validates an image batch [B, channels, H, W] of floating point."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
-        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be [B, {channels}, H, W]; got {shape}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point image; got {x.dtype}")
-
-
 class TunableNetwork:
     """Mixin of the zoo's tunable networks: `forward(x, omega)`, `bake(omega)`.
 
@@ -98,23 +90,6 @@ class TunableNetwork:
         """The tunable layers (convolutions, linears, parameters), in module order."""
         return self._tunable
 
-    def check_omega(self, omega, x, name="omega"):
-        """Validates omega: [p] or [B, p] with B = x's batch, finite, of x's dtype and device."""
-        p = self.num_params
-        if not isinstance(omega, torch.Tensor) or omega.dim() not in (1, 2) or omega.shape[-1] != p:
-            shape = list(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
-            raise ValueError(f"{name} must be [{p}] (one setting for the batch) or [B, {p}] (one per image); "
-                             f"got {shape}")
-        if omega.dim() == 2 and omega.shape[0] != x.shape[0]:
-            raise ValueError(f"{name} is [{omega.shape[0]}, {p}] but x has batch {x.shape[0]}: "
-                             f"give one row per image or a single [{p}] setting")
-        if omega.dtype != x.dtype or omega.device != x.device:
-            raise ValueError(f"{name} must have x's dtype and device ({x.dtype}, {x.device}); "
-                             f"got {omega.dtype}, {omega.device}")
-        # One host sync per network forward (on a GPU), not per layer.
-        if not bool(torch.isfinite(omega).all()):
-            raise ValueError(f"{name} must be finite; got {omega.tolist()}")
-
     # Whether forward may run a baked twin when called twice in a row with the same omega (see forward).
     reuse_baked = True
 
@@ -127,9 +102,9 @@ class TunableNetwork:
         twin holds a copy of the blended weights, is dropped when omega changes and baked again when a
         weight has changed. `net.reuse_baked = False` turns this off.
         """
-        check_image(x, self.in_chans)
-        self.check_omega(omega, x)
-        if omega.dim() == 1 and self.reuse_baked and not torch.is_grad_enabled():
+        checks.image_batch(x, self.in_chans)
+        checks.omega(omega, self.num_params, x)
+        if not checks.traced(omega) and omega.dim() == 1 and self.reuse_baked and not torch.is_grad_enabled():
             baked = self._kept_baked(omega)
             if baked is not None:
                 return baked(x)
@@ -173,13 +148,9 @@ class TunableNetwork:
         """The plain twin's state_dict at one setting omega [p]: every tunable tensor blended with its
         layer's alpha (TunableParameter `name.weight` becomes `name`, omega MLPs dropped), everything
         else (norms, buffers) as it is. Detached; tunable parameters keep their tunable shape."""
-        if not isinstance(omega, torch.Tensor) or omega.shape != (self.num_params,):
-            shape = list(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
-            raise ValueError(f"omega must be [{self.num_params}] (bake fixes one setting); got {shape}")
+        checks.setting(omega, self.num_params)
         reference = next(self.parameters())
         omega = omega.to(dtype=reference.dtype, device=reference.device)
-        if not bool(torch.isfinite(omega).all()):
-            raise ValueError(f"omega must be finite; got {omega.tolist()}")
         names = {name: module for name, module in self.named_modules() if isinstance(module, TUNABLE)}
         prefixes = tuple(f"{name}." for name in names)
         # Copies: the plain network must not share its norms and buffers with this one.

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops.models import checks
 from flexops.models.registry import register
-from flexops.models.tunable.core import Layers, TunableNetwork, check_image
+from flexops.models.tunable.core import Layers, TunableNetwork
 from flexops.nn.tunable import run_layer
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K's, as EDSR's MeanShift (rgb_range 1)
@@ -58,7 +59,7 @@ class EDSRNet(nn.Module):
         self.tail = layers.conv(n_feats, in_chans, 3)
 
     def forward(self, x):
-        check_image(x, self.in_chans)
+        checks.image_batch(x, self.in_chans)
         return self.run(x, None)
 
     def run(self, x, alphas):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexops.models import data
+from flexops.models import train as training
 
 NU = 0.9  # share of the noise the noise-preserving target keeps at omega_2 = 1 (eq. 9)
 GAMMA = 8.0  # unsharp-mask strength of the deblurring target
@@ -169,7 +170,7 @@ def vgg19_features(layer, weights=None):
             "or pass their path"
         )
     net = vgg19()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    net.load_state_dict(training.read_torch_file(path, "VGG-19 weights"))
     return _Normalised(net.features[: VGG19_LAYERS[layer] + 1]).eval().requires_grad_(False)
 
 

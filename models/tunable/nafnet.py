@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops.models import checks
 from flexops.models.registry import register
-from flexops.models.tunable.core import Layers, TunableNetwork, check_image, value
+from flexops.models.tunable.core import Layers, TunableNetwork, value
 from flexops.nn.tunable import run_layer
 
 
@@ -110,7 +111,7 @@ class NAFNet(nn.Module):
         self.padder_size = 2 ** len(enc_blk_nums)
 
     def forward(self, x):
-        check_image(x, self.in_chans)
+        checks.image_batch(x, self.in_chans)
         return self.run(x, None)
 
     def run(self, inp, alphas):

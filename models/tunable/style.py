@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops.models import checks
 from flexops.models.registry import register
-from flexops.models.tunable.core import Layers, TunableNetwork, check_image
+from flexops.models.tunable.core import Layers, TunableNetwork
 from flexops.nn.tunable import run_layer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -89,7 +90,7 @@ class StyleNet(nn.Module):
         self.multiple = 2**num_scales
 
     def forward(self, x):
-        check_image(x, self.in_chans)
+        checks.image_batch(x, self.in_chans)
         return self.run(x, None)
 
     def run(self, x, alphas):
