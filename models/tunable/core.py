@@ -111,8 +111,9 @@ class TunableNetwork:
         if omega.dtype != x.dtype or omega.device != x.device:
             raise ValueError(f"{name} must have x's dtype and device ({x.dtype}, {x.device}); "
                              f"got {omega.dtype}, {omega.device}")
-        # One host sync per network forward (on a GPU), not per layer.
-        if not bool(torch.isfinite(omega).all()):
+        # One host sync per network forward (on a GPU), not per layer; none while exporting (torch.export,
+        # ONNX), where omega is a graph input without a value.
+        if not torch.compiler.is_exporting() and not bool(torch.isfinite(omega).all()):
             raise ValueError(f"{name} must be finite; got {omega.tolist()}")
 
     # Whether forward may run a baked twin when called twice in a row with the same omega (see forward).
@@ -129,7 +130,7 @@ class TunableNetwork:
         """
         check_image(x, self.in_chans)
         self.check_omega(omega, x)
-        if omega.dim() == 1 and self.reuse_baked and not torch.is_grad_enabled():
+        if omega.dim() == 1 and self.reuse_baked and not torch.is_grad_enabled() and not torch.compiler.is_exporting():
             baked = self._kept_baked(omega)
             if baked is not None:
                 return baked(x)
