@@ -305,7 +305,9 @@ def pad_to_window(x, window_size):
     """Reflect-pads bottom and right to multiples of window_size (the official check_image_size)."""
     height, width = x.shape[-2:]
     pad_h, pad_w = (-height) % window_size, (-width) % window_size
-    return F.pad(x, (0, pad_w, 0, pad_h), "reflect") if pad_h or pad_w else x
+    # An exported graph (torch.export, ONNX) always pads, by 0 where the size is aligned: testing the
+    # symbolic size would tie the graph to the example input's alignment.
+    return F.pad(x, (0, pad_w, 0, pad_h), "reflect") if torch.compiler.is_exporting() or pad_h or pad_w else x
 
 
 def activation_bytes(shape, embed_dim, mlp_ratio, scale, element_size):
