@@ -33,6 +33,8 @@ except ImportError as error:
 
 from flexops.ops import _args
 
+__all__ = ["default_dynamic_shapes", "export", "translations"]
+
 _INT64_MAX = 2**63 - 1
 _INT64 = 7  # onnx.TensorProto.INT64
 
@@ -51,7 +53,7 @@ def _conv_attributes(stride, padding, dilation):
     return dict(strides=list(stride), pads=[ph, pw, ph, pw], dilations=list(dilation))
 
 
-def tunable_conv2d(input, weight, bias, alpha, stride, padding, dilation, groups):
+def _tunable_conv2d(input, weight, bias, alpha, stride, padding, dilation, groups):
     p, out_channels, group_channels, kh, kw = weight.shape
     conv = dict(group=groups, **_conv_attributes(stride, padding, dilation))
     if len(alpha.shape) == 1:
@@ -75,7 +77,7 @@ def tunable_conv2d(input, weight, bias, alpha, stride, padding, dilation, groups
     return op.Add(blended, op.Reshape(op.MatMul(alpha, bias), _ints(-1, out_channels, 1, 1)))
 
 
-def masked_conv2d(input, weight, bias, in_mask, out_mask, stride, padding, dilation):
+def _masked_conv2d(input, weight, bias, in_mask, out_mask, stride, padding, dilation):
     in_channels, out_channels = weight.shape[1], weight.shape[0]
     # Selecting, not multiplying: inactive channels are 0 even where the input holds inf or NaN.
     input = op.Where(op.Reshape(in_mask, _ints(-1, in_channels, 1, 1)), input, _zero_like(input))
@@ -83,7 +85,7 @@ def masked_conv2d(input, weight, bias, in_mask, out_mask, stride, padding, dilat
     return op.Where(op.Reshape(out_mask, _ints(-1, out_channels, 1, 1)), output, _zero_like(output))
 
 
-def deform_conv2d(input, offset, weight, bias, mask, stride, padding, dilation):
+def _deform_conv2d(input, offset, weight, bias, mask, stride, padding, dilation):
     _, group_channels, kh, kw = weight.shape
     groups = input.shape[1] // group_channels
     offset_groups = offset.shape[1] // (2 * kh * kw)
@@ -113,7 +115,7 @@ def _shift_regions(size, window_size, shift_size):
     return op.Add(past_window, past_shift)
 
 
-def window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
+def _window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
     channels = qkv.shape[3] // 3
     head_dim = channels // num_heads
     ws, shift, tokens = window_size, shift_size, window_size * window_size
@@ -159,10 +161,10 @@ def translations():
     """
     table = {}
     for name, function in (
-        ("tunable_conv2d", tunable_conv2d),
-        ("masked_conv2d", masked_conv2d),
-        ("deform_conv2d", deform_conv2d),
-        ("window_attention", window_attention),
+        ("tunable_conv2d", _tunable_conv2d),
+        ("masked_conv2d", _masked_conv2d),
+        ("deform_conv2d", _deform_conv2d),
+        ("window_attention", _window_attention),
     ):
         table[getattr(torch.ops.flexops, name).default] = function
         table[getattr(torch.ops.flexops, name + "_triton").default] = function
@@ -185,10 +187,23 @@ def default_dynamic_shapes(args):
 
 
 def export(model, args, f=None, *, dynamic_shapes=None, custom_translation_table=None, **kwargs):
-    """torch.onnx.export(model, args, f, dynamo=True, ...) with flexops' translations and, unless
-    dynamic_shapes is given, default_dynamic_shapes(args). Other keyword arguments go to
-    torch.onnx.export; translations in custom_translation_table are added to flexops'. Returns the
-    torch.onnx.ONNXProgram."""
+    """torch.onnx.export(model, args, f, dynamo=True, ...) with flexops' translations.
+
+    Args:
+        model: the network (call .eval() first).
+        args: tuple of the model's positional inputs (example values).
+        f: path to save the ONNX file to, or None (save the returned program yourself).
+        dynamic_shapes: as torch.onnx.export's; None: default_dynamic_shapes(args) (batch, height and
+            width dynamic where the network allows).
+        custom_translation_table: more translations, added to flexops'.
+        **kwargs: other torch.onnx.export arguments (input_names, opset_version, ...).
+
+    Returns:
+        the torch.onnx.ONNXProgram (`.save(path)`, `.model_proto`).
+
+    Example:
+        >>> flexops.onnx.export(net.eval(), (torch.rand(2, 3, 64, 64),)).save("net.onnx")
+    """
     if not isinstance(args, tuple):
         raise _args.ArgumentError(f"args must be a tuple of the model's inputs, got {type(args).__name__}")
     table = {**translations(), **(custom_translation_table or {})}
