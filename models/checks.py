@@ -2,7 +2,8 @@
 
 Each raises flexops' ArgumentError (a ValueError and a RuntimeError) naming the argument and the
 form expected. Under `torch.fx.symbolic_trace` the network's inputs are fx Proxies, whose shapes and
-values are unknown while tracing: the checks let them through, so the zoo's networks trace. The traced
+values are unknown while tracing, and under torch.export their values are: the checks let them
+through, so the zoo's networks trace and export. The traced
 graph holds no checks of the network's own (the flexops ops in it still check their arguments).
 """
 
@@ -12,8 +13,9 @@ from flexops.ops import ArgumentError
 
 
 def traced(value):
-    """Whether `value` is an fx Proxy (the network is being traced, not run)."""
-    return isinstance(value, torch.fx.Proxy)
+    """Whether the network is being traced or exported, not run: `value` is an fx Proxy, or torch.export
+    (and the ONNX exporter on it) is capturing a graph, where sizes are symbolic and values unknown."""
+    return isinstance(value, torch.fx.Proxy) or torch.compiler.is_exporting()
 
 
 def describe(value):
