@@ -32,7 +32,8 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
     offset = offset.reshape(batch, offset_groups, kh, kw, 2, out_h, out_w)
     y = base_y[:, None, :, None] + offset[:, :, :, :, 0]
     x = base_x[None, :, None, :] + offset[:, :, :, :, 1]
-    # Points this far out sample only zeros; clamping keeps floor().long() from overflowing.
+    # Points this far out sample only zeros; clamping keeps floor().long() from overflowing. A NaN
+    # coordinate stays NaN, as in torchvision: its corner weights, so its sample, are NaN.
     samples = kernel_points * out_h * out_w
     y = y.clamp(-2, height).reshape(batch, offset_groups, 1, samples)
     x = x.clamp(-2, width).reshape(batch, offset_groups, 1, samples)
@@ -48,8 +49,8 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
     columns = 0
     for cy, cx, corner_weight in ((y0, x0, hy * hx), (y0, x0 + 1, hy * lx),
                                   (y0 + 1, x0, ly * hx), (y0 + 1, x0 + 1, ly * lx)):
-        inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
-        index = (cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1)).long()
+        inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)  # False at a NaN coordinate
+        index = torch.where(inside, cy * width + cx, 0).long()
         values = torch.gather(channels, 3, index.expand(-1, -1, channels.shape[2], -1))
         # torchvision's arithmetic, which decides non-finite results: a corner outside contributes
         # weight * 0 (not the clamped pixel times 0, which is NaN for an infinite pixel) and the
