@@ -12,19 +12,25 @@ Profiles: "ci" (default, a few seconds per test) and "long" (HYPOTHESIS_PROFILE=
 """
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import flexops
 from flexops import reference
 
+# "ci" does not shrink a failing case (the Triton interpreter makes shrinking take minutes): it
+# reports the case as drawn.
 settings.register_profile(
-    "ci", max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    "ci", max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
 )
 settings.register_profile("long", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci")))
@@ -252,11 +258,9 @@ def _nan_patterns(deform_conv2d, x, offset, weight, mask, geometry):
 
 
 @FUZZ
-@given(deform_cases(), st.integers(0, 2**16), st.booleans())
-def test_deform_conv2d_nan_offsets_give_nan_as_torchvision(case, seed, only_y):
-    """A NaN offset is not hidden: every backend gives NaN where the reference does, and that is where
-    torchvision does (compared with NaN y offsets only: torchvision's CPU kernel reads out of bounds,
-    and may crash, at a NaN x)."""
+@given(deform_cases(), st.integers(0, 2**16))
+def test_deform_conv2d_nan_offsets_give_nan_in_every_backend(case, seed):
+    """A NaN offset is not hidden: every backend gives NaN where the reference does."""
     c = case
     out_h = (c["height"] + 2 * c["padding"] - c["dilation"] * (c["kh"] - 1) - 1) // c["stride"] + 1
     out_w = (c["width"] + 2 * c["padding"] - c["dilation"] * (c["kw"] - 1) - 1) // c["stride"] + 1
@@ -264,25 +268,44 @@ def test_deform_conv2d_nan_offsets_give_nan_as_torchvision(case, seed, only_y):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(c["batch"], c["cin"], c["height"], c["width"], generator=g)
     offset = torch.randn(c["batch"], 2 * points, out_h, out_w, generator=g)
-    nan = torch.rand(offset.shape, generator=g) < 0.1
-    if only_y:
-        nan[:, 1::2] = False
-    offset[nan] = float("nan")
+    offset[torch.rand(offset.shape, generator=g) < 0.1] = float("nan")
     weight = torch.randn(c["cout"], c["cin"] // c["groups"], c["kh"], c["kw"], generator=g)
     mask = torch.rand(c["batch"], points, out_h, out_w, generator=g) if c["has_mask"] else None
     geometry = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"])
-    pairs = {k: (v, v) for k, v in geometry.items()}
-    expected = _nan_patterns(reference.deform_conv2d, x, offset, weight, mask, pairs)
-    assert expected[0].any() or not nan.any() or out_h * out_w == 0
+    expected = _nan_patterns(reference.deform_conv2d, x, offset, weight, mask, {k: (v, v) for k, v in geometry.items()})
     for backend in ("cpu", "triton"):
         with flexops.backends.use(backend):
             got = _nan_patterns(flexops.ops.deform_conv2d, x, offset, weight, mask, geometry)
         assert torch.equal(got[0], expected[0]), f"{backend}: NaN outputs differ from the reference's"
         assert torch.equal(got[1], expected[1]), f"{backend}: NaN offset gradients differ from the reference's"
-    if only_y:
-        torchvision = pytest.importorskip("torchvision")
-        theirs = _nan_patterns(torchvision.ops.deform_conv2d, x, offset, weight, mask, geometry)
-        assert torch.equal(theirs[0], expected[0]) and torch.equal(theirs[1], expected[1])
+
+
+# torchvision's CPU kernel reads out of bounds at a NaN coordinate (a NaN x can crash it); a NaN y on an
+# image of even width happens to read inside, so its results can be compared, in a process of its own.
+# (Where the other coordinate is outside, the sample is 0 in both, and flexops keeps its gradients 0
+# too, where torchvision's offset gradient is NaN.)
+_TORCHVISION_NAN = textwrap.dedent("""
+    import torch, torchvision, flexops
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(2, 4, 6, 6, generator=g), torch.randn(3, 4, 3, 3, generator=g)
+    offset = torch.randn(2, 18, 6, 6, generator=g)
+    offset[0, 0, 1, 1] = offset[1, 4, 3, 2] = offset[1, 8, 2, 2] = float("nan")  # their x: inside
+    patterns = []
+    for deform_conv2d in (torchvision.ops.deform_conv2d, flexops.ops.deform_conv2d):
+        o = offset.clone().requires_grad_(True)
+        out = deform_conv2d(x, o, weight, padding=1)
+        (grad,) = torch.autograd.grad(out.sum(), o)
+        patterns.append((out.isnan(), grad.isnan()))
+    (out_tv, grad_tv), (out_ours, grad_ours) = patterns
+    assert out_tv.any() and grad_tv.any()
+    assert torch.equal(out_ours, out_tv) and torch.equal(grad_ours, grad_tv)
+""")
+
+
+def test_deform_conv2d_nan_offsets_as_torchvision(tmp_path):
+    pytest.importorskip("torchvision")
+    done = subprocess.run([sys.executable, "-c", _TORCHVISION_NAN], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 # --- concurrency ---
@@ -305,7 +328,7 @@ def _calls():
         lambda: tc(x, pointwise, None, rows),
         lambda: tc(x[:, :, :4, :4], pointwise, None, rows),  # blended pointwise
         lambda: tc(x[:, :, :1, :1], pointwise, None, rows),  # matrix-vector
-        lambda: tc(wide, depthwise, None, rows, padding=1, groups=4),
+        lambda: tc(wide, depthwise, None, rows[:, :2], padding=1, groups=4),
         lambda: flexops.ops.masked_conv2d(x[:1], kernels[0], None, masks, masks, padding=1),
         lambda: flexops.ops.window_attention(qkv, 2, 4, 2, table),
         lambda: flexops.ops.deform_conv2d(x, offset, kernels[0], None, padding=1, mask=mask),

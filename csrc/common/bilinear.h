@@ -42,7 +42,7 @@ FLEXOPS_HOST_DEVICE void fill_corners(T y, T x, int height, int width, BilinearC
   }
 }
 
-// A point with a NaN coordinate samples NaN, as torchvision's does: its corners are all outside
+// A point with a NaN coordinate (and the other one in range) samples NaN, as torchvision's does: its corners are all outside
 // (index -1, read as 0, so the NaN reaches no input gradient) but keep the weights and derivatives of
 // the arithmetic, NaN wherever a NaN fraction enters. So the sample is NaN, and so are the offset
 // gradients that a NaN fraction reaches (a NaN y: the x gradient), the mask's and the weight's.
@@ -65,12 +65,13 @@ FLEXOPS_HOST_DEVICE void nan_corners(T y, T x, BilinearCorners<T>& c) {
 // Returns false when the point lies wholly outside (it then samples 0 and has zero gradient).
 template <typename T>
 FLEXOPS_HOST_DEVICE bool bilinear_corners(T y, T x, int height, int width, BilinearCorners<T>& c) {
+  // torchvision's test: a NaN coordinate passes it, and the point is outside only if the other one is.
+  if (y <= T(-1) || y >= T(height) || x <= T(-1) || x >= T(width)) {
+    return false;
+  }
   if (y != y || x != x) {  // NaN, the one value unequal to itself
     nan_corners(y, x, c);
     return true;
-  }
-  if (!(y > T(-1) && y < T(height) && x > T(-1) && x < T(width))) {
-    return false;
   }
   fill_corners(y, x, height, width, c);
   return true;

@@ -32,11 +32,15 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
     offset = offset.reshape(batch, offset_groups, kh, kw, 2, out_h, out_w)
     y = base_y[:, None, :, None] + offset[:, :, :, :, 0]
     x = base_x[None, :, None, :] + offset[:, :, :, :, 1]
-    # Points this far out sample only zeros; clamping keeps floor().long() from overflowing. A NaN
-    # coordinate stays NaN, as in torchvision: its corner weights, so its sample, are NaN.
+    # A NaN coordinate samples NaN, as in torchvision (its corner weights are NaN), unless the other
+    # coordinate puts the point outside: torchvision tests each coordinate's range first.
+    y, x = (torch.where(y.isnan() & ((x <= -1) | (x >= width)), -2, y),
+            torch.where(x.isnan() & ((y <= -1) | (y >= height)), -2, x))
+    # Points this far out sample only zeros; clamping keeps floor().long() from overflowing.
     samples = kernel_points * out_h * out_w
-    y = y.clamp(-2, height).reshape(batch, offset_groups, 1, samples)
-    x = x.clamp(-2, width).reshape(batch, offset_groups, 1, samples)
+    # (A NaN passes by where, not clamp, whose gradient at NaN is 0.)
+    y = torch.where(y.isnan(), y, y.clamp(-2, height)).reshape(batch, offset_groups, 1, samples)
+    x = torch.where(x.isnan(), x, x.clamp(-2, width)).reshape(batch, offset_groups, 1, samples)
 
     # Bilinear sampling with zeros outside: a corner contributes only when it lies in the image.
     # (This alone gives torchvision's "only if -1 < y < H and -1 < x < W": outside that range every

@@ -51,7 +51,9 @@ def _corners(y, x, H, W, pix_ok):
     """
     # Far-away points only touch zeros; clamping keeps the int conversion from overflowing. A NaN
     # coordinate stays NaN and reads no corner, as the C++ kernels do (csrc/common/bilinear.h): its
-    # NaN fractions make the sample NaN, as in torchvision.
+    # NaN fractions make the sample NaN, as in torchvision, unless the other coordinate is outside.
+    y = tl.where((y != y) & ((x <= -1.0) | (x >= W)), -2.0, y)
+    x = tl.where((x != x) & ((y <= -1.0) | (y >= H)), -2.0, x)
     number = (y == y) & (x == x)
     y = tl.where(number, tl.minimum(tl.maximum(y, -2.0), H), y)
     x = tl.where(number, tl.minimum(tl.maximum(x, -2.0), W), x)
