@@ -42,11 +42,36 @@ FLEXOPS_HOST_DEVICE void fill_corners(T y, T x, int height, int width, BilinearC
   }
 }
 
+// A point with a NaN coordinate (and the other one in range) samples NaN, as torchvision's does: its corners are all outside
+// (index -1, read as 0, so the NaN reaches no input gradient) but keep the weights and derivatives of
+// the arithmetic, NaN wherever a NaN fraction enters. So the sample is NaN, and so are the offset
+// gradients that a NaN fraction reaches (a NaN y: the x gradient), the mask's and the weight's.
+// Callers read an outside corner as 0 rather than skip it, so that its NaN weight counts.
+template <typename T>
+FLEXOPS_HOST_DEVICE void nan_corners(T y, T x, BilinearCorners<T>& c) {
+  const T ly = y - floor(y), lx = x - floor(x);
+  const T hy = T(1) - ly, hx = T(1) - lx;
+  const T weight[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
+  const T dweight_dy[4] = {-hx, -lx, hx, lx};
+  const T dweight_dx[4] = {-hy, hy, -ly, ly};
+  for (int k = 0; k < 4; ++k) {
+    c.index[k] = -1;
+    c.weight[k] = weight[k];
+    c.dweight_dy[k] = dweight_dy[k];
+    c.dweight_dx[k] = dweight_dx[k];
+  }
+}
+
 // Returns false when the point lies wholly outside (it then samples 0 and has zero gradient).
 template <typename T>
 FLEXOPS_HOST_DEVICE bool bilinear_corners(T y, T x, int height, int width, BilinearCorners<T>& c) {
-  if (!(y > T(-1) && y < T(height) && x > T(-1) && x < T(width))) {
+  // torchvision's test: a NaN coordinate passes it, and the point is outside only if the other one is.
+  if (y <= T(-1) || y >= T(height) || x <= T(-1) || x >= T(width)) {
     return false;
+  }
+  if (y != y || x != x) {  // NaN, the one value unequal to itself
+    nan_corners(y, x, c);
+    return true;
   }
   fill_corners(y, x, height, width, c);
   return true;

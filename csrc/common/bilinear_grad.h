@@ -16,8 +16,12 @@ namespace flexops {
 template <typename T>
 FLEXOPS_HOST_DEVICE bool bilinear_corners_grad(T y, T x, int height, int width,
                                                BilinearCorners<T>& c) {
-  if (!(y >= T(-1) && y < T(height) && x >= T(-1) && x < T(width))) {
+  if (y < T(-1) || y >= T(height) || x < T(-1) || x >= T(width)) {  // a NaN passes (bilinear.h)
     return false;
+  }
+  if (y != y || x != x) {
+    nan_corners(y, x, c);
+    return true;
   }
   fill_corners(y, x, height, width, c);
   return true;

@@ -8,9 +8,11 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
+#include "common/conv_geometry.h"
 #include "common/layout.h"
 
 namespace flexops::tunable {
@@ -38,9 +40,7 @@ struct Platform {
   // a time, when they divide the batch evenly, rather than one after another with every thread in each.
   bool samples_in_parallel;
   // sum_i alpha[r, i] * params[i] for every row r of alpha ([p] is one row): [rows, numel / p].
-  // `scratch`: the result is read by this call only (a shared alpha's kernel), so it may live in a
-  // buffer that the next call overwrites.
-  at::Tensor (*blend)(const at::Tensor& params, const at::Tensor& alpha, bool scratch);
+  at::Tensor (*blend)(const at::Tensor& params, const at::Tensor& alpha);
   // An uninitialised tensor for a result (the output, a product).
   at::Tensor (*empty)(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat format);
   // Whether a shared kernel's pointwise convolution runs as matrix products rather than as the
@@ -82,20 +82,69 @@ inline std::vector<int64_t> depthwise_kernel_shape(const at::Tensor& weight) {
 }
 
 // sum_i alpha[r, i] * params[i] as one [rows, p] x [p, numel / p] matrix product.
-inline at::Tensor blend_by_matmul(const at::Tensor& params, const at::Tensor& alpha, bool /*scratch*/) {
+inline at::Tensor blend_by_matmul(const at::Tensor& params, const at::Tensor& alpha) {
   const int64_t p = params.size(0);
   return at::mm(alpha.reshape({-1, p}), params.reshape({p, -1}));
 }
 
-inline std::vector<int64_t> output_size(const at::Tensor& input, const at::Tensor& weight,
-                                        at::IntArrayRef stride, at::IntArrayRef padding,
-                                        at::IntArrayRef dilation) {
-  std::vector<int64_t> size = {input.size(0), weight.size(1)};
-  for (int d = 0; d < 2; ++d) {
-    const int64_t extent = dilation[d] * (weight.size(3 + d) - 1) + 1;
-    size.push_back((input.size(2 + d) + 2 * padding[d] - extent) / stride[d] + 1);
+// Checks every argument (common/conv_geometry.h) and returns the output's sizes [B, Cout, Ho, Wo].
+// input [B, Cin, H, W]; weight [p, Cout, Cin / groups, kh, kw]; bias [p, Cout] or None; alpha [p]
+// (shared by the batch) or [B, p] (one row per sample); all of input's dtype, on its device.
+inline std::vector<int64_t> checked_output_size(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                                                const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
+                                                at::IntArrayRef stride, at::IntArrayRef padding,
+                                                at::IntArrayRef dilation, int64_t groups) {
+  conv::check_dim(op, "input", input, 4, "[B, Cin, H, W]");
+  conv::check_dim(op, "weight", weight, 5, "[p, Cout, Cin / groups, kh, kw]");
+  conv::check_like_input(op, "weight", weight, input);
+  conv::check_like_input(op, "alpha", alpha, input);
+  TORCH_CHECK(input.is_floating_point(), op, ": input must be a floating-point tensor, got ", input.scalar_type());
+  const int64_t p = weight.size(0), out_channels = weight.size(1);
+  TORCH_CHECK(p >= 1, op, ": weight must hold at least one kernel (p >= 1), got ", weight.sizes());
+  TORCH_CHECK((alpha.dim() == 1 && alpha.size(0) == p) ||
+                  (alpha.dim() == 2 && alpha.size(0) == input.size(0) && alpha.size(1) == p),
+              op, ": alpha must be [p] = [", p, "] or [B, p] = [", input.size(0), ", ", p, "], got ", alpha.sizes());
+  if (bias.has_value() && bias->defined()) {
+    conv::check_like_input(op, "bias", *bias, input);
+    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == p && bias->size(1) == out_channels, op,
+                ": bias must be [p, Cout] = [", p, ", ", out_channels, "], got ", bias->sizes());
   }
+  conv::check_groups(op, input.size(1), weight.size(2), out_channels, groups);
+  conv::check_window(op, stride, padding, dilation);
+  const auto [out_h, out_w] = conv::output_hw(op, input.size(2), input.size(3), weight.size(3), weight.size(4),
+                                             stride, padding, dilation);
+  std::vector<int64_t> size = {input.size(0), out_channels, out_h, out_w};
+  conv::check_numel(op, "output", size);
+  // Per-sample kernels are blended into [B, numel of one kernel].
+  conv::check_numel(op, "blended kernels", {alpha.dim() == 2 ? input.size(0) : 1, weight[0].numel()});
   return size;
+}
+
+// Terms per block of a long fp32 reduction (below).
+constexpr int64_t kReductionBlock = 4096;
+
+// lhs [R, M, K] x rhs [R, K, N] -> [R, M, N], as at::bmm, but a long K (a large image's pixels) is
+// cut into blocks whose products at::sum then adds: one running fp32 sum
+// over the 2^20 pixels of a 1024x1024 image lost 1.6e-4 of relative accuracy in a weight gradient,
+// where PyTorch's own convolution keeps 5e-7. Operands may be transposed views; blocks are views.
+inline at::Tensor long_bmm(const at::Tensor& lhs, const at::Tensor& rhs) {
+  const int64_t depth = lhs.size(2);
+  if (depth <= 2 * kReductionBlock) {
+    return at::bmm(lhs, rhs);
+  }
+  const int64_t blocks = (depth + kReductionBlock - 1) / kReductionBlock;
+  at::Tensor partial = at::empty({blocks, lhs.size(0), lhs.size(1), rhs.size(2)}, lhs.options());
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int64_t start = i * kReductionBlock, length = std::min(kReductionBlock, depth - start);
+    at::Tensor block = partial[i];
+    at::bmm_out(block, lhs.narrow(2, start, length), rhs.narrow(1, start, length));
+  }
+  return partial.sum(0);
+}
+
+// long_bmm for one pair of matrices: [M, K] x [K, N].
+inline at::Tensor long_mm(const at::Tensor& lhs, const at::Tensor& rhs) {
+  return long_bmm(lhs.unsqueeze(0), rhs.unsqueeze(0)).squeeze(0);
 }
 
 // A pointwise convolution's images as a batch of matrices, without copying either layout:
@@ -165,15 +214,13 @@ inline std::pair<at::Tensor, at::Tensor> pointwise_backward(const at::Tensor& gr
     const at::Tensor pixels = x.reshape({rows, x.size(2)}), grad_pixels = dy.reshape({rows, dy.size(2)});
     at::Tensor grad_pixels_in = dx.view({rows, dx.size(2)});
     at::mm_out(grad_pixels_in, grad_pixels, kernels[0]);
-    grad_kernels = at::mm(grad_pixels.t(), pixels).unsqueeze(0);
+    grad_kernels = long_mm(grad_pixels.t(), pixels).unsqueeze(0);
   } else if (shared) {
-    grad_kernels = at::zeros_like(kernels);
-    at::Tensor grad_kernel = grad_kernels[0];
     for (int64_t b = 0; b < x.size(0); ++b) {
       at::Tensor image_grad = dx[b];
       at::mm_out(image_grad, kernels[0].t(), dy[b]);
-      grad_kernel.addmm_(dy[b], x[b].t());
     }
+    grad_kernels = long_bmm(dy, x.transpose(1, 2)).sum(0, /*keepdim=*/true);
   } else if (platform.one_pixel_as_matvec && input.size(2) * input.size(3) == 1) {
     const at::Tensor vectors = x.view({x.size(0), -1}), grad_vectors = dy.view({dy.size(0), -1});
     at::Tensor grad_input_vectors = dx.view({dx.size(0), -1});
@@ -184,10 +231,10 @@ inline std::pair<at::Tensor, at::Tensor> pointwise_backward(const at::Tensor& gr
     grad_kernels = grad_vectors.unsqueeze(2) * vectors.unsqueeze(1);
   } else if (last) {
     at::bmm_out(dx, dy, kernels);
-    grad_kernels = at::bmm(dy.transpose(1, 2), x);
+    grad_kernels = long_bmm(dy.transpose(1, 2), x);
   } else {
     at::bmm_out(dx, kernels.transpose(1, 2), dy);
-    grad_kernels = at::bmm(dy, x.transpose(1, 2));
+    grad_kernels = long_bmm(dy, x.transpose(1, 2));
   }
   return {grad_input, grad_kernels.view({kernels.size(0), -1})};
 }
@@ -197,17 +244,18 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                           int64_t groups, const Platform& platform) {
+  const auto out_size =
+      checked_output_size("tunable_conv2d", input, weight, bias, alpha, stride, padding, dilation, groups);
   const int64_t batch = input.size(0);
   const auto kernel_shape = weight.sizes().slice(1);  // [Cout, Cin / groups, kh, kw]
   const bool has_bias = bias.has_value() && bias->defined();
   const bool is_pointwise = pointwise(weight, stride, padding, groups);
-  const auto out_size = output_size(input, weight, stride, padding, dilation);
   const auto out_format = output_memory_format(input);
   const bool is_direct_depthwise = direct_depthwise(platform, input, weight, groups, out_size[3]);
   if (alpha.dim() == 1) {
-    const at::Tensor kernel = platform.blend(weight, alpha, /*scratch=*/true);
+    const at::Tensor kernel = platform.blend(weight, alpha);
     const std::optional<at::Tensor> blended_bias =
-        has_bias ? std::optional<at::Tensor>(platform.blend(*bias, alpha, false).view({-1}))
+        has_bias ? std::optional<at::Tensor>(platform.blend(*bias, alpha).view({-1}))
                  : std::nullopt;
     if (is_direct_depthwise) {
       at::Tensor output = platform.empty(out_size, input.options(), out_format);
@@ -228,13 +276,13 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
   if (batch == 0) {
     return at::empty(out_size, input.options().memory_format(out_format));
   }
-  const at::Tensor biases = has_bias ? platform.blend(*bias, alpha, false) : at::Tensor();  // [B, Cout]
+  const at::Tensor biases = has_bias ? platform.blend(*bias, alpha) : at::Tensor();  // [B, Cout]
   if (is_pointwise || is_direct_depthwise) {
     at::Tensor output = platform.empty(out_size, input.options(), out_format);
     const bool blended_while_packed =
         is_pointwise && platform.blended_pointwise && platform.blended_pointwise(input, weight, alpha, biases, output);
     if (!blended_while_packed) {
-      const at::Tensor kernels = platform.blend(weight, alpha, false);  // [B, numel of one kernel]
+      const at::Tensor kernels = platform.blend(weight, alpha);  // [B, numel of one kernel]
       is_pointwise
           ? pointwise_forward(input, kernels.view({batch, weight.size(1), weight.size(2)}), biases, output, platform)
           : platform.depthwise(input, kernels.view(depthwise_kernel_shape(weight)), biases, stride, padding, dilation,
@@ -242,7 +290,7 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
     }
     return output;
   }
-  const at::Tensor kernels = platform.blend(weight, alpha, false);
+  const at::Tensor kernels = platform.blend(weight, alpha);
   const PerSample per_sample = platform.per_sample(weight);
   if (per_sample == PerSample::kGroupedConv) {
     std::vector<int64_t> folded_kernel = {-1};
@@ -285,6 +333,11 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& alpha, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, const Platform& platform) {
+  const char* op = "tunable_conv2d_backward";
+  const auto out_size = checked_output_size(op, input, weight, bias, alpha, stride, padding, dilation, groups);
+  conv::check_like_input(op, "grad_output", grad_output, input);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_size), op, ": grad_output must be the output's sizes ",
+              at::IntArrayRef(out_size), ", got ", grad_output.sizes());
   const int64_t p = weight.size(0);
   const int64_t batch = input.size(0);
   const auto kernel_shape = weight.sizes().slice(1);
@@ -295,15 +348,15 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   const bool is_pointwise = pointwise(weight, stride, padding, groups);
   at::Tensor grad_input, grad_kernels;  // grad_kernels: [rows of alpha, numel of one kernel]
   if (batch > 0 && is_pointwise && (!shared || platform.shared_pointwise_as_matmul)) {
-    const at::Tensor kernels = platform.blend(weight, alpha, /*scratch=*/shared);
+    const at::Tensor kernels = platform.blend(weight, alpha);
     std::tie(grad_input, grad_kernels) = pointwise_backward(
         grad_output, input, kernels.view({-1, weight.size(1), weight.size(2)}), platform);
   } else if (direct_depthwise(platform, input, weight, groups, grad_output.size(3))) {
-    const at::Tensor kernels = platform.blend(weight, alpha, /*scratch=*/shared);
+    const at::Tensor kernels = platform.blend(weight, alpha);
     std::tie(grad_input, grad_kernels) = platform.depthwise_backward(
         grad_output, input, kernels.view(depthwise_kernel_shape(weight)), stride, padding, dilation);
   } else if (shared) {
-    const at::Tensor kernel = platform.blend(weight, alpha, /*scratch=*/true).view(kernel_shape);
+    const at::Tensor kernel = platform.blend(weight, alpha).view(kernel_shape);
     auto grads = at::convolution_backward(grad_output, input, kernel, std::nullopt, stride, padding,
                                           dilation, false, {0, 0}, groups, {true, true, false});
     grad_input = std::get<0>(grads);
@@ -314,7 +367,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   } else if (platform.per_sample(weight) == PerSample::kGroupedConv) {
     std::vector<int64_t> folded_kernel = {-1};
     folded_kernel.insert(folded_kernel.end(), kernel_shape.begin() + 1, kernel_shape.end());
-    const at::Tensor kernels = platform.blend(weight, alpha, false).view(folded_kernel);
+    const at::Tensor kernels = platform.blend(weight, alpha).view(folded_kernel);
     const at::Tensor folded_input = input.reshape({1, -1, input.size(2), input.size(3)});
     const at::Tensor folded_grad =
         grad_output.reshape({1, -1, grad_output.size(2), grad_output.size(3)});
@@ -324,7 +377,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     grad_input = std::get<0>(grads).view(input.sizes());
     grad_kernels = std::get<1>(grads).view({batch, -1});
   } else {
-    const at::Tensor kernels = platform.blend(weight, alpha, false);
+    const at::Tensor kernels = platform.blend(weight, alpha);
     grad_input = at::empty_like(input);
     grad_kernels = at::empty_like(kernels);
     for (int64_t b = 0; b < batch; ++b) {

@@ -21,6 +21,7 @@
 
 #include "common/bilinear.h"
 #include "common/bilinear_grad.h"
+#include "common/deform_conv2d.h"
 #include "common/layout.h"
 #include "cpu/kept_memory.h"
 
@@ -60,27 +61,13 @@ struct Shape {
   int64_t group_row;  // the part of a row one conv group multiplies: kernel_points * group_in
 };
 
+// Checks every argument (common/deform_conv2d.h) and derives the sizes the kernels use.
 Shape make_shape(const char* op, const Tensor& input, const Tensor& offset, const Tensor& weight,
-                 const std::optional<Tensor>& mask, at::IntArrayRef stride,
+                 const std::optional<Tensor>& mask, const std::optional<Tensor>& bias, at::IntArrayRef stride,
                  at::IntArrayRef padding, at::IntArrayRef dilation) {
-  TORCH_CHECK(input.dim() == 4, op, ": input must be [B, Cin, H, W], got ", input.sizes());
-  TORCH_CHECK(weight.dim() == 4, op, ": weight must be [Cout, Cin/groups, kh, kw], got ",
-              weight.sizes());
-  TORCH_CHECK(offset.dim() == 4, op, ": offset must be [B, 2*offset_groups*kh*kw, Ho, Wo], got ",
-              offset.sizes());
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
-              ": stride, padding and dilation must have 2 elements each");
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0 &&
-                  padding[0] >= 0 && padding[1] >= 0,
-              op, ": stride and dilation must be positive and padding non-negative, got stride ",
-              stride, ", padding ", padding, ", dilation ", dilation);
-  TORCH_CHECK(input.is_cpu() && offset.is_cpu() && weight.is_cpu(), op,
-              ": input, offset and weight must be CPU tensors");
-  TORCH_CHECK(offset.scalar_type() == input.scalar_type() &&
-                  weight.scalar_type() == input.scalar_type(),
-              op, ": offset (", offset.scalar_type(), ") and weight (", weight.scalar_type(),
-              ") must have input's dtype ", input.scalar_type());
-
+  const deform::Shape checked =
+      deform::checked_shape(op, input, offset, weight, mask, bias, stride, padding, dilation);
+  TORCH_CHECK(input.is_cpu(), op, ": input must be a CPU tensor here, got ", input.device());
   Shape s;
   s.batch = input.size(0);
   s.in_channels = input.size(1);
@@ -91,43 +78,19 @@ Shape make_shape(const char* op, const Tensor& input, const Tensor& offset, cons
   s.kernel_h = weight.size(2);
   s.kernel_w = weight.size(3);
   s.kernel_points = s.kernel_h * s.kernel_w;
-  TORCH_CHECK(s.group_in > 0 && s.in_channels % s.group_in == 0, op, ": weight.size(1) (",
-              s.group_in, ") must divide the input channels (", s.in_channels, ")");
-  s.groups = s.in_channels / s.group_in;
-  TORCH_CHECK(s.out_channels % s.groups == 0, op, ": weight.size(0) (", s.out_channels,
-              ") must be divisible by groups (", s.groups, ")");
+  s.groups = checked.groups;
   s.group_out = s.out_channels / s.groups;
-  TORCH_CHECK(s.kernel_points > 0 && offset.size(1) > 0 &&
-                  offset.size(1) % (2 * s.kernel_points) == 0,
-              op, ": offset.size(1) (", offset.size(1), ") must be a positive multiple of ",
-              "2*kh*kw (", 2 * s.kernel_points, ")");
-  s.offset_groups = offset.size(1) / (2 * s.kernel_points);
-  TORCH_CHECK(s.in_channels % s.offset_groups == 0, op, ": offset groups (", s.offset_groups,
-              ") must divide the input channels (", s.in_channels, ")");
+  s.offset_groups = checked.offset_groups;
   s.offset_group_in = s.in_channels / s.offset_groups;
-
   s.stride_h = stride[0];
   s.stride_w = stride[1];
   s.pad_h = padding[0];
   s.pad_w = padding[1];
   s.dil_h = dilation[0];
   s.dil_w = dilation[1];
-  s.out_h = (s.height + 2 * s.pad_h - (s.dil_h * (s.kernel_h - 1) + 1)) / s.stride_h + 1;
-  s.out_w = (s.width + 2 * s.pad_w - (s.dil_w * (s.kernel_w - 1) + 1)) / s.stride_w + 1;
-  TORCH_CHECK(s.out_h > 0 && s.out_w > 0, op, ": the dilated kernel does not fit the padded ",
-              "input (output would be ", s.out_h, "x", s.out_w, ")");
+  s.out_h = checked.out_h;
+  s.out_w = checked.out_w;
   s.out_pixels = s.out_h * s.out_w;
-  TORCH_CHECK(offset.sizes() == at::IntArrayRef({s.batch, offset.size(1), s.out_h, s.out_w}), op,
-              ": offset must be [", s.batch, ", ", offset.size(1), ", ", s.out_h, ", ", s.out_w,
-              "], got ", offset.sizes());
-  if (mask) {
-    TORCH_CHECK(mask->is_cpu() && mask->scalar_type() == input.scalar_type(), op,
-                ": mask must be a CPU tensor with input's dtype ", input.scalar_type());
-    TORCH_CHECK(mask->sizes() == at::IntArrayRef({s.batch, s.offset_groups * s.kernel_points,
-                                                  s.out_h, s.out_w}),
-                op, ": mask must be [", s.batch, ", ", s.offset_groups * s.kernel_points, ", ",
-                s.out_h, ", ", s.out_w, "], got ", mask->sizes());
-  }
   s.row = s.kernel_points * s.in_channels;
   s.group_row = s.kernel_points * s.group_in;
   return s;
@@ -665,15 +628,7 @@ Tensor deform_conv2d_cpu(const Tensor& input, const Tensor& offset, const Tensor
                          const std::optional<Tensor>& bias, const std::optional<Tensor>& mask,
                          at::IntArrayRef stride, at::IntArrayRef padding,
                          at::IntArrayRef dilation) {
-  const Shape s =
-      make_shape("deform_conv2d", input, offset, weight, mask, stride, padding, dilation);
-  if (bias) {
-    TORCH_CHECK(bias->is_cpu() && bias->scalar_type() == input.scalar_type(),
-                "deform_conv2d: bias must be a CPU tensor with input's dtype ",
-                input.scalar_type());
-    TORCH_CHECK(bias->sizes() == at::IntArrayRef({s.out_channels}),
-                "deform_conv2d: bias must be [", s.out_channels, "], got ", bias->sizes());
-  }
+  const Shape s = make_shape("deform_conv2d", input, offset, weight, mask, bias, stride, padding, dilation);
   Tensor output = cpu::kept_empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options(),
                                   output_memory_format(input));
   if (output.numel() == 0) {
@@ -698,14 +653,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> deform_conv2d_backward_cpu(
     const Tensor& grad_output, const Tensor& input, const Tensor& offset, const Tensor& weight,
     const std::optional<Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation) {
-  const Shape s =
-      make_shape("deform_conv2d_backward", input, offset, weight, mask, stride, padding, dilation);
-  TORCH_CHECK(grad_output.is_cpu() && grad_output.scalar_type() == input.scalar_type() &&
-                  grad_output.sizes() ==
-                      at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
-              "deform_conv2d_backward: grad_output must be [", s.batch, ", ", s.out_channels,
-              ", ", s.out_h, ", ", s.out_w, "] on CPU with input's dtype, got ",
-              grad_output.sizes(), " ", grad_output.scalar_type());
+  const char* op = "deform_conv2d_backward";
+  const Shape s = make_shape(op, input, offset, weight, mask, std::nullopt, stride, padding, dilation);
+  deform::check_grad_output(op, grad_output, input, weight, s.out_h, s.out_w);
 
   // Layouts as the CUDA kernels return them (the fake kernels describe these): grad_input as
   // output_memory_format(input) says, the others contiguous. grad_input is accumulated in NHWC.

@@ -11,7 +11,9 @@
 // resizable CPU tensors; when one of 128 KiB or more dies, its block is kept for the next tensor of
 // the same size, up to FLEXOPS_KEPT_CPU_MB megabytes in all (default 1024; 0 keeps none; read at
 // the first allocation) and 64 blocks, the oldest given back first. Smaller blocks come from glibc's
-// heap, already mapped.
+// heap, already mapped. This pool is all that flexops keeps between calls (blended kernels and
+// kernels' scratch come from here too; a thread keeps only the blended pointwise product's fixed
+// 155 KB panel), so the limit and kept_bytes() cover everything.
 #include <ATen/ATen.h>
 
 #include <cstddef>

@@ -6,7 +6,7 @@
 // channels into a per-thread buffer, zero-padded and with each kernel column's offset (and the
 // stride) applied, so that the inner loop is plain vector loads; packs the task's weights of its
 // active channels into a per-thread buffer; and writes the active output channels straight into the
-// output, clearing the inactive ones. Both buffers are kept between calls. The gather + oneDNN path
+// output, clearing the inactive ones. Both buffers are kept blocks (cpu/kept_memory.h). The gather + oneDNN path
 // it replaces allocated 128 KB-32 MB intermediates per task and call, which glibc maps and faults
 // in afresh until its mmap threshold adapts: a fresh process paid ~85 ms per call for what a warmed
 // one did in 26 ms (27 tasks, 25% of 64 -> 64 channels, 128x128). The direct kernel was faster in
@@ -43,14 +43,9 @@ struct Task {
   at::Tensor in_channels, out_channels;       // int64 indices of the active channels
 };
 
-int64_t num_tasks(const at::Tensor& input, const at::Tensor& in_mask, const at::Tensor& out_mask) {
-  const int64_t m = std::max(in_mask.size(0), out_mask.size(0));
-  return m == 1 ? input.size(0) : m;
-}
-
 std::vector<Task> tasks(const at::Tensor& input, const at::Tensor& in_mask,
                         const at::Tensor& out_mask) {
-  const int64_t count = num_tasks(input, in_mask, out_mask);
+  const int64_t count = masked::output_rows(input, in_mask, out_mask);
   const bool whole_batch = std::max(in_mask.size(0), out_mask.size(0)) == 1;
   std::vector<Task> result;
   for (int64_t t = 0; t < (whole_batch ? 1 : count); ++t) {
@@ -337,20 +332,6 @@ Kernel<T> pick_kernel() {
   return {4, &band_baseline<T>};
 }
 
-// Scratch of this thread, 64-byte aligned. Up to 8 MiB it is kept between calls (see the top of the
-// file; a TASNet layer of 64 channels at 480x320 needs 2.6 MB); a larger one comes from `fresh`, the
-// caller's block for this call, so that no thread keeps a huge one for good. Its page faults then
-// cost little next to the work of a problem that large.
-unsigned char* scratch(size_t bytes, std::vector<unsigned char>& fresh) {
-  constexpr size_t kKeptBytes = size_t(8) << 20;
-  thread_local std::vector<unsigned char> kept;
-  std::vector<unsigned char>& block = bytes + 64 <= kKeptBytes ? kept : fresh;
-  if (block.size() < bytes + 64) {
-    block = std::vector<unsigned char>(bytes + 64);
-  }
-  return block.data() + (64 - reinterpret_cast<uintptr_t>(block.data()) % 64) % 64;
-}
-
 // Sets n elements to 0 with streaming stores where the ISA has them: most of a sparse task's output
 // is zeros, and storing them through the cache first reads every line. Clearing a 265 MB output
 // this way took 6.5 ms instead of 25 ms on one thread. The caller fences (fence_streams) before
@@ -475,9 +456,11 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight,
   // Item i is band i / samples of sample i % samples: each thread's range spans every task, so a
   // mix of light and heavy tasks still splits evenly.
   at::parallel_for(0, samples * bands, 1, [&](int64_t begin, int64_t end) {
-    std::vector<unsigned char> fresh;
-    T* const packed_bias =
-        reinterpret_cast<T*>(scratch((bias_size + weights_size + rows_size) * sizeof(T), fresh));
+    // This range's scratch, from a kept block (cpu/kept_memory.h; 64-byte aligned): a TASNet layer of 64
+    // channels at 480x320 needs 2.6 MB, which a fresh mapping would fault in every call.
+    const at::Tensor scratch =
+        cpu::kept_empty({static_cast<int64_t>(bias_size + weights_size + rows_size)}, output.options());
+    T* const packed_bias = scratch.data_ptr<T>();
     T* const packed = packed_bias + bias_size;
     T* const rows = packed + weights_size;
     int64_t packed_for = -1;  // which (in row, out row) pair `packed` holds
@@ -516,12 +499,8 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, const at::Tensor& in_mask,
                              const at::Tensor& out_mask, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation) {
-  masked::check(input, weight, in_mask, out_mask);
-  std::vector<int64_t> size = {num_tasks(input, in_mask, out_mask), weight.size(0)};
-  for (int d = 0; d < 2; ++d) {
-    const int64_t extent = dilation[d] * (weight.size(2 + d) - 1) + 1;
-    size.push_back((input.size(2 + d) + 2 * padding[d] - extent) / stride[d] + 1);
-  }
+  const std::vector<int64_t> size =
+      masked::checked_output_size("masked_conv2d", input, weight, bias, in_mask, out_mask, stride, padding, dilation);
   const at::MemoryFormat format = output_memory_format(input);
   at::Tensor output = cpu::kept_empty(size, input.options(), format);
   const bool direct = format == at::MemoryFormat::Contiguous;
@@ -543,7 +522,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& in_mask, const at::Tensor& out_mask,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  masked::check(input, weight, in_mask, out_mask);
+  masked::checked_backward(grad_output, input, weight, bias, in_mask, out_mask, stride, padding, dilation);
   at::Tensor grad_input =
       cpu::kept_empty(input.sizes(), input.options(), output_memory_format(input)).zero_();
   at::Tensor grad_weight = cpu::kept_zeros(weight.sizes(), weight.options());

@@ -3,11 +3,9 @@
 // images by a direct loop, the rest through oneDNN's convolution.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <map>
 #include <utility>
 #include <vector>
 
@@ -89,19 +87,6 @@ tunable::PerSample per_sample_strategy(const at::Tensor& weight) {
                                                                          : tunable::PerSample::kGroupedConv;
 }
 
-// A shared alpha's blended kernel goes to a buffer kept per thread, one per kernel size and dtype,
-// instead of a fresh tensor each call: a 64x64x3x3 fp32 kernel is 147 KB, and allocating it anew
-// costs more than blending it. Only the call that blends it reads it.
-at::Tensor kept_kernel_buffer(int64_t numel, const at::TensorOptions& options) {
-  thread_local std::map<std::pair<int64_t, at::ScalarType>, at::Tensor> buffers;
-  at::Tensor& buffer = buffers[{numel, options.dtype().toScalarType()}];
-  if (!buffer.defined()) {
-    c10::InferenceMode normal_tensor(false);  // writable both in and outside inference mode
-    buffer = at::empty({numel}, options);
-  }
-  return buffer;
-}
-
 // out[r] = sum_i alpha[r, i] * params[i] for every row r, on the intra-op threads once the kernel
 // is large enough to share.
 template <typename scalar_t>
@@ -113,11 +98,12 @@ void blend_rows(const scalar_t* params, const scalar_t* alpha, scalar_t* out, in
   });
 }
 
-at::Tensor blend_cpu(const at::Tensor& params, const at::Tensor& alpha, bool scratch) {
+// Blended kernels come from kept blocks (cpu/kept_memory.h) like the results: a 64x64x3x3 fp32
+// kernel is 147 KB, and mapping it afresh every call costs more than blending it.
+at::Tensor blend_cpu(const at::Tensor& params, const at::Tensor& alpha) {
   const int64_t p = params.size(0), numel = params.numel() / p;
   const at::Tensor rows = alpha.reshape({-1, p}).contiguous();
-  at::Tensor out = scratch ? kept_kernel_buffer(numel, params.options()).view({1, numel})
-                           : cpu::kept_empty({rows.size(0), numel}, params.options());
+  at::Tensor out = cpu::kept_empty({rows.size(0), numel}, params.options());
   const at::ScalarType dtype = params.scalar_type();
   if (dtype != at::kFloat && dtype != at::kDouble) {  // half types: accumulate as the GEMM does
     return at::mm_out(out, rows, params.reshape({p, numel}));

@@ -535,8 +535,10 @@ std::tuple<Tensor, Tensor> window_attention_backward_cpu(
     int64_t shift_size, const std::optional<Tensor>& rel_pos_bias, double scale,
     const std::optional<Tensor>& active, std::optional<double> mask_value) {
   const Geometry g = geometry(qkv, num_heads, window_size, shift_size, rel_pos_bias, active);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({g.batch, g.height, g.width, g.channels()}),
-              "window_attention_backward: grad_output must be [B, H, W, C], got ",
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({g.batch, g.height, g.width, g.channels()}) &&
+                  grad_output.scalar_type() == qkv.scalar_type() && grad_output.device() == qkv.device(),
+              "window_attention_backward: grad_output must be [B, H, W, C] = [", g.batch, ", ", g.height, ", ",
+              g.width, ", ", g.channels(), "] with qkv's dtype and device, got ", grad_output.scalar_type(), " ",
               grad_output.sizes());
   Tensor grad_qkv = cpu::kept_empty(qkv.sizes(), qkv.options());
   Tensor grad_bias = rel_pos_bias ? cpu::kept_zeros(rel_pos_bias->sizes(), qkv.options()) : qkv.new_empty({0});

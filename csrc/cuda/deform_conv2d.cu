@@ -25,6 +25,7 @@
 
 #include "common/bilinear.h"
 #include "common/bilinear_grad.h"
+#include "common/deform_conv2d.h"
 #include "common/layout.h"
 
 namespace flexops {
@@ -107,10 +108,8 @@ __global__ void im2col_kernel(const scalar_t* __restrict__ input,
       acc_t value = 0;
       BilinearCorners<acc_t> corners;
       if (bilinear_corners(y, x, geo.height, geo.width, corners)) {
-        for (int q = 0; q < 4; ++q) {
-          if (corners.index[q] >= 0) {
-            value += corners.weight[q] * acc_t(plane[corners.index[q]]);
-          }
+        for (int q = 0; q < 4; ++q) {  // an outside corner reads 0 (bilinear.h)
+          value += corners.weight[q] * (corners.index[q] >= 0 ? acc_t(plane[corners.index[q]]) : acc_t(0));
         }
       }
       col[k * chunk.size] = scalar_t(m * value);
@@ -186,13 +185,11 @@ __global__ void col2im_coord_kernel(const scalar_t* __restrict__ grad_columns,
         const acc_t grad = acc_t(grad_columns[(c * K + k) * chunk.size + n]);
         const scalar_t* plane = input + (b * geo.channels + c) * plane_size;
         acc_t value = 0, dvalue_dy = 0, dvalue_dx = 0;
-        for (int q = 0; q < 4; ++q) {
-          if (corners.index[q] >= 0) {
-            const acc_t v = acc_t(plane[corners.index[q]]);
-            value += corners.weight[q] * v;
-            dvalue_dy += corners.dweight_dy[q] * v;
-            dvalue_dx += corners.dweight_dx[q] * v;
-          }
+        for (int q = 0; q < 4; ++q) {  // an outside corner reads 0 (bilinear.h)
+          const acc_t v = corners.index[q] >= 0 ? acc_t(plane[corners.index[q]]) : acc_t(0);
+          value += corners.weight[q] * v;
+          dvalue_dy += corners.dweight_dy[q] * v;
+          dvalue_dx += corners.dweight_dx[q] * v;
         }
         grad_m += grad * value;
         grad_y += grad * dvalue_dy;
@@ -256,68 +253,22 @@ void col2im(const at::Tensor& grad_columns, const at::Tensor& input, const at::T
       });
 }
 
-// Validates the arguments (the Python layer reports friendlier errors first; these keep the kernels
-// in bounds) and returns the geometry. mask may be undefined.
-Geometry make_geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-                       const at::Tensor& mask, at::IntArrayRef stride, at::IntArrayRef padding,
-                       at::IntArrayRef dilation) {
-  TORCH_CHECK(input.is_cuda(), "deform_conv2d: input must be a CUDA tensor");
-  TORCH_CHECK(input.dim() == 4, "deform_conv2d: input must be [B, Cin, H, W], got ", input.sizes());
-  TORCH_CHECK(weight.dim() == 4, "deform_conv2d: weight must be [Cout, Cin/groups, kh, kw], got ",
-              weight.sizes());
-  TORCH_CHECK(offset.dim() == 4,
-              "deform_conv2d: offset must be [B, 2*offset_groups*kh*kw, Ho, Wo], got ",
-              offset.sizes());
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "deform_conv2d: stride, padding and dilation must have 2 elements");
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "deform_conv2d: stride must be positive, got ",
-              stride);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "deform_conv2d: dilation must be positive, got ",
-              dilation);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "deform_conv2d: padding must be >= 0, got ",
-              padding);
-  for (const at::Tensor* t : {&offset, &weight, &mask}) {
-    if (t->defined()) {
-      TORCH_CHECK(
-          t->device() == input.device() && t->scalar_type() == input.scalar_type(),
-          "deform_conv2d: offset, weight and mask must be on input's device with its dtype");
-    }
-  }
+// Checks every argument (common/deform_conv2d.h) and returns the geometry. mask may be undefined.
+Geometry make_geometry(const char* op, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                       const at::Tensor& mask, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const deform::Shape shape = deform::checked_shape(
+      op, input, offset, weight, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, bias, stride,
+      padding, dilation);
+  TORCH_CHECK(input.is_cuda(), op, ": input must be a CUDA tensor here, got ", input.device());
   const int64_t channels = input.size(1), height = input.size(2), width = input.size(3);
   const int64_t kernel_h = weight.size(2), kernel_w = weight.size(3);
-  TORCH_CHECK(weight.size(1) > 0 && kernel_h > 0 && kernel_w > 0 && channels % weight.size(1) == 0,
-              "deform_conv2d: weight.size(1) must divide the input channels ", channels,
-              ", got weight ", weight.sizes());
-  const int64_t groups = channels / weight.size(1);
-  TORCH_CHECK(weight.size(0) % groups == 0, "deform_conv2d: ", groups,
-              " groups must divide the output channels ", weight.size(0));
-  // The plane index y * W + x of bilinear.h, including the corner just past the edge, is an int.
-  TORCH_CHECK((height + 1) * (width + 1) <= INT_MAX, "deform_conv2d: input plane ", height, "x",
-              width, " is too large");
-  const int64_t extent_h = dilation[0] * (kernel_h - 1) + 1;
-  const int64_t extent_w = dilation[1] * (kernel_w - 1) + 1;
-  TORCH_CHECK(height + 2 * padding[0] >= extent_h && width + 2 * padding[1] >= extent_w,
-              "deform_conv2d: input ", height, "x", width, " with padding ", padding,
-              " is smaller than the dilated kernel");
-  const int64_t out_h = (height + 2 * padding[0] - extent_h) / stride[0] + 1;
-  const int64_t out_w = (width + 2 * padding[1] - extent_w) / stride[1] + 1;
-  const int64_t points = kernel_h * kernel_w;
-  const int64_t offset_groups = offset.size(1) / (2 * points);
-  TORCH_CHECK(
-      offset_groups > 0 && offset.size(1) == 2 * offset_groups * points &&
-          channels % offset_groups == 0,
-      "deform_conv2d: offset.size(1) must be 2*offset_groups*kh*kw with offset_groups dividing ",
-      channels, " input channels, got ", offset.size(1));
-  TORCH_CHECK(offset.size(0) == input.size(0) && offset.size(2) == out_h && offset.size(3) == out_w,
-              "deform_conv2d: offset must be [", input.size(0), ", ", offset.size(1), ", ", out_h,
-              ", ", out_w, "], got ", offset.sizes());
-  if (mask.defined()) {
-    TORCH_CHECK(mask.dim() == 4 && mask.size(0) == input.size(0) &&
-                    mask.size(1) == offset_groups * points && mask.size(2) == out_h &&
-                    mask.size(3) == out_w,
-                "deform_conv2d: mask must be [", input.size(0), ", ", offset_groups * points, ", ",
-                out_h, ", ", out_w, "], got ", mask.sizes());
-  }
+  const int64_t out_h = shape.out_h, out_w = shape.out_w, offset_groups = shape.offset_groups;
+  // The kernels hold these as int.
+  TORCH_CHECK(std::max({kernel_h, kernel_w, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]}) <=
+                  INT_MAX / 4,
+              op, ": kernel ", kernel_h, "x", kernel_w, ", stride ", stride, ", padding ", padding, " and dilation ",
+              dilation, " must each be below 2^29 on CUDA");
   return Geometry{channels,
                   static_cast<int>(height),
                   static_cast<int>(width),
@@ -377,7 +328,8 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset
                               const std::optional<at::Tensor>& mask_, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
   const at::Tensor mask_arg = mask_.has_value() ? *mask_ : at::Tensor();
-  const Geometry geo = make_geometry(input_, offset_, weight_, mask_arg, stride, padding, dilation);
+  const Geometry geo =
+      make_geometry("deform_conv2d", input_, offset_, weight_, mask_arg, bias, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous();
   const at::Tensor weight = weight_.contiguous();
@@ -385,10 +337,6 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input_, const at::Tensor& offset
 
   const int64_t batch = input.size(0), out_channels = weight.size(0);
   const bool has_bias = bias.has_value() && bias->defined();
-  TORCH_CHECK(!has_bias || (bias->numel() == out_channels && bias->device() == input.device() &&
-                            bias->scalar_type() == input.scalar_type()),
-              "deform_conv2d: bias must have ", out_channels,
-              " elements on input's device with its dtype");
   const int64_t groups = geo.channels / weight.size(1);
   const int64_t group_rows = weight.size(1) * geo.kernel_h * geo.kernel_w;  // K per group
   const int64_t rows = groups * group_rows;
@@ -424,18 +372,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     const at::Tensor& weight_, const std::optional<at::Tensor>& mask_, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation) {
   const at::Tensor mask_arg = mask_.has_value() ? *mask_ : at::Tensor();
-  const Geometry geo = make_geometry(input_, offset_, weight_, mask_arg, stride, padding, dilation);
+  const char* op = "deform_conv2d_backward";
+  const Geometry geo = make_geometry(op, input_, offset_, weight_, mask_arg, std::nullopt, stride, padding, dilation);
+  deform::check_grad_output(op, grad_output_, input_, weight_, geo.out_height, geo.out_width);
   const c10::cuda::CUDAGuard guard(input_.device());
   // grad_input is scattered with floating-point atomics: summation order varies run to run.
   at::globalContext().alertNotDeterministic("flexops::deform_conv2d_backward (CUDA)");
   const int64_t batch = input_.size(0), out_channels = weight_.size(0);
-  TORCH_CHECK(grad_output_.device() == input_.device() &&
-                  grad_output_.scalar_type() == input_.scalar_type() &&
-                  grad_output_.sizes() ==
-                      at::IntArrayRef({batch, out_channels, geo.out_height, geo.out_width}),
-              "deform_conv2d_backward: grad_output must be [", batch, ", ", out_channels, ", ",
-              geo.out_height, ", ", geo.out_width, "] on input's device with its dtype, got ",
-              grad_output_.sizes());
   const at::Tensor input = input_.contiguous(), offset = offset_.contiguous();
   const at::Tensor weight = weight_.contiguous(), grad_output = grad_output_.contiguous();
   const at::Tensor mask = mask_arg.defined() ? mask_arg.contiguous() : mask_arg;

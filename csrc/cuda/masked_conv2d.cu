@@ -2,8 +2,8 @@
 // grad_weight), each an implicit-GEMM convolution driven by per-task lists of active channels, so
 // the work follows active-in x active-out per task and many small tasks still fill the GPU (a
 // convolution call per task, as before, left it mostly idle). The kernels and the host code that
-// prepares them live in common/masked_conv2d_cuda.h as per-(block, thread) functions, which a CPU
-// harness can run over the same grid; this file launches them on the current stream.
+// prepares them live in masked_conv2d.cuh as per-(block, thread) functions; this file launches them
+// on the current stream.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -12,8 +12,7 @@
 
 #include <tuple>
 
-#include "common/masked_conv2d.h"
-#include "common/masked_conv2d_cuda.h"
+#include "cuda/masked_conv2d.cuh"
 
 namespace flexops {
 namespace {
@@ -71,7 +70,6 @@ at::Tensor masked_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                               const at::Tensor& out_mask, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
   const c10::cuda::CUDAGuard guard(input.device());
-  masked::check(input, weight, in_mask, out_mask);
   return masked_cuda::forward(input, weight, bias, in_mask, out_mask, stride, padding, dilation,
                               CudaLaunch{});
 }
@@ -81,7 +79,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
     const std::optional<at::Tensor>& bias, const at::Tensor& in_mask, const at::Tensor& out_mask,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const c10::cuda::CUDAGuard guard(input.device());
-  masked::check(input, weight, in_mask, out_mask);
   return masked_cuda::backward(grad_output, input, weight, bias, in_mask, out_mask, stride, padding,
                                dilation, CudaLaunch{});
 }

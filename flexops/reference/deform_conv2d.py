@@ -32,10 +32,15 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
     offset = offset.reshape(batch, offset_groups, kh, kw, 2, out_h, out_w)
     y = base_y[:, None, :, None] + offset[:, :, :, :, 0]
     x = base_x[None, :, None, :] + offset[:, :, :, :, 1]
+    # A NaN coordinate samples NaN, as in torchvision (its corner weights are NaN), unless the other
+    # coordinate puts the point outside: torchvision tests each coordinate's range first.
+    y, x = (torch.where(y.isnan() & ((x <= -1) | (x >= width)), -2, y),
+            torch.where(x.isnan() & ((y <= -1) | (y >= height)), -2, x))
     # Points this far out sample only zeros; clamping keeps floor().long() from overflowing.
     samples = kernel_points * out_h * out_w
-    y = y.clamp(-2, height).reshape(batch, offset_groups, 1, samples)
-    x = x.clamp(-2, width).reshape(batch, offset_groups, 1, samples)
+    # (A NaN passes by where, not clamp, whose gradient at NaN is 0.)
+    y = torch.where(y.isnan(), y, y.clamp(-2, height)).reshape(batch, offset_groups, 1, samples)
+    x = torch.where(x.isnan(), x, x.clamp(-2, width)).reshape(batch, offset_groups, 1, samples)
 
     # Bilinear sampling with zeros outside: a corner contributes only when it lies in the image.
     # (This alone gives torchvision's "only if -1 < y < H and -1 < x < W": outside that range every
@@ -48,8 +53,8 @@ def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0
     columns = 0
     for cy, cx, corner_weight in ((y0, x0, hy * hx), (y0, x0 + 1, hy * lx),
                                   (y0 + 1, x0, ly * hx), (y0 + 1, x0 + 1, ly * lx)):
-        inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
-        index = (cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1)).long()
+        inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)  # False at a NaN coordinate
+        index = torch.where(inside, cy * width + cx, 0).long()
         values = torch.gather(channels, 3, index.expand(-1, -1, channels.shape[2], -1))
         # torchvision's arithmetic, which decides non-finite results: a corner outside contributes
         # weight * 0 (not the clamped pixel times 0, which is NaN for an infinite pixel) and the

@@ -49,13 +49,18 @@ def _corners(y, x, H, W, pix_ok):
     Only the corners are tested, as torchvision does: a point outside -1 < y < H has no corner in
     the image with a nonzero weight, and y == -1 keeps torchvision's one-sided offset gradient.
     """
-    # Far-away points only touch zeros; clamping keeps the int conversion from overflowing.
-    y = tl.minimum(tl.maximum(y, -2.0), H)
-    x = tl.minimum(tl.maximum(x, -2.0), W)
+    # Far-away points only touch zeros; clamping keeps the int conversion from overflowing. A NaN
+    # coordinate stays NaN and reads no corner, as the C++ kernels do (csrc/common/bilinear.h): its
+    # NaN fractions make the sample NaN, as in torchvision, unless the other coordinate is outside.
+    y = tl.where((y != y) & ((x <= -1.0) | (x >= W)), -2.0, y)
+    x = tl.where((x != x) & ((y <= -1.0) | (y >= H)), -2.0, x)
+    number = (y == y) & (x == x)
+    y = tl.where(number, tl.minimum(tl.maximum(y, -2.0), H), y)
+    x = tl.where(number, tl.minimum(tl.maximum(x, -2.0), W), x)
     y0f = tl.floor(y)
     x0f = tl.floor(x)
-    y0 = y0f.to(tl.int32)
-    x0 = x0f.to(tl.int32)
+    y0 = tl.where(number, y0f, -2.0).to(tl.int32)
+    x0 = tl.where(number, x0f, -2.0).to(tl.int32)
     y0_ok = pix_ok & (y0 >= 0) & (y0 < H)
     y1_ok = pix_ok & (y0 >= -1) & (y0 < H - 1)
     x0_ok = (x0 >= 0) & (x0 < W)

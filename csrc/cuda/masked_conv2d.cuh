@@ -1,16 +1,14 @@
 #pragma once
-// Channel-masked convolution for every task in one launch per kernel: the implicit-GEMM kernels of
-// csrc/cuda/masked_conv2d.cu, and the host code around them (channel lists, buffers, grids).
+// Channel-masked convolution for every task in one launch per kernel: the implicit-GEMM kernels that
+// csrc/cuda/masked_conv2d.cu launches, and the host code around them (channel lists, buffers, grids).
 //
 // Each mask becomes per-task lists with the task's active channels first plus their counts, so a
 // thread reduces over its task's active channels only and the cost follows active-in x active-out
 // per task (flexops/triton/masked_conv2d.py does the same with tiles of tl.dot). Every kernel is
 // written here as the work of one (block, thread) of a one-dimensional grid of kThreads-thread
-// blocks, with register tiles and no shared memory or barriers: the __global__ kernels call these
-// functions, and a CPU harness can run the same code by looping over every block and thread. The
-// host functions below (channel lists, buffers, grid sizes) take the launcher as a parameter for
-// the same reason: CUDA's, or the harness's loops. Index math is 64-bit throughout: offsets of
-// large tensors pass 2^31.
+// blocks, with register tiles and no shared memory or barriers; the __global__ wrappers and their
+// launches live in masked_conv2d.cu, which passes them to the host functions below as a launcher.
+// Index math is 64-bit throughout: offsets of large tensors pass 2^31.
 //
 // Tasks: with M = max(mask rows) > 1 there are M tasks, one output row each, reading input row 0
 // (a batch of 1 shared by all tasks: batch stride 0) or their own; with M = 1 every sample uses the
@@ -19,18 +17,17 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#if defined(__CUDACC__)
 #include <ATen/cuda/Atomic.cuh>
-#endif
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "common/layout.h"
-#include "common/macros.h"
+#include "common/masked_conv2d.h"
 
 namespace flexops::masked_cuda {
 
@@ -59,11 +56,11 @@ struct ChannelList {
   int64_t row_step, channels;
 };
 
-FLEXOPS_HOST_DEVICE const int32_t* list_row(const ChannelList& list, int64_t task) {
+__device__ __forceinline__ const int32_t* list_row(const ChannelList& list, int64_t task) {
   return list.index + task * list.row_step * list.channels;
 }
 
-FLEXOPS_HOST_DEVICE int64_t list_count(const ChannelList& list, int64_t task) {
+__device__ __forceinline__ int64_t list_count(const ChannelList& list, int64_t task) {
   return list.count[task * list.row_step];
 }
 
@@ -75,7 +72,7 @@ struct Tile {
   int size, active;
 };
 
-FLEXOPS_HOST_DEVICE Tile load_tile(const ChannelList& list, int64_t task, int64_t tile) {
+__device__ __forceinline__ Tile load_tile(const ChannelList& list, int64_t task, int64_t tile) {
   const int32_t* row = list_row(list, task);
   const int64_t first = tile * kTile;
   const int64_t left = list.channels - first;
@@ -87,16 +84,6 @@ FLEXOPS_HOST_DEVICE Tile load_tile(const ChannelList& list, int64_t task, int64_
     t.channel[j] = row[first + (j < t.size ? j : t.size - 1)];
   }
   return t;
-}
-
-// Atomic on the device; the CPU emulation runs one thread at a time, where a plain add is exact.
-template <typename T>
-FLEXOPS_HOST_DEVICE void atomic_add(T* address, T value) {
-#if defined(__CUDA_ARCH__)
-  gpuAtomicAdd(address, value);
-#else
-  *address += value;
-#endif
 }
 
 template <typename scalar_t>
@@ -116,7 +103,7 @@ struct ForwardArgs {
 // list: sum over the task's active input channels and the kernel taps. Slots past the active
 // count are the task's inactive channels and get 0, so every output element is written once.
 template <typename scalar_t>
-FLEXOPS_HOST_DEVICE void forward_thread(const ForwardArgs<scalar_t>& a, int64_t block,
+__device__ __forceinline__ void forward_thread(const ForwardArgs<scalar_t>& a, int64_t block,
                                         int64_t thread) {
   using acc_t = at::opmath_type<scalar_t>;
   const Geometry& g = a.geo;
@@ -190,7 +177,7 @@ struct GradInputArgs {
 // One input pixel of one task for one tile of its input-channel list: the transposed convolution,
 // summing over the task's active output channels and the taps that reach an output pixel.
 template <typename scalar_t>
-FLEXOPS_HOST_DEVICE void grad_input_thread(const GradInputArgs<scalar_t>& a, int64_t block,
+__device__ __forceinline__ void grad_input_thread(const GradInputArgs<scalar_t>& a, int64_t block,
                                            int64_t thread) {
   using acc_t = at::opmath_type<scalar_t>;
   const Geometry& g = a.geo;
@@ -244,7 +231,7 @@ FLEXOPS_HOST_DEVICE void grad_input_thread(const GradInputArgs<scalar_t>& a, int
                          ix * a.grad_input_strides.w;
   for (int j = 0; j < kTile; ++j) {
     if (shared && j < in.active) {
-      atomic_add(a.shared_grad_input + offset + in.channel[j] * a.grad_input_strides.c, acc[j]);
+      gpuAtomicAdd(a.shared_grad_input + offset + in.channel[j] * a.grad_input_strides.c, acc[j]);
     } else if (!shared && j < in.size) {
       // Inactive input channels get 0.
       a.grad_input[offset + in.channel[j] * a.grad_input_strides.c] =
@@ -269,7 +256,7 @@ struct GradWeightArgs {
 // One (active output channel, tile of active input channels, tap) of one task, summed over one
 // slice of the task's output pixels and added into grad_weight: tasks and slices share entries.
 template <typename scalar_t>
-FLEXOPS_HOST_DEVICE void grad_weight_thread(const GradWeightArgs<scalar_t>& a, int64_t block,
+__device__ __forceinline__ void grad_weight_thread(const GradWeightArgs<scalar_t>& a, int64_t block,
                                             int64_t thread) {
   using acc_t = at::opmath_type<scalar_t>;
   const Geometry& g = a.geo;
@@ -326,7 +313,7 @@ FLEXOPS_HOST_DEVICE void grad_weight_thread(const GradWeightArgs<scalar_t>& a, i
                        ky * a.grad_weight_strides.h + kx * a.grad_weight_strides.w;
   for (int j = 0; j < kTile; ++j) {
     if (j < in.active) {
-      atomic_add(grad_weight + in.channel[j] * a.grad_weight_strides.c, acc[j]);
+      gpuAtomicAdd(grad_weight + in.channel[j] * a.grad_weight_strides.c, acc[j]);
     }
   }
 }
@@ -346,37 +333,15 @@ struct Problem {
   bool shared_input;             // one input sample read by every output row (batch 1, rows > 1)
 };
 
-inline Problem problem(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& in_mask,
-                       const at::Tensor& out_mask, at::IntArrayRef stride, at::IntArrayRef padding,
-                       at::IntArrayRef dilation) {
-  TORCH_CHECK(input.dim() == 4 && weight.dim() == 4 && weight.size(1) == input.size(1),
-              "masked_conv2d: input must be [B, Cin, H, W] and weight [Cout, Cin, kh, kw]; got ",
-              input.sizes(), " and ", weight.sizes());
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 && stride[0] > 0 &&
-                  stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0 && padding[0] >= 0 &&
-                  padding[1] >= 0,
-              "masked_conv2d: invalid stride ", stride, ", padding ", padding, " or dilation ",
-              dilation);
+// `size`: the output's, from masked::checked_output_size, which has checked every argument.
+inline Problem problem(const std::vector<int64_t>& size, const at::Tensor& input, const at::Tensor& weight,
+                       const at::Tensor& in_mask, const at::Tensor& out_mask, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation) {
   Problem p;
-  Geometry& g = p.geo;
-  g.height = input.size(2);
-  g.width = input.size(3);
-  g.kernel_h = weight.size(2);
-  g.kernel_w = weight.size(3);
-  g.stride_h = stride[0];
-  g.stride_w = stride[1];
-  g.pad_h = padding[0];
-  g.pad_w = padding[1];
-  g.dilation_h = dilation[0];
-  g.dilation_w = dilation[1];
-  g.out_height = (g.height + 2 * g.pad_h - g.dilation_h * (g.kernel_h - 1) - 1) / g.stride_h + 1;
-  g.out_width = (g.width + 2 * g.pad_w - g.dilation_w * (g.kernel_w - 1) - 1) / g.stride_w + 1;
-  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0 &&
-                  g.height + 2 * g.pad_h >= g.dilation_h * (g.kernel_h - 1) + 1 &&
-                  g.width + 2 * g.pad_w >= g.dilation_w * (g.kernel_w - 1) + 1,
-              "masked_conv2d: the dilated kernel does not fit the padded input");
+  p.geo = {input.size(2), input.size(3), size[2], size[3], weight.size(2), weight.size(3),
+           stride[0],     stride[1],     padding[0], padding[1], dilation[0], dilation[1]};
   const int64_t m = std::max(in_mask.size(0), out_mask.size(0));
-  p.rows = m > 1 ? m : input.size(0);
+  p.rows = size[0];
   p.tasks = m > 1 ? m : 1;
   p.rows_per_task = m > 1 ? 1 : input.size(0);
   p.shared_input = input.size(0) == 1 && p.rows > 1;
@@ -413,13 +378,14 @@ void launch(const Launch& launcher, const Args& args, int64_t blocks) {
   launcher(args, blocks);
 }
 
-// Masks are bool [rows, C] with 1 or M rows (masked::check).
 template <typename Launch>
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                    const std::optional<at::Tensor>& bias, const at::Tensor& in_mask,
                    const at::Tensor& out_mask, at::IntArrayRef stride, at::IntArrayRef padding,
                    at::IntArrayRef dilation, const Launch& launcher) {
-  const Problem p = problem(input, weight, in_mask, out_mask, stride, padding, dilation);
+  const Problem p = problem(
+      masked::checked_output_size("masked_conv2d", input, weight, bias, in_mask, out_mask, stride, padding, dilation),
+      input, weight, in_mask, out_mask, stride, padding, dilation);
   const Geometry& g = p.geo;
   // Uninitialised: the kernel writes every element, inactive channels included.
   at::Tensor output = at::empty({p.rows, weight.size(0), g.out_height, g.out_width},
@@ -457,15 +423,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const std::optional<at::Tensor>& bias, const at::Tensor& in_mask, const at::Tensor& out_mask,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
     const Launch& launcher) {
-  const Problem p = problem(input, weight, in_mask, out_mask, stride, padding, dilation);
+  const Problem p = problem(
+      masked::checked_backward(grad_output, input, weight, bias, in_mask, out_mask, stride, padding, dilation),
+      input, weight, in_mask, out_mask, stride, padding, dilation);
   const Geometry& g = p.geo;
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.rows &&
-                  grad_output.size(1) == weight.size(0) && grad_output.size(2) == g.out_height &&
-                  grad_output.size(3) == g.out_width &&
-                  grad_output.scalar_type() == input.scalar_type(),
-              "masked_conv2d_backward: grad_output must be ", input.scalar_type(), " [", p.rows,
-              ", ", weight.size(0), ", ", g.out_height, ", ", g.out_width, "]; got ",
-              grad_output.scalar_type(), " ", grad_output.sizes());
   const at::ScalarType opmath = at::toOpMathType(input.scalar_type());
   // Tasks sharing one input sample add into it with atomics, in an opmath buffer; on the GPU the
   // order of those adds, and so the rounding of the sum, is not deterministic. Otherwise each
