@@ -11,6 +11,11 @@ from flexops.models.registry import _constructors
 
 MODULES = [flexops, flexops.ops, flexops.backends, flexops.flops, zoo, zoo.data, zoo.train, zoo.cresmd, zoo.tasnet,
            zoo.irnas, zoo.tunable, zoo.swinir, zoo.flexir]
+try:  # the onnx extra
+    import flexops.onnx
+    MODULES.append(flexops.onnx)
+except ImportError:
+    pass
 
 
 def public(module):
