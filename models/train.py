@@ -117,6 +117,7 @@ def checkpoint_contents(state):
 
 
 def megabytes(size):
+    """A size in bytes, in MB (for messages)."""
     return f"{size / 2**20:.1f} MB"
 
 
