@@ -235,6 +235,12 @@ def _tunable_linear(x, weight, bias, alpha, in_features, checked):
     # rather than allocating the kernel afresh, which costs more than the blend itself.
     shared = alpha.dim() == 1
     batch, rows = (1, math.prod(x.shape[:-1])) if shared else (x.shape[0], math.prod(x.shape[1:-1]))
+    if rows == 0:  # an image without pixels, which a convolution refuses: the empty product directly
+        blended = torch.einsum("...p,poi->...io", alpha, weight).reshape(-1, in_features, weight.shape[1])
+        y = x.reshape(blended.shape[0], 0, in_features) @ blended
+        if bias is not None:
+            y = y + (alpha @ bias).reshape(blended.shape[0], 1, -1)
+        return y.reshape(*x.shape[:-1], weight.shape[1])
     image = x.reshape(batch, rows, 1, in_features).permute(0, 3, 1, 2)
     kernel = weight[..., None, None]
     y = tunable_conv2d_unchecked(image, kernel, bias, alpha, (1, 1), (0, 0), (1, 1), 1)
