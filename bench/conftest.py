@@ -122,7 +122,7 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_sep("=", "verdicts (cells meeting / missing their goal, per table)")
     for line in harness.console_summary(WIDTH):
         terminalreporter.write_line(line)
-    times = ", ".join(f"{m} {s // 60:.0f}:{s % 60:02.0f}" for m, s in _module_seconds.items())
+    times = ", ".join("{} {}:{:02}".format(m, *divmod(round(s), 60)) for m, s in _module_seconds.items())
     for line in textwrap.wrap(f"run {harness.run_line()}; per module (min:s): {times}", WIDTH):
         terminalreporter.write_line(line)
     directory = config.getoption("--report")

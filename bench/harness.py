@@ -355,7 +355,7 @@ def write_report(directory, command, module_seconds=None):
     lines = ["# flexops benchmark report", "", f"`{command}`", "", ", ".join(f"{k}: {v}" for k, v in info.items()),
              "", "## Summary", "", f"Run {run_line()}.", ""]
     if module_seconds:
-        lines += ["Time per module: " + ", ".join(f"{m} {s // 60:.0f} min {s % 60:.0f} s"
+        lines += ["Time per module: " + ", ".join("{} {} min {} s".format(m, *divmod(round(s), 60))
                                                   for m, s in module_seconds.items()), ""]
     lines += [*summary_lines(), ""]
     for title in tables:
