@@ -11,18 +11,14 @@ from typing import Callable, NamedTuple
 from flexops.models import train as training
 
 
-def no_options(command):
-    """The options of a command that has only the training ones."""
-
-
 class Command(NamedTuple):
     """One subcommand: `help` (its --help line), `run(args)` (what it does with the parsed arguments),
-    `options(parser)` (adds its own options) and `training` (None: no training options; a dict: the
-    defaults flexops.models.train.add_arguments takes, e.g. {"lr": 1e-4})."""
+    `options(parser)` (adds its own options; None: it has none) and `training` (None: no training
+    options; a dict: the defaults flexops.models.train.add_arguments takes, e.g. {"lr": 1e-4})."""
 
     help: str
     run: Callable
-    options: Callable = no_options
+    options: Callable | None = None
     training: dict | None = None
 
 
@@ -35,6 +31,7 @@ def main(prog, description, commands, argv=None):
         subparser = training.command(subparsers, name, command.help)
         if command.training is not None:
             training.add_arguments(subparser, **command.training)
-        command.options(subparser)
+        if command.options is not None:
+            command.options(subparser)
     args = parser.parse_args(argv)
     training.run_command(parser, lambda: commands[args.command].run(args))
