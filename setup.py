@@ -75,7 +75,7 @@ def extension():
         sources=sources,
         # A rebuild in the same build/ folder (README's second command) recompiles what changed; without
         # the headers here, setuptools would call a header-only change up to date.
-        depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
+        depends=sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/cuda/*.cuh")),
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra_compile_args,

@@ -27,6 +27,10 @@ import torch
 from harness import in_new_process, note, plot, record, tables
 from plots import reference, robust_ylim
 
+from flexops.models import data
+from flexops.models.cresmd import CResMD
+from flexops.models.tasnet import TASNetDeploy
+
 PAPER = {  # Table 1: CResMD / TASNet per-inference latency ratios, and MACs (FLOPs) 4.02 %.
     "1 thread": {"HD": 4.15, "2K": 4.12, "4K": 3.77},
     "all threads": {"HD": 3.00, "2K": 2.79, "4K": 3.10},
@@ -44,10 +48,6 @@ TABLE = "TASNet Table 1: CResMD x27 vs TASNet deploy x27 (42 shared maps of 32 c
 def measure(size, threads, device, cresmd_only=False):
     """Runs in a fresh process: first-call and best-round times, peak memory, MACs (JSON on stdout).
     With cresmd_only, only CResMD's first call: its fresh time, in a process TASNet has not warmed."""
-    from flexops.models import data
-    from flexops.models.cresmd import CResMD
-    from flexops.models.tasnet import TASNetDeploy
-
     torch.set_num_threads(threads)
     height, width = SIZES[size]
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ class TinyRestorer(nn.Module):
 
     forward(x [B, 3, H, W], omega [2], task_channels [C] bool, active [B, H/4, W/4] bool): a tunable
     head, a DCNv2 layer, a task-masked convolution, shifted-window attention with early exit and a
-    residual output.
+    residual output. tests/test_interop.py traces, exports, compiles and packages this same network.
     """
 
     def __init__(self, channels=8):

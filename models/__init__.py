@@ -11,8 +11,9 @@
 - `irnas`: IR-NAS (Zhang et al.): the ops with DCNv2, `SuperNet`, `viterbi`, the derived `IRNASNet`, `search(...)`.
 - `tunable`: Tunable Convolutions (Maggioni et al., CVPR 2023): `TunableEDSR`, `TunableNAFNet`,
   `TunableStyleNet` (`net(x, omega)`, `net.bake(omega)`), the parametric multi-loss, `train(...)`.
-Shared by every method: `data` (images, degradations, task vectors), `train` (the training loop
-with progress, checkpoints and torchrun support).
+Shared by every method: `data` (images, degradations, task vectors, patch datasets), `train` (the
+training loop with progress, checkpoints and torchrun support), `checks` (input checks), `cli` (the
+command lines). docs/design.md, "Where things live", maps each method to its files.
 """
 
 from flexops.models import cresmd, flexir, irnas, swinir, tasnet, tunable

@@ -9,7 +9,7 @@ graph holds no checks of the network's own (the flexops ops in it still check th
 
 import torch
 
-from flexops.ops import ArgumentError
+from flexops.ops._args import ArgumentError, ArgumentTypeError
 
 
 def traced(value):
@@ -31,6 +31,17 @@ def image_batch(x, channels, name="x"):
         raise ArgumentError(f"{name} must be [B, {channels}, H, W] (an image batch); got {describe(x)}")
     if not x.is_floating_point():
         raise ArgumentError(f"{name} must be a floating-point image; got {x.dtype}")
+
+
+def image(image, name="image"):
+    """image must be one floating-point image [C, H, W] or a batch [B, C, H, W], C = 3 (RGB) or 1 (gray)."""
+    if not isinstance(image, torch.Tensor):
+        raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
+    if image.dim() not in (3, 4) or image.shape[-3] not in (1, 3):
+        raise ArgumentError(f"{name} must have shape [C, H, W] or [B, C, H, W] with C = 3 (RGB) or 1 (gray), "
+                            f"got {list(image.shape)}")
+    if not image.is_floating_point():
+        raise ArgumentError(f"{name} must be a floating-point tensor in [0, 1], got dtype {image.dtype}")
 
 
 def even_size(x, name, why):

@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from flexops.models import data
+from flexops.models.registry import create
 from flexops.ops import ArgumentError
 
 CHECKPOINT_FORMAT = 1
@@ -157,8 +159,6 @@ def load_model(path, name=None):
     """The zoo network saved in checkpoint `path` by a zoo entry point, rebuilt from the registry
     name and settings stored with it, its weights loaded, in eval mode. With `name` (a registry
     name), a checkpoint of another network is refused (ArgumentError)."""
-    from flexops.models.registry import create
-
     state = load_checkpoint(path)
     config = state["config"]
     if "model" not in config:
@@ -397,8 +397,6 @@ def training_options(args):
 
 def images(folder=None):
     """The training images: every PNG/JPEG of `folder`, or the built-in sample photos when None."""
-    from flexops.models import data
-
     return data.sample_images() if folder is None else data.load_folder(folder)
 
 

@@ -1,6 +1,9 @@
 """flexops where users already are: torch.fx tracing of every op and layer, errors that code written
 for torchvision catches, torch.export, torch.compile and an AOTInductor package."""
 
+import pathlib
+import sys
+
 import pytest
 import torch
 import torch.fx
@@ -9,31 +12,9 @@ from torch import nn
 import flexops
 from flexops.ops import deform_conv2d, masked_conv2d, tunable_conv2d, window_attention
 
-
-class AllOps(nn.Module):
-    """Every flexops op once, through its layer: forward(x [B, 3, H, W], omega [2], out_mask [C], active)."""
-
-    def __init__(self, channels=8):
-        super().__init__()
-        self.head = flexops.TunableConv2d(3, channels, 3, num_params=2, padding=1)
-        self.dcn = flexops.ModulatedDeformConv2d(channels, channels, 3, padding=1)
-        nn.init.normal_(self.dcn.conv_offset.weight, std=0.1)  # offsets that move the samples
-        self.masked = flexops.MaskedConv2d(channels, channels, 3, padding=1)
-        self.attention = flexops.WindowAttention(channels, window_size=4, num_heads=2)
-        self.tail = nn.Conv2d(channels, 3, 3, padding=1)
-
-    def forward(self, x, omega, out_mask, active):
-        y = self.masked(self.dcn(self.head(x, omega)), None, out_mask)
-        tokens = y.permute(0, 2, 3, 1)
-        tokens = tokens + self.attention(tokens, shift_size=2, active=active)
-        return self.tail(tokens.permute(0, 3, 1, 2))
-
-
-def all_ops_inputs():
-    active = torch.ones(1, 2, 2, dtype=torch.bool)
-    active[0, 1, 0] = False
-    out_mask = torch.arange(8) % 3 != 0
-    return torch.randn(1, 3, 8, 8), torch.tensor([0.3, 0.7]), out_mask, active
+# Every op in one network: the one deploy/export.py packages for C++ (deploy/ is a folder of scripts).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "deploy"))
+from export import TinyRestorer, example_inputs  # noqa: E402
 
 
 # One call of each op on valid arguments, as (op, args).
@@ -93,7 +74,7 @@ def layers():
                          (x, torch.tensor([1, 1, 0, 1]), torch.tensor([[1, 0, 1, 1, 0, 1], [0, 1, 1, 1, 1, 1]]))),
         "WindowAttention": (flexops.WindowAttention(8, window_size=4, num_heads=2),
                             (torch.randn(2, 8, 8, 8), 2, torch.rand(2, 2, 2) > 0.3)),
-        "AllOps": (AllOps(), all_ops_inputs()),
+        "TinyRestorer": (TinyRestorer(), tuple(example_inputs())),
     }
 
 
@@ -124,7 +105,7 @@ class Holder(nn.Module):
         return self.layer(*(a, b, c)[: self.arity])
 
 
-@pytest.mark.parametrize("name", sorted(set(layers()) - {"AllOps"}))
+@pytest.mark.parametrize("name", sorted(set(layers()) - {"TinyRestorer"}))
 def test_fx_trace_layer_inside_a_module_is_one_leaf(name):
     """As torch.nn's own layers are: one call_module node, which runs the layer itself."""
     layer, inputs = layers()[name]
@@ -162,7 +143,7 @@ def test_non_tensor_argument_is_also_a_type_error():
 
 
 def test_export_and_compile():
-    model, inputs = AllOps().eval(), all_ops_inputs()
+    model, inputs = TinyRestorer().eval(), tuple(example_inputs())
     with torch.no_grad():
         expected = model(*inputs)
         program = torch.export.export(model, inputs)
@@ -175,7 +156,7 @@ def test_export_and_compile():
 
 def test_aoti_package(tmp_path):
     """The package that C++ loads (deploy/) runs in Python with the eager output."""
-    model, inputs = AllOps().eval(), all_ops_inputs()
+    model, inputs = TinyRestorer().eval(), tuple(example_inputs())
     with torch.no_grad():
         expected = model(*inputs)
         program = torch.export.export(model, inputs)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from flexops.models import data
 from flexops.models.data import Level
+from flexops.ops import ArgumentError
 
 QUALITIES = [None] + list(range(100, 9, -2))  # CResMD's 47-entry JPEG list
 
@@ -252,6 +253,18 @@ def test_jpeg():
     torch.testing.assert_close(yb[0], y10)
     with pytest.raises(ValueError, match="quality"):
         data.jpeg(x, 0)
+
+
+def test_degradations_and_save_image_refuse_what_is_no_image(tmp_path):
+    """flexops.models.checks.image: ArgumentError (a ValueError) naming the image, TypeError for a non-tensor."""
+    with pytest.raises(ArgumentError, match=r"image must have shape \[C, H, W\] or \[B, C, H, W\].*got \[2, 5, 5\]"):
+        data.gaussian_blur(torch.rand(2, 5, 5), 1.0)
+    with pytest.raises(ArgumentError, match=r"must be a floating-point tensor in \[0, 1\], got dtype torch.uint8"):
+        data.jpeg(torch.zeros(3, 4, 4, dtype=torch.uint8), 50)
+    with pytest.raises(TypeError, match="image must be a torch.Tensor, got list"):
+        data.add_noise([[0.5]], 5.0, None)
+    with pytest.raises(ArgumentError, match=r"got \[4, 4\]"):
+        data.save_image(torch.rand(4, 4), tmp_path / "flat.png")
 
 
 def test_degrade_order_blur_noise_jpeg():

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexops.models import checks
+from flexops.models.cresmd import cost
 from flexops.models.registry import register
 
 
@@ -131,7 +132,6 @@ class CResMD(nn.Module):
     def macs(self, height, width):
         """Multiply-accumulates of one inference at height x width, as fvcore counts them: the
         convolutions (bias not counted) and the scale Linears ((nb * nf + out_nc) * cond_dim)."""
-        half = (height // 2) * (width // 2)
-        nf, trunk = self.nf, 2 * self.nb
-        convs = 9 * (half * (self.in_nc * nf + trunk * nf * nf + nf * 4 * nf) + height * width * (nf * nf + nf * self.in_nc))
-        return convs + (self.nb * nf + self.in_nc) * self.cond_dim
+        widths = cost.with_image_ends(torch.full((self.num_maps,), self.nf), self)  # every channel active
+        convs = int(cost.chain_macs(cost.pair_costs(self, height, width), widths))
+        return convs + (self.nb * self.nf + self.in_nc) * self.cond_dim

@@ -1,15 +1,12 @@
 """python -m flexops.models.irnas {search,train} [options] (see --help)."""
 
+from flexops.models import cli
 from flexops.models import train as training
 from flexops.models.irnas.network import ILLUSTRATIVE_GENOTYPE, ILLUSTRATIVE_PATH
 from flexops.models.irnas.search import SIGMAS, search, train
 
 
-def main(argv=None):
-    parser = training.parser("python -m flexops.models.irnas", "IR-NAS: search a cell and width path, train the result")
-    commands = parser.add_subparsers(dest="command", required=True)
-    command = training.command(commands, "search", "search the supernet (gray denoising)")
-    training.add_arguments(command, batch_size=12, lr=0.025, lr_help="SGD learning rate of the weights (cosine)")
+def _search_options(command):
     command.add_argument("--layers", type=int, default=4, help="supernet layers L")
     command.add_argument("--nodes", type=int, default=5, help="nodes per cell N")
     command.add_argument("--width", type=int, default=10, help="channels per node at the lowest width W")
@@ -17,13 +14,12 @@ def main(argv=None):
     command.add_argument("--warmup", type=int, help="weights-only steps (default 20 %% of --steps)")
     command.add_argument("--arch-lr", type=float, default=1e-3, help="Adam learning rate of alpha, beta")
     command.add_argument("--eval-every", type=int, default=1000, help="steps between evaluations")
-    train_command = training.command(commands, "train", "train the derived network (gray denoising)")
-    training.add_arguments(train_command, batch_size=12, lr=1e-3)
-    train_command.add_argument("--search", help="a search checkpoint whose best genotype and path to train "
-                               "(default: the illustrative genotype, path 0 1 2 2, W 10, N 5)")
-    train_command.add_argument("--sigma", type=float, nargs="+", default=[30.0], help="noise level(s)")
-    args = parser.parse_args(argv)
-    training.run_command(parser, lambda: _search(args) if args.command == "search" else _train(args))
+
+
+def _train_options(command):
+    command.add_argument("--search", help="a search checkpoint whose best genotype and path to train "
+                         "(default: the illustrative genotype, path 0 1 2 2, W 10, N 5)")
+    command.add_argument("--sigma", type=float, nargs="+", default=[30.0], help="noise level(s)")
 
 
 def _search(args):
@@ -48,6 +44,15 @@ def _train(args):
         network = dict(genotype=best["genotype"], path=best["path"], width=supernet["width"], nodes=supernet["nodes"])
     train(training.images(args.data), sigma=args.sigma, patch_size=args.patch_size, seed=args.seed, **network,
           **training.training_options(args))
+
+
+def main(argv=None):
+    cli.main("python -m flexops.models.irnas", "IR-NAS: search a cell and width path, train the result", {
+        "search": cli.Command("search the supernet (gray denoising)", _search, _search_options,
+                              dict(batch_size=12, lr=0.025, lr_help="SGD learning rate of the weights (cosine)")),
+        "train": cli.Command("train the derived network (gray denoising)", _train, _train_options,
+                             dict(batch_size=12, lr=1e-3)),
+    }, argv)
 
 
 if __name__ == "__main__":

@@ -4,31 +4,27 @@ import pathlib
 
 import torch
 
-from flexops.models import checks
+from flexops.models import checks, cli, data
 from flexops.models import train as training
+from flexops.models.cresmd.__main__ import network_options
 from flexops.models.tasnet.search import LAMBDA_AGREEMENT, LAMBDA_FLOPS, search
 
 
-def main(argv=None):
-    parser = training.parser("python -m flexops.models.tasnet", "TASNet: search, and restore with the searched net")
-    commands = parser.add_subparsers(dest="command", required=True)
-    command = training.command(commands, "search", "search TASNet (supernet + controller, relative ground truth)")
-    training.add_arguments(command)
-    command.add_argument("--nf", type=int, default=64, help="supernet feature channels")
-    command.add_argument("--nb", type=int, default=32, help="supernet residual blocks")
+def _search_options(command):
+    network_options(command, "supernet ")
     command.add_argument("--lambda-flops", type=float, default=LAMBDA_FLOPS, help="lambda1 of R1")
     command.add_argument("--lambda-agreement", type=float, default=LAMBDA_AGREEMENT,
                          help="lambda2 of R2")
     command.add_argument("--tsnet", action="store_true", help="no forced sharing (TSNet)")
-    restore = training.command(commands, "restore", "restore an image at the 27 tasks of CResMD's grid, or given ones")
-    restore.add_argument("--checkpoint", type=pathlib.Path, required=True, help="a search checkpoint")
-    restore.add_argument("--image", type=pathlib.Path, required=True, help="PNG/JPEG to restore")
-    restore.add_argument("--out", type=pathlib.Path, required=True, help="folder for the restored PNGs")
-    restore.add_argument("--task", type=checks.unit_interval, nargs=3, action="append",
+
+
+def _restore_options(command):
+    command.add_argument("--checkpoint", type=pathlib.Path, required=True, help="a search checkpoint")
+    command.add_argument("--image", type=pathlib.Path, required=True, help="PNG/JPEG to restore")
+    command.add_argument("--out", type=pathlib.Path, required=True, help="folder for the restored PNGs")
+    command.add_argument("--task", type=checks.unit_interval, nargs=3, action="append",
                          metavar=("BLUR", "NOISE", "JPEG"),
                          help="a task vector in [0, 1]^3 (repeatable; default: CResMD's 27-task grid)")
-    args = parser.parse_args(argv)
-    training.run_command(parser, lambda: _search(args) if args.command == "search" else _restore(args))
 
 
 def _search(args):
@@ -40,8 +36,6 @@ def _search(args):
 
 
 def _restore(args):
-    from flexops.models import data
-
     model = training.load_model(args.checkpoint, "tasnet")
     deploy = model.deploy()
     image = data.load_image(args.image)
@@ -58,6 +52,15 @@ def _restore(args):
         data.save_image(output, args.out / f"{args.image.stem}_t{name}.png")
     ratio = deploy.macs(height, width, tasks) / (len(tasks) * model.supernet.macs(height, width))
     training.say(f"{len(tasks)} outputs in {args.out}; {100 * ratio:.2f} % of CResMD's MACs per inference")
+
+
+def main(argv=None):
+    cli.main("python -m flexops.models.tasnet", "TASNet: search, and restore with the searched net", {
+        "search": cli.Command("search TASNet (supernet + controller, relative ground truth)", _search,
+                              _search_options, {}),
+        "restore": cli.Command("restore an image at the 27 tasks of CResMD's grid, or given ones", _restore,
+                               _restore_options),
+    }, argv)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from flexops.models import checks
+from flexops.models.cresmd import cost
 from flexops.models.cresmd.network import CResMD
-from flexops.models.tasnet import cost
-from flexops.models.tasnet.network import Controller
+from flexops.models.tasnet.controller import Controller
 from flexops.ops import ArgumentError, masked_conv2d
 
 DEFAULT_MAX_MEMORY = 4 << 30

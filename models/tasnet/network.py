@@ -14,38 +14,17 @@ import collections
 import torch
 from torch import nn
 
+from flexops.models.cresmd import cost
 from flexops.models.cresmd.network import CResMD
 from flexops.models.registry import register
-from flexops.models.tasnet import cost
+from flexops.models.tasnet.controller import Controller
+from flexops.models.tasnet.deploy import TASNetDeploy
 
 
 def gate(z):
     """Eq. 3: forward 1[z > 0] exactly, backward the gradient of sigmoid(z)."""
     soft = torch.sigmoid(z)
     return (z > 0).to(z.dtype) + soft - soft.detach()
-
-
-class Controller(nn.Module):
-    """One head per feature map: h_n(t) = Linear(D, hidden) -> ReLU -> Linear(hidden, C) (eq. 4).
-
-    The last bias starts at +1 so every gate starts on: the search starts from the whole CResMD
-    and prunes (the zoo's reading; the paper gives no architecture or init for the heads).
-    """
-
-    def __init__(self, cond_dim, num_maps, channels, hidden=64):
-        super().__init__()
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(cond_dim, hidden), nn.ReLU(), nn.Linear(hidden, channels)) for _ in range(num_maps)
-        )
-        for head in self.heads:
-            nn.init.constant_(head[2].bias, 1.0)
-
-    def forward(self, tasks, first=0):
-        """z^s [M, num_maps - first, C] for tasks [M, D]: the heads of maps first+1 .. num_maps."""
-        heads = self.heads[first:]
-        if len(heads) == 0:
-            return tasks.new_empty(tasks.shape[0], 0, self.heads[0][2].out_features)
-        return torch.stack([head(tasks) for head in heads], 1)
 
 
 SearchOutput = collections.namedtuple("SearchOutput", "image flops agreement shared")
@@ -159,8 +138,6 @@ class TASNet(nn.Module):
     def deploy(self):
         """The searched architecture as a `TASNetDeploy`: the shared prefix and its masks g(z^a) frozen,
         per-task masks g(h_n(t)) of the other maps from the controller heads."""
-        from flexops.models.tasnet.deploy import TASNetDeploy
-
         n_shared = int(self.shared.long().cumprod(0).sum())
         ta_masks = self.z_agnostic[:n_shared] > 0
         return TASNetDeploy(self.supernet, ta_masks, self.controller, self.task_mean)

@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 
+from flexops.models import data
 from flexops.models import train as training
 from flexops.models.tasnet.network import TASNet
 
@@ -42,8 +43,6 @@ def search(images=None, *, steps=1000, patch_size=64, batch_size=16, lr=5e-4, la
     Example: `deploy = search(steps=100_000, checkpoint="tasnet.pt").deploy()`, or
     `python -m flexops.models.tasnet search --steps 100000 --checkpoint tasnet.pt`.
     """
-    from flexops.models import data
-
     images = training.images() if images is None else images
     dataset = data.RestorationPairs(images, patch_size, relative=True, seed=seed)
     network = dict(nf=nf, nb=nb, share=share, gamma=gamma, momentum=momentum)

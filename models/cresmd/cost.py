@@ -1,4 +1,6 @@
-"""What each convolution of CResMD's chain costs per pair of active channels (TASNet's eq. 9).
+"""What each convolution of CResMD's chain costs per pair of active channels: CResMD's MACs
+(`CResMD.macs`, every channel active) and TASNet's, whose gates and masks switch channels off
+(its eq. 9 and `TASNetDeploy.macs`).
 
 Map n = the output of the n-th convolution: 1 conv_first, 2..2nb+1 the trunk convs, 2nb+2 upconv
 (viewed after PixelShuffle: one gate covers its 4 source channels), 2nb+3 HRconv; conv_last (n =
@@ -13,10 +15,10 @@ import torch.nn.functional as F
 def pair_costs(net, height, width):
     """[num_maps + 1] int64: K^2 H_n W_n of each convolution n = 1 .. num_maps + 1 (conv_last last).
 
-    upconv runs at half size with 4 channels per gate, which is the cost of a full-size map per gate.
+    upconv runs at half size with 4 channels per gate: 4 half-size maps per pair of gates.
     """
     half, full = 9 * (height // 2) * (width // 2), 9 * height * width
-    return torch.tensor([half] * (1 + 2 * net.nb) + [full] * 3, dtype=torch.int64)
+    return torch.tensor([half] * (1 + 2 * net.nb) + [4 * half, full, full], dtype=torch.int64)
 
 
 def chain_macs(costs, counts):
