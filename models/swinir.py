@@ -12,6 +12,10 @@ tokens as one [B, H, W, C] map and calls `flexops.ops.window_attention` with Swi
 (`mask_value=-100`), so trained weights give the official outputs even at large logits. The RSTB
 convolutions read that map through a channels-last view, so the token layout is never copied.
 
+The Swin block and the residual group are also FlexIR's and the tunable SwinIR's: they take a
+tunable SwinIR's alphas and FlexIR's early-exit state (`forward(x, alphas, running)`); docs/design.md
+says which parts of this module those methods build on.
+
 >>> net = SwinIR(img_size=128, window_size=8, depths=[6] * 6, embed_dim=180, num_heads=[6] * 6,
 ...              mlp_ratio=2, upsampler="", resi_connection="1conv", upscale=1)   # colour denoising
 >>> y = net(torch.rand(1, 3, 100, 120))   # any size: reflect-padded to the window, cropped back
@@ -164,7 +168,8 @@ class SwinTransformerBlock(nn.Module):
         ...     b.attn.relative_position_bias_table, b.norm2, b.mlp.fc1, b.mlp.fc2, b.input_resolution,
         ...     b.window_size, b.shift_size, b.num_heads, b.attn.scale)      # b: an official block
         """
-        with torch.device(qkv.weight.device):  # the index buffer beside the layers
+        # Built to the same sizes (the index buffer beside the layers), its own layers then replaced.
+        with torch.device(qkv.weight.device):
             block = cls(qkv.in_features, input_resolution, num_heads, window_size, shift_size,
                         fc1.out_features / fc1.in_features, qkv.bias is not None, qk_scale)
         block.norm1, block.norm2 = norm1, norm2

@@ -201,17 +201,17 @@ class RunningRegions:
 
     def __init__(self, running, boxes, halo, device):
         self.running, self.boxes, self.halo = running, boxes, halo
-        tokens = torch.zeros(running.shape[0], boxes[-1][1], boxes[-1][3], dtype=torch.bool, device=device)
+        mask = torch.zeros(running.shape[0], boxes[-1][1], boxes[-1][3], dtype=torch.bool, device=device)
         for r, (y0, y1, x0, x1) in enumerate(boxes):
-            tokens[running[:, r], y0:y1, x0:x1] = True
-        self.tokens = tokens
-        self.index = tokens.flatten().nonzero().squeeze(1)  # flat indices of the running tokens
+            mask[running[:, r], y0:y1, x0:x1] = True
+        self.mask = mask  # [B, H, W]: True at the running tokens
+        self.index = mask.flatten().nonzero().squeeze(1)  # their flat indices
         self._windows = {}  # (window, shift) -> (active windows, flat indices of their tokens)
 
     def _windows_of(self, window_size, shift_size):
         key = (window_size, shift_size)
         if key not in self._windows:  # the blocks of a group share two grids: computed once each
-            active = active_windows(self.tokens, window_size, shift_size)
+            active = active_windows(self.mask, window_size, shift_size)
             self._windows[key] = active, window_tokens(active, window_size, shift_size).flatten().nonzero().squeeze(1)
         return self._windows[key]
 
