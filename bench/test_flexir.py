@@ -11,8 +11,6 @@ CPU runs use torch's thread setting (set OMP_NUM_THREADS / torch.set_num_threads
 
 import itertools
 import math
-import pathlib
-import sys
 from unittest import mock
 
 import pytest
@@ -24,9 +22,7 @@ from plots import STYLES, reference, robust_ylim
 from flexops.models import data
 from flexops.models.flexir import FlexIR, adaptive_macs, cost, inference
 from flexops.models.swinir import SwinIR
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-from test_models_swinir import RefSwinIR  # noqa: E402  (the official-style SwinIR the tests check against)
+from flexops.models.swinir_reference import ReferenceSwinIR  # the official-style SwinIR the tests check against
 
 COLOUR = dict(img_size=128, window_size=8, depths=[6] * 6, embed_dim=180, num_heads=[6] * 6, mlp_ratio=2, upscale=1)
 GRAY = dict(COLOUR, img_size=126, in_chans=1, window_size=7, img_range=255.0)
@@ -57,8 +53,8 @@ def test_tables_3_4_costs(benchmark, table, config, shape, paper):
 def _networks(device):
     torch.manual_seed(0)
     swinir = SwinIR(**COLOUR).to(device).eval()
-    official = RefSwinIR(img_size=128, embed_dim=180, depths=[6] * 6, num_heads=[6] * 6, window_size=8, mlp_ratio=2,
-                         upscale=1).to(device).eval()
+    official = ReferenceSwinIR(img_size=128, embed_dim=180, depths=[6] * 6, num_heads=[6] * 6, window_size=8,
+                               mlp_ratio=2, upscale=1).to(device).eval()
     official.load_state_dict(swinir.state_dict())
     return FlexIR.from_swinir(swinir).eval(), swinir, official
 

@@ -12,6 +12,10 @@ tokens as one [B, H, W, C] map and calls `flexops.ops.window_attention` with Swi
 (`mask_value=-100`), so trained weights give the official outputs even at large logits. The RSTB
 convolutions read that map through a channels-last view, so the token layout is never copied.
 
+The Swin block and the residual group are also FlexIR's and the tunable SwinIR's: they take a
+tunable SwinIR's alphas and FlexIR's early-exit state (`forward(x, alphas, running)`); docs/design.md
+says which parts of this module those methods build on.
+
 >>> net = SwinIR(img_size=128, window_size=8, depths=[6] * 6, embed_dim=180, num_heads=[6] * 6,
 ...              mlp_ratio=2, upsampler="", resi_connection="1conv", upscale=1)   # colour denoising
 >>> y = net(torch.rand(1, 3, 100, 120))   # any size: reflect-padded to the window, cropped back
@@ -27,7 +31,7 @@ from torch import nn
 from flexops.models import checks
 from flexops.models.registry import register
 from flexops.models.train import read_torch_file
-from flexops.nn.tunable import run_layer
+from flexops.nn.tunable import run_layer, value
 from flexops.nn.window_attention import WindowAttention, relative_position_index
 from flexops.reference.window_attention import shift_regions
 
@@ -70,7 +74,8 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout (SwinIR's Mlp, names fc1 / fc2)."""
+    """fc1 -> GELU -> dropout -> fc2 -> dropout (SwinIR's Mlp, names fc1 / fc2). forward(x, alphas=None):
+    `alphas` go to fc1 and fc2 through run_layer (a tunable SwinIR's; None for plain layers)."""
 
     def __init__(self, in_features, hidden_features, drop=0.0):
         super().__init__()
@@ -79,17 +84,53 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x, *layer_args):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x, *layer_args))), *layer_args))
+    def forward(self, x, alphas=None):
+        return self.drop(run_layer(self.fc2, self.drop(self.act(run_layer(self.fc1, x, alphas))), alphas))
+
+
+class AllTokens:
+    """Which tokens a Swin block and a residual group update, when all of them do (the default): every
+    token runs, every window is attended.
+
+    This is the early-exit state's interface; FlexIR's mask mode hands the blocks another one
+    (`flexops.models.flexir.inference.RunningRegions`) that updates the running regions only:
+    - active(window_size, shift_size): the op's `active` window mask for that grid (None: all);
+    - in_windows(function, x, window_size, shift_size): function on the tokens of the active windows
+      of the map x [B, H, W, C], as a map [B, H, W, C'] (zero at the other tokens);
+    - update(function, x, *maps): x with its running tokens replaced by function(x's, maps' of them);
+    - residual(function, y, x): x + function(y) at the running tokens (function a convolution on
+      the token map), x elsewhere.
+    """
+
+    def active(self, window_size, shift_size):
+        return None
+
+    def in_windows(self, function, x, window_size, shift_size):
+        return function(x)
+
+    def update(self, function, x, *maps):
+        return function(x, *maps)
+
+    def residual(self, function, y, x):
+        return function(y) + x
+
+
+ALL_TOKENS = AllTokens()
 
 
 class SwinTransformerBlock(nn.Module):
     """x + W-MSA(LN(x)), then + MLP(LN(x)), on a token map [B, H, W, C].
 
     As the official block, one built for an input_resolution no larger than the window uses that
-    resolution as its window and no shift. forward(x, active=None, *layer_args): `active` [B, H/ws, W/ws]
-    switches windows of the attention off (see flexops.active_windows); `layer_args` (a tunable SwinIR's
-    alphas) go to every layer and to the bias table, which are then tunable.
+    resolution as its window and no shift. The constructor is the official one; `from_layers` builds
+    a block around layers that exist already (a third-party SwinIR's).
+
+    forward(x [B, H, W, C], alphas=None, running=ALL_TOKENS) -> [B, H, W, C]:
+    - alphas: a tunable SwinIR's `Alphas`, handed to each layer through `run_layer` (which calls a
+      plain layer with x alone) and to the bias table (`value`); None for plain layers.
+    - running: which tokens run (the early-exit state, see `AllTokens`): qkv is computed for the
+      tokens of its active windows, the op attends those windows only, and proj, the MLP and the
+      residuals update its running tokens; the others come out unchanged.
     """
 
     def __init__(self, dim, input_resolution, num_heads, window_size=7, shift_size=0, mlp_ratio=4.0, qkv_bias=True,
@@ -108,17 +149,45 @@ class SwinTransformerBlock(nn.Module):
         self.register_state_dict_post_hook(_save_official_buffers)
         self.register_load_state_dict_pre_hook(_drop_official_mask)
 
-    def forward(self, x, active=None, *layer_args):
-        x = x + self.drop_path(self.proj_drop(self._attention(self.norm1(x), active, layer_args)))
-        return x + self.drop_path(self.mlp(self.norm2(x), *layer_args))
+    @classmethod
+    def from_layers(cls, norm1, qkv, proj, relative_position_bias_table, norm2, fc1, fc2, input_resolution,
+                    window_size, shift_size, num_heads, qk_scale=None):
+        """The block made of existing layers (they are used, not copied), e.g. a third-party SwinIR's.
 
-    def _attention(self, x, active, layer_args):
-        if not layer_args:  # through forward: FlexIR's cost counter hooks it
-            return self.attn(x, self.shift_size, active)
-        attn = self.attn  # a tunable twin's: its projections and bias table take the layer_args
-        attention = attn.attend(attn.qkv(x, *layer_args), self.shift_size, active,
-                                attn.relative_position_bias_table(*layer_args))
-        return attn.zero_inactive(attn.proj(attention, *layer_args), self.shift_size, active)
+        Args:
+            norm1, norm2: the LayerNorms before the attention and the MLP.
+            qkv, proj: the attention's projections (Linear C -> 3C and C -> C).
+            relative_position_bias_table: Parameter [(2 ws - 1)^2, num_heads].
+            fc1, fc2: the MLP's Linears (C -> hidden, hidden -> C; GELU between).
+            input_resolution: the (H, W) its checkpoints' attn_mask is for (the block's img_size).
+            window_size, shift_size, num_heads: the attention's (window_size and shift_size as the
+                block uses them: a window as large as input_resolution has no shift).
+            qk_scale: the logits' scale (None: head_dim^-0.5).
+
+        >>> block = SwinTransformerBlock.from_layers(b.norm1, b.attn.qkv, b.attn.proj,
+        ...     b.attn.relative_position_bias_table, b.norm2, b.mlp.fc1, b.mlp.fc2, b.input_resolution,
+        ...     b.window_size, b.shift_size, b.num_heads, b.attn.scale)      # b: an official block
+        """
+        # Built to the same sizes (the index buffer beside the layers), its own layers then replaced.
+        with torch.device(qkv.weight.device):
+            block = cls(qkv.in_features, input_resolution, num_heads, window_size, shift_size,
+                        fc1.out_features / fc1.in_features, qkv.bias is not None, qk_scale)
+        block.norm1, block.norm2 = norm1, norm2
+        block.attn.qkv, block.attn.proj, block.attn.relative_position_bias_table = qkv, proj, relative_position_bias_table
+        block.mlp.fc1, block.mlp.fc2 = fc1, fc2
+        return block
+
+    def forward(self, x, alphas=None, running=ALL_TOKENS):
+        attn, window, shift = self.attn, self.window_size, self.shift_size
+        qkv = running.in_windows(lambda tokens: run_layer(attn.qkv, self.norm1(tokens), alphas), x, window, shift)
+        attention = attn.attend(qkv, shift, running.active(window, shift),
+                                value(attn.relative_position_bias_table, alphas))
+
+        def residuals(tokens, attended):
+            tokens = tokens + self.drop_path(self.proj_drop(run_layer(attn.proj, attended, alphas)))
+            return tokens + self.drop_path(self.mlp(self.norm2(tokens), alphas))
+
+        return running.update(residuals, x, attention)
 
 
 def _save_official_buffers(block, state_dict, prefix, local_metadata):
@@ -159,10 +228,10 @@ class BasicLayer(nn.Module):
             for i in range(depth)
         ])
 
-    def forward(self, x, active=None, *layer_args):
-        """active: None, or the pair (active windows of unshifted blocks, of shifted blocks)."""
+    def forward(self, x, alphas=None, running=ALL_TOKENS):
+        """The blocks in turn, each with the alphas and the running tokens (see SwinTransformerBlock)."""
         for block in self.blocks:
-            x = block(x, None if active is None else active[block.shift_size > 0], *layer_args)
+            x = block(x, alphas, running)
         return x
 
 
@@ -194,8 +263,11 @@ class RSTB(nn.Module):
                                          qk_scale, drop, drop_path, norm_layer)
         self.conv = _residual_conv(dim, resi_connection)
 
-    def forward(self, x, *layer_args):
-        return as_tokens(run_layer(self.conv, as_image(self.residual_group(x, None, *layer_args)), *layer_args)) + x
+    def forward(self, x, alphas=None, running=ALL_TOKENS):
+        """x + conv(blocks(x)) [B, H, W, C], updated at the running tokens only (alphas and running:
+        see SwinTransformerBlock)."""
+        blocks = self.residual_group(x, alphas, running)
+        return running.residual(lambda tokens: as_tokens(run_layer(self.conv, as_image(tokens), alphas)), blocks, x)
 
 
 class Upsample(nn.Sequential):
@@ -244,21 +316,21 @@ class Reconstruction:
         else:
             self.conv_last = nn.Conv2d(embed_dim, num_out_ch, 3, 1, 1)
 
-    def reconstruct(self, tokens, x_first, x, *layer_args):
+    def reconstruct(self, tokens, x_first, x, alphas=None):
         """Deep features [B, H, W, C], shallow features x_first [B, C, H, W] and the normalised input x
-        -> the output before de-normalisation (`layer_args`: a tunable SwinIR's alphas)."""
-        res = run_layer(self.conv_after_body, as_image(self.norm(tokens)), *layer_args) + x_first
+        -> the output before de-normalisation; `alphas` (a tunable SwinIR's) go to every convolution."""
+        res = run_layer(self.conv_after_body, as_image(self.norm(tokens)), alphas) + x_first
         if self.upsampler == "pixelshuffle":
-            up = run_layer(self.upsample, run_layer(self.conv_before_upsample, res, *layer_args), *layer_args)
-            return self.conv_last(up, *layer_args)
+            up = run_layer(self.upsample, run_layer(self.conv_before_upsample, res, alphas), alphas)
+            return run_layer(self.conv_last, up, alphas)
         if self.upsampler == "pixelshuffledirect":
-            return run_layer(self.upsample, res, *layer_args)
+            return run_layer(self.upsample, res, alphas)
         if self.upsampler == "nearest+conv":
-            up = run_layer(self.conv_before_upsample, res, *layer_args)
-            up = self.lrelu(self.conv_up1(F.interpolate(up, scale_factor=2, mode="nearest"), *layer_args))
-            up = self.lrelu(self.conv_up2(F.interpolate(up, scale_factor=2, mode="nearest"), *layer_args))
-            return self.conv_last(self.lrelu(self.conv_hr(up, *layer_args)), *layer_args)
-        return x + self.conv_last(res, *layer_args)
+            up = run_layer(self.conv_before_upsample, res, alphas)
+            up = self.lrelu(run_layer(self.conv_up1, F.interpolate(up, scale_factor=2, mode="nearest"), alphas))
+            up = self.lrelu(run_layer(self.conv_up2, F.interpolate(up, scale_factor=2, mode="nearest"), alphas))
+            return run_layer(self.conv_last, self.lrelu(run_layer(self.conv_hr, up, alphas)), alphas)
+        return x + run_layer(self.conv_last, res, alphas)
 
     @property
     def scale(self):
@@ -401,11 +473,11 @@ class SwinIR(Reconstruction, nn.Module):
         self.build_tail(embed_dim, in_chans, upscale, upsampler, resi_connection, norm_layer, num_feat)
         self.apply(_init_weights)
 
-    def head(self, x, *layer_args):
-        """Image -> (normalised padded input, shallow features x_first [B, C, H, W], tokens [B, H, W, C]).
-        `layer_args` go to conv_first after its input (a tunable SwinIR's alphas)."""
+    def head(self, x, alphas=None):
+        """Image -> (normalised padded input, shallow features x_first [B, C, H, W], tokens [B, H, W, C]);
+        `alphas` (a tunable SwinIR's) go to conv_first."""
         x = (pad_to_window(x, self.window_size) - self.mean.to(x.dtype)) * self.img_range
-        x_first = self.conv_first(x.contiguous(memory_format=torch.channels_last), *layer_args)
+        x_first = run_layer(self.conv_first, x.contiguous(memory_format=torch.channels_last), alphas)
         tokens = self.patch_embed.norm(as_tokens(x_first))
         if self.ape:
             if tuple(tokens.shape[1:3]) != self.patches_resolution:
@@ -426,14 +498,14 @@ class SwinIR(Reconstruction, nn.Module):
         self.check_memory(x, max_memory)
         return self.run(x)
 
-    def run(self, x, *layer_args):
-        """The untiled forward of a checked image; `layer_args` (a tunable SwinIR's alphas) go to every
-        layer that takes them."""
+    def run(self, x, alphas=None):
+        """The untiled forward of a checked image; `alphas` (a tunable SwinIR's `Alphas`, None for the
+        plain network) go to every layer, each called through `run_layer`."""
         height, width = x.shape[-2:]
-        x, x_first, tokens = self.head(x, *layer_args)
+        x, x_first, tokens = self.head(x, alphas)
         for layer in self.layers:
-            tokens = layer(tokens, *layer_args)
-        return self.finish(self.reconstruct(tokens, x_first, x, *layer_args), height, width)
+            tokens = layer(tokens, alphas)
+        return self.finish(self.reconstruct(tokens, x_first, x, alphas), height, width)
 
     def check_memory(self, x, max_memory):
         """Refuses an untiled input whose estimated activations exceed max_memory, naming a tile that fits."""

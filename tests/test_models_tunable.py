@@ -340,8 +340,9 @@ def test_swinir_per_sample_omega_and_bake(upsampler):
 
 @pytest.mark.parametrize("block", [0, 1], ids=["unshifted", "shifted"])
 def test_swinir_block_with_inactive_windows_equals_its_baked_twin(block):
-    """A tunable block switching windows off zeroes their tokens (proj's bias included) exactly as its
-    baked twin does."""
+    """A tunable block whose early-exit state switches windows off (FlexIR's mask mode, one region per
+    window) leaves their tokens as they were and updates the others exactly as its baked twin does."""
+    from flexops.models.flexir.inference import RunningRegions
     from flexops.nn.tunable import Alphas
 
     net = randomised(TunableSwinIR(**SMALL_SWINIR)).eval()
@@ -350,13 +351,14 @@ def test_swinir_block_with_inactive_windows_equals_its_baked_twin(block):
     tunable, plain = net.get_submodule(name), net.bake(omega).get_submodule(name)
     x = torch.rand(2, 16, 16, 12, dtype=torch.float64)
     active = torch.tensor([[[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 0, 1], [1, 1, 1, 0]]] * 2, dtype=torch.bool)
-    attention = tunable._attention(x, active, (Alphas(net.tunable_layers, omega),))
-    torch.testing.assert_close(attention, plain._attention(x, active, ()), rtol=1e-10, atol=1e-10)
+    boxes = [(4 * i, 4 * i + 4, 4 * j, 4 * j + 4) for i in range(4) for j in range(4)]
+    running = RunningRegions(active.flatten(1), boxes, halo=1, device=x.device)
+    out = tunable(x, Alphas(net.tunable_layers, omega), running)
+    torch.testing.assert_close(out, plain(x, None, running), rtol=1e-10, atol=1e-10)
     off = ~active.repeat_interleave(4, 1).repeat_interleave(4, 2)  # unshifted: the windows' own tokens
     if block == 0:
-        assert attention[off].abs().max() == 0
-    torch.testing.assert_close(tunable(x, active, Alphas(net.tunable_layers, omega)), plain(x, active),
-                               rtol=1e-10, atol=1e-10)
+        assert torch.equal(out[off], x[off])
+    torch.testing.assert_close(tunable(x, Alphas(net.tunable_layers, omega)), plain(x), rtol=1e-10, atol=1e-10)
 
 
 def test_swinir_from_swinir_reproduces_it_on_the_simplex():

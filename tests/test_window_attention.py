@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import flexops
 from flexops import backends, reference
+from flexops.models.swinir_reference import partition, reverse, shift_mask
 from flexops.nn.window_attention import relative_position_index, window_tokens
 from flexops.ops import window_attention
 
@@ -18,49 +19,26 @@ from shapes import assert_grads_match
 
 # ---------------------------------------------------------------------------------------------------
 # SwinIR's path, written out the way its network code does it (roll, partition copy, additive -100
-# mask, softmax, reverse copy, roll back), independently of flexops.reference.
-
-
-def swin_partition(x, ws):
-    """[B, H, W, C] -> [B * windows, ws * ws, C]."""
-    b, h, w, c = x.shape
-    return x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
-
-
-def swin_reverse(windows, ws, b, h, w):
-    c = windows.shape[-1]
-    return windows.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
-
-
-def swin_shift_mask(h, w, ws, shift):
-    """[windows, N, N]: 0 within a shift region, -100 across regions."""
-    labels = torch.zeros(1, h, w, 1)
-    label = 0
-    for rows in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-        for cols in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-            labels[:, rows, cols, :] = label
-            label += 1
-    windows = swin_partition(labels, ws).squeeze(-1)
-    differs = windows.unsqueeze(1) - windows.unsqueeze(2)
-    return torch.zeros_like(differs).masked_fill(differs != 0, -100.0)
+# mask, softmax, reverse copy, roll back), independently of flexops.reference; the window partition
+# and the shift mask are those of the official-style SwinIR the zoo's SwinIR is tested against.
 
 
 def swin_attention(qkv, heads, ws, shift, bias, scale):
     b, h, w, c3 = qkv.shape
     c = c3 // 3
     x = torch.roll(qkv, (-shift, -shift), (1, 2)) if shift else qkv
-    windows = swin_partition(x, ws)  # [B*nW, N, 3C]
+    windows = partition(x, ws)  # [B*nW, N, 3C]
     bn, n, _ = windows.shape
     q, k, v = windows.reshape(bn, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     attn = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:  # [heads, N, N] for every window, or [B, heads, N, N] for the windows of each image
         attn = attn + (bias.unsqueeze(0) if bias.dim() == 3 else bias.repeat_interleave((h // ws) * (w // ws), 0))
     if shift:
-        mask = swin_shift_mask(h, w, ws, shift).to(qkv)
+        mask = shift_mask(h, w, ws, shift).to(qkv)
         attn = attn.view(b, mask.shape[0], heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
         attn = attn.view(bn, heads, n, n)
     out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(bn, n, c)
-    out = swin_reverse(out, ws, b, h, w)
+    out = reverse(out, ws, h, w)
     return torch.roll(out, (shift, shift), (1, 2)) if shift else out
 
 

@@ -259,3 +259,9 @@ def run_layer(module, x, *layer_args):
             x = run_layer(layer, x, *layer_args)
         return x
     return module(x, *layer_args) if isinstance(module, (TunableConv2d, TunableLinear)) else module(x)
+
+
+def value(param, alphas):
+    """A tunable tensor's value ([...] for shared omega, [B, ...] per sample) for a network's alphas,
+    or, with alphas None, the plain twin's Parameter itself (as run_layer serves both twins' layers)."""
+    return param if alphas is None else param(alphas)

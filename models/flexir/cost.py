@@ -3,7 +3,7 @@ official SwinIR; spec section 5).
 
 Conv2d: output elements x Cin / groups x k^2 (no bias); Linear: output elements x in_features;
 LayerNorm: 4 x elements; softmax: rows x (3 N - 1) with N = window tokens (the fused op has no
-nn.Softmax, so the term is added for each WindowAttention call); GELU, LeakyReLU, PixelShuffle,
+nn.Softmax, so the term is added for each Swin block); GELU, LeakyReLU, PixelShuffle,
 additions and the attention matmuls: 0. Parameters: those of the leaf modules that run, so
 relative_position_bias_table (and absolute_pos_embed) are not counted. The network runs on the meta
 device: no memory, no arithmetic.
@@ -14,7 +14,7 @@ from torch import nn
 
 from flexops import backends
 from flexops.models.flexir.network import TAIL_MODULES, FlexIR
-from flexops.nn.window_attention import WindowAttention
+from flexops.models.swinir import SwinTransformerBlock
 
 
 def _module_macs(module, inputs, output):
@@ -24,9 +24,9 @@ def _module_macs(module, inputs, output):
         return output.numel() * module.in_features
     if isinstance(module, nn.LayerNorm):
         return 4 * inputs[0].numel()
-    if isinstance(module, WindowAttention):
+    if isinstance(module, SwinTransformerBlock):
         tokens = module.window_size**2
-        rows = inputs[0].shape[:-1].numel() * module.num_heads  # every token is one row per head
+        rows = inputs[0].shape[:-1].numel() * module.attn.num_heads  # every token is one row per head
         return rows * (3 * tokens - 1)
     return 0
 
@@ -45,8 +45,7 @@ def parts(model, input_shape):
 
     def record(name):
         def hook(module, inputs, output):
-            params = sum(p.numel() for n, p in module.named_parameters(recurse=False)
-                         if not (isinstance(module, WindowAttention) and n == "relative_position_bias_table"))
+            params = sum(p.numel() for p in module.parameters(recurse=False))
             if name not in costs:
                 costs[name] = [0, 0]
             costs[name][0] += params
@@ -54,7 +53,7 @@ def parts(model, input_shape):
         return hook
 
     for name, module in model.named_modules():
-        if not list(module.children()) or isinstance(module, WindowAttention):
+        if not list(module.children()) or isinstance(module, SwinTransformerBlock):
             module.register_forward_hook(record(name))
     x = torch.empty(input_shape, device="meta")
     with torch.no_grad(), backends.use("reference"):  # the pure-PyTorch reference runs meta tensors

@@ -28,7 +28,6 @@ import torch
 from flexops.nn.window_attention import active_windows, window_tokens
 from flexops.models import checks
 from flexops.models.swinir import as_image, as_tokens
-from flexops.ops.window_attention import window_attention
 
 REFS = ("first", "input", "absolute")
 MODES = ("crop", "mask")
@@ -187,43 +186,55 @@ def _apply_in_boxes(function, radius, maps, boxes, running):
     return results
 
 
-def _masked_block(block, x, active, needed, running):
-    """One Swin block where only the running tokens (flat indices `running`) are updated: qkv for the
-    tokens of the active windows (`needed`), attention on those windows, proj and MLP on the running
-    tokens."""
-    attn = block.attn
-    batch, height, width, channels = x.shape
-    flat = x.reshape(-1, channels)
-    qkv = x.new_zeros(flat.shape[0], 3 * channels)
-    qkv.index_copy_(0, needed, attn.qkv(block.norm1(flat.index_select(0, needed))))
-    out = window_attention(qkv.view(batch, height, width, -1), attn.num_heads, block.window_size, block.shift_size,
-                           attn.relative_position_bias(), attn.scale, active, attn.mask_value).reshape(-1, channels)
-    tokens = flat.index_select(0, running) + attn.proj(out.index_select(0, running))
-    tokens = tokens + block.mlp(block.norm2(tokens))
-    return flat.index_copy(0, running, tokens).view(x.shape)
+class RunningRegions:
+    """FlexIR's early-exit state for one residual group in mode "mask": the regions still running,
+    handed to the zoo's RSTB and Swin blocks as their `running` (the interface of
+    flexops.models.swinir.AllTokens). The blocks update the running regions' tokens only, attending
+    the windows that hold one of them; the residual convolution runs on their boxes plus `halo`.
 
+    Args:
+        running: bool [B, regions], True where a (sample, region) still runs.
+        boxes: each region's (y0, y1, x0, x1) on the token map (row-major, as _region_boxes).
+        halo: pixels of context the residual convolution reads around an output pixel.
+        device: the token map's.
+    """
 
-def _masked_rstb(layer, tokens, running, boxes):
-    """An RSTB on the running regions only: the blocks on their tokens, the residual conv on their
-    boxes plus its halo; the other tokens come out unchanged."""
-    running_tokens = torch.zeros(tokens.shape[:3], dtype=torch.bool, device=tokens.device)
-    for r, (y0, y1, x0, x1) in enumerate(boxes):
-        running_tokens[running[:, r], y0:y1, x0:x1] = True
-    flat_running = running_tokens.flatten().nonzero().squeeze(1)
-    windows = {}  # (window, shift) -> (active windows, flat indices of their tokens), shared by the blocks
-    x = tokens
-    for block in layer.residual_group.blocks:
-        key = (block.window_size, block.shift_size)
-        if key not in windows:
-            active = active_windows(running_tokens, *key)
-            windows[key] = active, window_tokens(active, *key).flatten().nonzero().squeeze(1)
-        x = _masked_block(block, x, *windows[key], flat_running)
-    out = tokens.clone()
-    conv = lambda crop: as_tokens(layer.conv(as_image(crop)))  # noqa: E731
-    for index, r, (y0, y1, x0, x1), result in _apply_in_boxes(conv, _conv_radius(layer.conv), [x], boxes, running):
-        top, bottom, left, right = boxes[r]
-        out[index, top:bottom, left:right] = result[:, y0:y1, x0:x1] + tokens[index, top:bottom, left:right]
-    return out
+    def __init__(self, running, boxes, halo, device):
+        self.running, self.boxes, self.halo = running, boxes, halo
+        mask = torch.zeros(running.shape[0], boxes[-1][1], boxes[-1][3], dtype=torch.bool, device=device)
+        for r, (y0, y1, x0, x1) in enumerate(boxes):
+            mask[running[:, r], y0:y1, x0:x1] = True
+        self.mask = mask  # [B, H, W]: True at the running tokens
+        self.index = mask.flatten().nonzero().squeeze(1)  # their flat indices
+        self._windows = {}  # (window, shift) -> (active windows, flat indices of their tokens)
+
+    def _windows_of(self, window_size, shift_size):
+        key = (window_size, shift_size)
+        if key not in self._windows:  # the blocks of a group share two grids: computed once each
+            active = active_windows(self.mask, window_size, shift_size)
+            self._windows[key] = active, window_tokens(active, window_size, shift_size).flatten().nonzero().squeeze(1)
+        return self._windows[key]
+
+    def active(self, window_size, shift_size):
+        return self._windows_of(window_size, shift_size)[0]
+
+    def in_windows(self, function, x, window_size, shift_size):
+        index = self._windows_of(window_size, shift_size)[1]
+        flat = x.reshape(-1, x.shape[-1])
+        rows = function(flat.index_select(0, index))
+        out = rows.new_zeros(flat.shape[0], rows.shape[-1])
+        return out.index_copy_(0, index, rows).view(*x.shape[:-1], -1)
+
+    def update(self, function, x, *maps):
+        rows = function(*(m.reshape(-1, m.shape[-1]).index_select(0, self.index) for m in (x, *maps)))
+        return x.reshape(-1, x.shape[-1]).index_copy(0, self.index, rows).view(x.shape)
+
+    def residual(self, function, y, x):
+        out = x.clone()
+        for index, r, (y0, y1, x0, x1), result in _apply_in_boxes(function, self.halo, [y], self.boxes, self.running):
+            top, bottom, left, right = self.boxes[r]
+            out[index, top:bottom, left:right] = result[:, y0:y1, x0:x1] + x[index, top:bottom, left:right]
+        return out
 
 
 def _run_masked(model, x, threshold, ref, max_pointer, k):
@@ -242,7 +253,8 @@ def _run_masked(model, x, threshold, ref, max_pointer, k):
     output = x.new_empty(batch, x.shape[1], height * s, width * s)
     maps = [None, as_tokens(x_first), as_tokens(padded)]
     for j in range(max_pointer):
-        tokens = _masked_rstb(model.layers[j], tokens, running, boxes)
+        layer = model.layers[j]
+        tokens = layer(tokens, running=RunningRegions(running, boxes, _conv_radius(layer.conv), tokens.device))
         branch = model.branch(j)
 
         def exit_branch(t, first, image, branch=branch):

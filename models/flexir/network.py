@@ -56,13 +56,12 @@ class FlexIR(SwinIR):
         super().__init__(*args, **kwargs)
         self.shared_tail = shared_tail
         if not shared_tail:
-            template = ExitBranch.__new__(ExitBranch)
-            nn.Module.__init__(template)
-            for name in TAIL_MODULES:
+            for name in TAIL_MODULES:  # SwinIR's tail gives way to the branches
                 if hasattr(self, name):
-                    setattr(template, name, getattr(self, name))
                     delattr(self, name)
-            template.upsampler, template.upscale = self.upsampler, self.upscale
+            config = self.config
+            template = ExitBranch(self.embed_dim, self.in_chans, self.upscale, self.upsampler,
+                                  config["resi_connection"], config["norm_layer"], config["num_feat"])
             # Each branch starts as its own copy of one initialised tail (as from_swinir does).
             self.branches = nn.ModuleList([copy.deepcopy(template) for _ in self.layers])
 

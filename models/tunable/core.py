@@ -4,9 +4,9 @@ omega checked once per forward, every layer's alpha computed at once, and `bake(
 An architecture is written once, as a module built from `Layers` and run by `run(x, alphas)`:
 - the tunable network (`Layers(num_params, mode)`) runs it with the `Alphas` of its omega;
 - its plain twin (`Layers(None)`: nn.Conv2d, nn.Linear, nn.Parameter) runs it with alphas None.
-Inside `run`, a layer is called as `run_layer(layer, x, alphas)` (flexops.nn.tunable, which the
-zoo's SwinIR shares) and a tunable tensor read as `value(param, alphas)`, so the same code serves
-both. `bake(omega)` fills the plain twin with the blended tensors: its state_dict keys are the
+Inside `run`, a layer is called as `run_layer(layer, x, alphas)` and a tunable tensor read as
+`value(param, alphas)` (both flexops.nn.tunable, which the zoo's SwinIR shares), so the same code
+serves both. `bake(omega)` fills the plain twin with the blended tensors: its state_dict keys are the
 tunable network's, less the omega MLPs, with each TunableParameter `name.weight` stored as the plain
 Parameter `name`.
 
@@ -65,11 +65,6 @@ class Layers:
         param = nn.Parameter(torch.empty(plain_shape or shape))
         init(param.data)
         return param
-
-
-def value(param, alphas):
-    """A tunable tensor's value ([...] for shared omega, [B, ...] per sample), or the plain Parameter."""
-    return param if alphas is None else param(alphas)
 
 
 class TunableNetwork:

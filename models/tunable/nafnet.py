@@ -15,8 +15,8 @@ from torch import nn
 
 from flexops.models import checks
 from flexops.models.registry import register
-from flexops.models.tunable.core import Layers, TunableNetwork, value
-from flexops.nn.tunable import run_layer
+from flexops.models.tunable.core import Layers, TunableNetwork
+from flexops.nn.tunable import run_layer, value
 
 
 class LayerNorm2d(nn.Module):

@@ -8,9 +8,12 @@ per-sample omega each image blends its own bias table, and the fused window atte
 gathered biases as one [B, heads, N, N] tensor. `bake(omega)` returns a plain zoo SwinIR, so a
 baked network loads into (and saves from) the official code.
 
-The zoo's SwinIR is not written with `Layers`: TunableSwinIR builds it and swaps its layers for
-tunable ones of the same hyper-parameters; SwinIR's own `run(x, *layer_args)` then runs it, with the
-alphas handed to every layer.
+The zoo's SwinIR keeps the official constructor, so it is not built from `Layers`: TunableSwinIR
+builds it and swaps its layers for tunable ones of the same hyper-parameters. SwinIR's code already
+calls every layer as `run_layer(layer, x, alphas)` and reads every bias table as `value(table,
+alphas)`, so SwinIR's own `run(x, alphas)` runs the tunable network, the `Alphas` of omega going from
+`TunableNetwork.forward` through `run`, each RSTB and Swin block to the layers (see
+`flexops.models.swinir.SwinTransformerBlock`).
 
 >>> net = TunableSwinIR()                  # colour denoising SwinIR-M: 22,982,820 parameters, 189 tunable layers
 >>> y = net(torch.rand(2, 3, 64, 64), torch.tensor([[1.0, 0.0], [0.3, 0.7]]))   # one omega per image
