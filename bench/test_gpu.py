@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import flexops
+from flexops.models.swinir_reference import shift_mask
 from harness import note, record
 from test_masked_conv2d import random_masks
-from test_window_attention import CHANNELS, HEADS, SHIFT, WINDOW, sdpa, shift_mask, swinir_path
+from test_window_attention import CHANNELS, HEADS, SHIFT, WINDOW, sdpa, swinir_path
 
 TABLE = "GPU: flexops backends against the GPU baselines (fp32, best of interleaved rounds)"
 ROUNDS = 20
@@ -72,7 +73,7 @@ def cases():
 
     qkv = torch.randn(1, 256, 256, 3 * CHANNELS, device=device)
     rel_bias = 0.02 * torch.randn(HEADS, WINDOW**2, WINDOW**2, device=device)
-    attn_mask = shift_mask(256, WINDOW, SHIFT).to(device)
+    attn_mask = shift_mask(256, 256, WINDOW, SHIFT).to(device)
     yield "window_attention 1x256x256, C 180", {
         "triton": on("triton", lambda: flexops.ops.window_attention(qkv, HEADS, WINDOW, SHIFT, rel_bias)),
         "SwinIR path + SDPA": lambda: swinir_path(sdpa)(qkv, rel_bias, attn_mask),

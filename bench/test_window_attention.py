@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import flexops
+from flexops.models.swinir_reference import partition, reverse, shift_mask  # SwinIR's own path
 from harness import compare, first_calls, note, plot, record, record_first_calls, tables
 from plots import STYLES, robust_ylim
 
@@ -25,17 +26,6 @@ TABLE = (f"window attention, C {CHANNELS}, {HEADS} heads, window {WINDOW}, shift
          f"CPU ({torch.get_num_threads()} threads)")
 
 
-def shift_mask(size, window, shift):
-    """[windows, N, N] additive mask, 0 inside a shift region and -100 across (SwinIR's attn_mask)."""
-    label = torch.zeros(size, size)
-    cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    for i, rows in enumerate(cuts):
-        for j, cols in enumerate(cuts):
-            label[rows, cols] = 3 * i + j
-    label = label.view(size // window, window, size // window, window).permute(0, 2, 1, 3).reshape(-1, window**2)
-    return (label[:, None, :] != label[:, :, None]).float() * -100.0
-
-
 def swinir_path(attention):
     """SwinIR's window attention around `attention(q, k, v, bias_and_mask)`."""
 
@@ -43,11 +33,11 @@ def swinir_path(attention):
         b, h, w, c3 = qkv.shape
         c, n = c3 // 3, WINDOW**2
         x = torch.roll(qkv, (-SHIFT, -SHIFT), (1, 2))
-        windows = x.view(b, h // WINDOW, WINDOW, w // WINDOW, WINDOW, c3).permute(0, 1, 3, 2, 4, 5).reshape(-1, n, c3)
+        windows = partition(x, WINDOW)
         q, k, v = windows.reshape(-1, n, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
         bias_and_mask = (mask.unsqueeze(1) + bias).repeat(b, 1, 1, 1)  # [B * windows, heads, N, N]
         out = attention(q, k, v, bias_and_mask).transpose(1, 2).reshape(-1, n, c)
-        out = out.view(b, h // WINDOW, w // WINDOW, WINDOW, WINDOW, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        out = reverse(out, WINDOW, h, w)
         return torch.roll(out, (SHIFT, SHIFT), (1, 2))
 
     return run
@@ -75,7 +65,7 @@ def functions(size, grad):
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(1, size, size, 3 * CHANNELS, requires_grad=grad)
     bias = (0.02 * torch.randn(HEADS, WINDOW**2, WINDOW**2)).requires_grad_(grad)
-    mask = shift_mask(size, WINDOW, SHIFT)
+    mask = shift_mask(size, size, WINDOW, SHIFT)
     grad_out = torch.randn(1, size, size, CHANNELS)
 
     def timed(fn):
