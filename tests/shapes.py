@@ -63,3 +63,16 @@ def assert_grads_match(out, expected, inputs, atol, rtol):
             assert g is None or bool((g == 0).all())
         else:
             torch.testing.assert_close(g, w, atol=atol, rtol=rtol)
+
+
+def low_precision_tolerance(dtype, reduction):
+    """(atol, rtol) for an op computed in `dtype` with float32 accumulation, against the float64
+    reference on the same (already rounded) inputs of unit scale, reducing over `reduction` terms.
+
+    The output and the intermediates a kernel stores in `dtype` (a blended kernel, attention
+    probabilities) are rounded, each to eps/2 relative. Such errors of the reduction's terms add up
+    like a random walk, and so does the output itself: sqrt(reduction) unit terms. A reduction
+    accumulated in `dtype` instead of float32 grows its error with every term and fails this.
+    """
+    eps = torch.finfo(dtype).eps
+    return 2 * eps * reduction**0.5, 2 * eps
