@@ -20,8 +20,8 @@ import torch
 NAMES = ("reference", "cpu", "cuda", "triton")
 DTYPES = {
     "reference": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-    # bfloat16 with float32 accumulation; no float16 kernels (see why_not).
-    "cpu": (torch.bfloat16, torch.float32, torch.float64),
+    # float16 and bfloat16 run the float32 kernels on their widened tensors (csrc/cpu/in_float32.h).
+    "cpu": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
     "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
     "triton": (torch.float16, torch.bfloat16, torch.float32),
 }
@@ -104,10 +104,7 @@ def why_not(backend, device, dtype):
     facts = _BUILD_INFO
     if dtype not in DTYPES[backend]:
         supported = ", ".join(str(d).removeprefix("torch.") for d in DTYPES[backend])
-        hint = ""
-        if backend == "cpu" and dtype == torch.float16:
-            hint = "; the CPU kernels have no float16: use bfloat16 (x.bfloat16(), or torch.autocast('cpu', torch.bfloat16))"
-        return f"dtype {dtype} is not supported (supported: {supported}){hint}"
+        return f"dtype {dtype} is not supported (supported: {supported})"
     if backend == "cpu" and device.type != "cpu":
         return f"it runs CPU tensors, the input is on {device}"
     if backend == "cuda":
