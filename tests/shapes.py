@@ -71,8 +71,9 @@ def low_precision_tolerance(dtype, reduction):
 
     The output and the intermediates a kernel stores in `dtype` (a blended kernel, attention
     probabilities) are rounded, each to eps/2 relative. Such errors of the reduction's terms add up
-    like a random walk, and so does the output itself: sqrt(reduction) unit terms. A reduction
-    accumulated in `dtype` instead of float32 grows its error with every term and fails this.
+    like a random walk, as the output itself does: sqrt(reduction) unit terms, so eps * sqrt(reduction)
+    absolute, eps relative. The flexops kernels stay below half of it on the tests' inputs; a sum
+    accumulated in bfloat16 instead of float32 exceeds it twice over at 36 terms, six times at 200.
     """
     eps = torch.finfo(dtype).eps
-    return 2 * eps * reduction**0.5, 2 * eps
+    return eps * reduction**0.5, eps
