@@ -29,9 +29,14 @@ _AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}
 
 def autocast(*tensors):
     """`tensors` as the op computes with them: under an autocast region of their device (the first
-    tensor's), each floating-point tensor on that device other than a float64 one in the region's
-    dtype; everything else, and everything outside a region, unchanged."""
-    device_type = next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), None)
+    one's, the op's input), each floating-point tensor on that device other than a float64 one in
+    the region's dtype; everything else, and everything outside a region, unchanged. The argument
+    checks that follow report what is not a tensor."""
+    first = tensors[0]
+    # The quick test first: every call of an op outside autocast passes here.
+    if not torch._C._is_any_autocast_enabled() or not isinstance(first, torch.Tensor):
+        return tensors
+    device_type = first.device.type
     if device_type not in _AUTOCAST_KEYS or not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
