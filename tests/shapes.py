@@ -63,3 +63,17 @@ def assert_grads_match(out, expected, inputs, atol, rtol):
             assert g is None or bool((g == 0).all())
         else:
             torch.testing.assert_close(g, w, atol=atol, rtol=rtol)
+
+
+def low_precision_tolerance(dtype, reduction):
+    """(atol, rtol) for an op computed in `dtype` with float32 accumulation, against the float64
+    reference on the same (already rounded) inputs of unit scale, reducing over `reduction` terms.
+
+    The output and the intermediates a kernel stores in `dtype` (a blended kernel, attention
+    probabilities) are rounded, each to eps/2 relative. Such errors of the reduction's terms add up
+    like a random walk, as the output itself does: sqrt(reduction) unit terms, so eps * sqrt(reduction)
+    absolute, eps relative. The flexops kernels stay below half of it on the tests' inputs; a sum
+    accumulated in bfloat16 instead of float32 exceeds it twice over at 36 terms, six times at 200.
+    """
+    eps = torch.finfo(dtype).eps
+    return eps * reduction**0.5, eps

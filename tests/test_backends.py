@@ -27,13 +27,13 @@ def test_use_forces_and_restores():
 
 
 def test_use_holds_for_its_own_thread_only():
-    """Two threads in interleaved `use` blocks each run their own backend: a half-precision call
-    runs in the thread that forced "reference" and is refused in the one that forced "cpu"."""
+    """Two threads in interleaved `use` blocks each run their own backend: a call on CPU tensors
+    runs in the thread that forced "reference" and is refused in the one that forced "cuda"."""
     import threading
 
     import flexops
 
-    x, weight, alpha = torch.randn(1, 2, 4, 4).half(), torch.randn(2, 3, 2, 3, 3).half(), torch.rand(2).half()
+    x, weight, alpha = torch.randn(1, 2, 4, 4), torch.randn(2, 3, 2, 3, 3), torch.rand(2)
     both_inside, both_called = threading.Barrier(2, timeout=60), threading.Barrier(2, timeout=60)
     seen = {}
 
@@ -48,14 +48,14 @@ def test_use_holds_for_its_own_thread_only():
             both_called.wait()
         seen[name + " after"] = backends.forced()
 
-    threads = [threading.Thread(target=run, args=(name,)) for name in ("reference", "cpu")]
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("reference", "cuda")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert seen["reference"] == ("ran", "reference")
-    assert "forced backend 'cpu' cannot run: dtype torch.float16" in seen["cpu"][0] and seen["cpu"][1] == "cpu"
-    assert seen["reference after"] is None and seen["cpu after"] is None
+    assert "forced backend 'cuda' cannot run" in seen["cuda"][0] and seen["cuda"][1] == "cuda"
+    assert seen["reference after"] is None and seen["cuda after"] is None
     assert backends.forced() is None  # the main thread never saw either
 
 
@@ -89,9 +89,9 @@ def test_unknown_name():
 def test_reasons():
     cpu = torch.device("cpu")
     assert "runs CUDA tensors" in backends.why_not("cuda", cpu, torch.float32) or not backends.info()["cuda_kernels"]
-    assert "dtype" in backends.why_not("cpu", cpu, torch.float16)
+    assert "dtype" in backends.why_not("cpu", cpu, torch.complex64)
     with pytest.raises(backends.BackendUnavailable, match="no backend runs"):
-        backends.choose("tunable_conv2d", cpu, torch.float16)
+        backends.choose("tunable_conv2d", cpu, torch.complex64)
 
 
 def test_torch_version_check():

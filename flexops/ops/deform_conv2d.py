@@ -7,8 +7,8 @@ sample, sampling is bilinear with zeros outside the image, groups come from weig
 
 import torch
 
-from flexops import backends, reference
-from flexops.ops import _args
+from flexops import reference
+from flexops.ops import _args, _register
 
 
 @_args.fx_leaf
@@ -29,12 +29,10 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     >>> y = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)   # as torchvision.ops.deform_conv2d
     """
     stride, padding, dilation = _args.conv_params(stride, padding, dilation)
+    input, offset, weight, bias, mask = _register.autocast(input, offset, weight, bias, mask)
     _check(input, offset, weight, bias, mask, stride, padding, dilation)
-    backend = backends.choose("deform_conv2d", input.device, input.dtype)
-    if backend == "reference":
-        return reference.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
-    op = torch.ops.flexops.deform_conv2d_triton if backend == "triton" else torch.ops.flexops.deform_conv2d
-    return op(input, offset, weight, bias, mask, stride, padding, dilation)
+    _, kernel = _OP.choose(input)
+    return kernel(input, offset, weight, bias, mask, stride, padding, dilation)
 
 
 def _check(input, offset, weight, bias, mask, stride, padding, dilation):
@@ -98,33 +96,13 @@ def _contiguous_like(t):
     return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("flexops::deform_conv2d")
 def _fake(input, offset, weight, bias, mask, stride, padding, dilation):
     return _args.new_output(input, (input.shape[0], weight.shape[0], *offset.shape[2:]))
 
 
-@torch.library.register_fake("flexops::deform_conv2d_backward")
 def _fake_backward(grad_output, input, offset, weight, mask, stride, padding, dilation):
     grad_mask = input.new_empty(0) if mask is None else _contiguous_like(mask)
     return _args.new_output(input, input.shape), _contiguous_like(offset), _contiguous_like(weight), grad_mask
-
-
-torch.library.register_fake("flexops::deform_conv2d_triton")(_fake)
-torch.library.register_fake("flexops::deform_conv2d_backward_triton")(_fake_backward)
-
-
-@torch.library.register_kernel("flexops::deform_conv2d_triton", ("cpu", "cuda"))
-def _triton_forward(input, offset, weight, bias, mask, stride, padding, dilation):
-    from flexops.triton import deform_conv2d as kernels
-
-    return kernels.deform_conv2d_forward(input, offset, weight, bias, mask, stride, padding, dilation)
-
-
-@torch.library.register_kernel("flexops::deform_conv2d_backward_triton", ("cpu", "cuda"))
-def _triton_backward(grad_output, input, offset, weight, mask, stride, padding, dilation):
-    from flexops.triton import deform_conv2d as kernels
-
-    return kernels.deform_conv2d_backward(grad_output, input, offset, weight, mask, stride, padding, dilation)
 
 
 def _setup_context(ctx, inputs, output):
@@ -134,23 +112,25 @@ def _setup_context(ctx, inputs, output):
     ctx.conv = (stride, padding, dilation)
 
 
-def _autograd(backward_op):
-    def backward(ctx, grad_output):
-        input, offset, weight, mask = ctx.saved_tensors
-        grad_input, grad_offset, grad_weight, grad_mask = backward_op(
-            grad_output, input, offset, weight, mask, *ctx.conv
-        )
-        grad_bias = grad_output.sum((0, 2, 3)) if ctx.has_bias else None
-        return grad_input, grad_offset, grad_weight, grad_bias, None if mask is None else grad_mask, None, None, None
-
-    return backward
+def _backward(ctx, grad_output, backward_op):
+    input, offset, weight, mask = ctx.saved_tensors
+    grad_input, grad_offset, grad_weight, grad_mask = backward_op(grad_output, input, offset, weight, mask, *ctx.conv)
+    grad_bias = grad_output.sum((0, 2, 3)) if ctx.has_bias else None
+    return grad_input, grad_offset, grad_weight, grad_bias, None if mask is None else grad_mask, None, None, None
 
 
-torch.library.register_autograd(
-    "flexops::deform_conv2d", _autograd(torch.ops.flexops.deform_conv2d_backward), setup_context=_setup_context
-)
-torch.library.register_autograd(
-    "flexops::deform_conv2d_triton",
-    _autograd(torch.ops.flexops.deform_conv2d_backward_triton),
-    setup_context=_setup_context,
+def _reference(input, offset, weight, bias, mask, stride, padding, dilation):
+    """The reference, given the schema's argument order (mask after bias)."""
+    return reference.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+_OP = _register.Op(
+    "deform_conv2d",
+    _reference,
+    _fake,
+    _fake_backward,
+    _setup_context,
+    _backward,
+    "deform_conv2d_forward",
+    "deform_conv2d_backward",
 )

@@ -8,8 +8,8 @@ batch 1 with M mask rows gives M outputs.
 
 import torch
 
-from flexops import backends, reference
-from flexops.ops import _args
+from flexops import reference
+from flexops.ops import _args, _register
 
 
 @_args.fx_leaf
@@ -34,12 +34,10 @@ def masked_conv2d(input, weight, bias=None, in_mask=None, out_mask=None, stride=
     >>> y = masked_conv2d(x, weight, bias, in_mask, out_mask, padding=1)   # x [1, 64, H, W], masks [27, 64]
     """
     stride, padding, dilation = _args.conv_params(stride, padding, dilation)
+    input, weight, bias = _register.autocast(input, weight, bias)
     in_mask, out_mask = _check(input, weight, bias, in_mask, out_mask, stride, padding, dilation)
-    backend = backends.choose("masked_conv2d", input.device, input.dtype)
-    if backend == "reference":
-        return reference.masked_conv2d(input, weight, bias, in_mask, out_mask, stride, padding, dilation)
-    op = torch.ops.flexops.masked_conv2d_triton if backend == "triton" else torch.ops.flexops.masked_conv2d
-    return op(input, weight, bias, in_mask, out_mask, stride, padding, dilation)
+    _, kernel = _OP.choose(input)
+    return kernel(input, weight, bias, in_mask, out_mask, stride, padding, dilation)
 
 
 def _mask(mask, name, channels, input):
@@ -88,14 +86,12 @@ def _check(input, weight, bias, in_mask, out_mask, stride, padding, dilation):
     return in_mask, out_mask
 
 
-@torch.library.register_fake("flexops::masked_conv2d")
 def _fake(input, weight, bias, in_mask, out_mask, stride, padding, dilation):
     tasks = max(in_mask.shape[0], out_mask.shape[0])
     size = _args.conv_output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
     return _args.new_output(input, (tasks if tasks > 1 else input.shape[0], weight.shape[0], *size))
 
 
-@torch.library.register_fake("flexops::masked_conv2d_backward")
 def _fake_backward(grad_output, input, weight, bias, in_mask, out_mask, stride, padding, dilation):
     grad_bias = weight.new_empty(0) if bias is None else torch.empty_like(bias, memory_format=torch.contiguous_format)
     return (
@@ -105,50 +101,28 @@ def _fake_backward(grad_output, input, weight, bias, in_mask, out_mask, stride, 
     )
 
 
-torch.library.register_fake("flexops::masked_conv2d_triton")(_fake)
-torch.library.register_fake("flexops::masked_conv2d_backward_triton")(_fake_backward)
-
-
-@torch.library.register_kernel("flexops::masked_conv2d_triton", ("cpu", "cuda"))
-def _triton(input, weight, bias, in_mask, out_mask, stride, padding, dilation):
-    from flexops.triton import masked_conv2d as kernels
-
-    return kernels.masked_conv2d(input, weight, bias, in_mask, out_mask, stride, padding, dilation)
-
-
-@torch.library.register_kernel("flexops::masked_conv2d_backward_triton", ("cpu", "cuda"))
-def _triton_backward(grad_output, input, weight, bias, in_mask, out_mask, stride, padding, dilation):
-    from flexops.triton import masked_conv2d as kernels
-
-    return kernels.masked_conv2d_backward(
-        grad_output, input, weight, bias, in_mask, out_mask, stride, padding, dilation
-    )
-
-
 def _setup_context(ctx, inputs, output):
     input, weight, bias, in_mask, out_mask, stride, padding, dilation = inputs
     ctx.save_for_backward(input, weight, bias, in_mask, out_mask)
     ctx.conv = (stride, padding, dilation)
 
 
-def _autograd(backward_op):
-    """The autograd backward of a forward op whose gradients come from `backward_op`."""
-    def backward(ctx, grad_output):
-        input, weight, bias, in_mask, out_mask = ctx.saved_tensors
-        grad_input, grad_weight, grad_bias = backward_op(grad_output, input, weight, bias, in_mask, out_mask, *ctx.conv)
-        return grad_input, grad_weight, None if bias is None else grad_bias, None, None, None, None, None
-
-    return backward
+def _backward(ctx, grad_output, backward_op):
+    input, weight, bias, in_mask, out_mask = ctx.saved_tensors
+    grad_input, grad_weight, grad_bias = backward_op(grad_output, input, weight, bias, in_mask, out_mask, *ctx.conv)
+    return grad_input, grad_weight, None if bias is None else grad_bias, None, None, None, None, None
 
 
 # Each forward gets the backward of its own backend: the compiled one (CPU: per-task compact
 # convolutions; CUDA: one launch per gradient), or the Triton kernels driven by the same channel
 # lists as the Triton forward.
-torch.library.register_autograd(
-    "flexops::masked_conv2d", _autograd(torch.ops.flexops.masked_conv2d_backward), setup_context=_setup_context
-)
-torch.library.register_autograd(
-    "flexops::masked_conv2d_triton",
-    _autograd(torch.ops.flexops.masked_conv2d_backward_triton),
-    setup_context=_setup_context,
+_OP = _register.Op(
+    "masked_conv2d",
+    reference.masked_conv2d,
+    _fake,
+    _fake_backward,
+    _setup_context,
+    _backward,
+    "masked_conv2d",
+    "masked_conv2d_backward",
 )

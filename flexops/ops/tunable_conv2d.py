@@ -6,8 +6,8 @@ with Parametric Multi-Loss Optimization", CVPR 2023).
 
 import torch
 
-from flexops import backends, reference
-from flexops.ops import _args
+from flexops import reference
+from flexops.ops import _args, _register
 
 
 @_args.fx_leaf
@@ -28,6 +28,7 @@ def tunable_conv2d(input, weight, bias, alpha, stride=1, padding=0, dilation=1, 
     >>> y = tunable_conv2d(x, weight, bias, torch.tensor([0.3, 0.7]), padding=1)   # weight [2, Cout, Cin, 3, 3]
     """
     stride, padding, dilation = _args.conv_params(stride, padding, dilation)
+    input, weight, bias, alpha = _register.autocast(input, weight, bias, alpha)
     groups = _check(input, weight, bias, alpha, stride, padding, dilation, groups)
     return tunable_conv2d_unchecked(input, weight, bias, alpha, stride, padding, dilation, groups)
 
@@ -38,18 +39,11 @@ def tunable_conv2d_unchecked(input, weight, bias, alpha, stride, padding, dilati
 
     For layers inside a network that validated its input and omega once (`flexops.nn.tunable.Alphas`):
     the checks cost more than a small layer's convolution. A shape error still surfaces, as the
-    platform convolution's RuntimeError.
+    platform convolution's RuntimeError. Under autocast the arguments are cast as the checked op's are.
     """
-    backend = backends.choose("tunable_conv2d", input.device, input.dtype)
-    if backend == "reference":
-        return reference.tunable_conv2d(input, weight, bias, alpha, stride, padding, dilation, groups)
-    # The overload itself, not the packet: resolving the packet costs microseconds on every call.
-    op = _TRITON if backend == "triton" else _NATIVE
-    return op(input, weight, bias, alpha, stride, padding, dilation, groups)
-
-
-_NATIVE = torch.ops.flexops.tunable_conv2d.default
-_TRITON = torch.ops.flexops.tunable_conv2d_triton.default
+    input, weight, bias, alpha = _register.autocast(input, weight, bias, alpha)
+    _, kernel = _OP.choose(input)
+    return kernel(input, weight, bias, alpha, stride, padding, dilation, groups)
 
 
 def _check(input, weight, bias, alpha, stride, padding, dilation, groups):
@@ -89,15 +83,10 @@ def _output_like(input, weight, alpha, stride, padding, dilation):
     return _args.new_output(input, (input.shape[0], weight.shape[1], *size))
 
 
-@torch.library.register_fake("flexops::tunable_conv2d")
 def _fake(input, weight, bias, alpha, stride, padding, dilation, groups):
     return _output_like(input, weight, alpha, stride, padding, dilation)
 
 
-torch.library.register_fake("flexops::tunable_conv2d_triton")(_fake)
-
-
-@torch.library.register_fake("flexops::tunable_conv2d_backward")
 def _fake_backward(grad_output, input, weight, bias, alpha, stride, padding, dilation, groups):
     grad_input = _args.new_output(input, input.shape)
     grad_bias = weight.new_empty(0) if bias is None else torch.empty_like(bias, memory_format=torch.contiguous_format)
@@ -109,28 +98,20 @@ def _fake_backward(grad_output, input, weight, bias, alpha, stride, padding, dil
     )
 
 
-@torch.library.register_kernel("flexops::tunable_conv2d_triton", ("cpu", "cuda"))
-def _triton(input, weight, bias, alpha, stride, padding, dilation, groups):
-    from flexops.triton import tunable_conv2d as kernels
-
-    return kernels.tunable_conv2d(input, weight, bias, alpha, stride, padding, dilation, groups)
-
-
 def _setup_context(ctx, inputs, output):
     input, weight, bias, alpha, stride, padding, dilation, groups = inputs
     ctx.save_for_backward(input, weight, bias, alpha)
     ctx.conv = (stride, padding, dilation, groups)
 
 
-def _backward(ctx, grad_output):
+def _backward(ctx, grad_output, backward_op):
     input, weight, bias, alpha = ctx.saved_tensors
-    grad_input, grad_weight, grad_bias, grad_alpha = torch.ops.flexops.tunable_conv2d_backward(
-        grad_output, input, weight, bias, alpha, *ctx.conv
-    )
+    grad_input, grad_weight, grad_bias, grad_alpha = backward_op(grad_output, input, weight, bias, alpha, *ctx.conv)
     return grad_input, grad_weight, None if bias is None else grad_bias, grad_alpha, None, None, None, None
 
 
-# The Triton forward kernel shares the platform backward: gradients of the blended kernel through
+# The Triton forward kernel shares the compiled backward: gradients of the blended kernel through
 # cuDNN / oneDNN convolution backward, projected onto the p kernels and alpha.
-for _name in ("flexops::tunable_conv2d", "flexops::tunable_conv2d_triton"):
-    torch.library.register_autograd(_name, _backward, setup_context=_setup_context)
+_OP = _register.Op(
+    "tunable_conv2d", reference.tunable_conv2d, _fake, _fake_backward, _setup_context, _backward, "tunable_conv2d"
+)

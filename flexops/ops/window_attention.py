@@ -17,8 +17,8 @@ import os
 
 import torch
 
-from flexops import backends, reference
-from flexops.ops import _args
+from flexops import reference
+from flexops.ops import _args, _register
 
 
 @_args.fx_leaf
@@ -50,17 +50,13 @@ def window_attention(
         >>> window_attention(qkv, 4, 8, shift_size=4, mask_value=-100.0).shape
         torch.Size([1, 16, 16, 32])
     """
+    qkv, rel_pos_bias = _register.autocast(qkv, rel_pos_bias)
     num_heads, window_size, shift_size, scale, active, mask_value = _check(
         qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value
     )
-    backend = backends.choose("window_attention", qkv.device, qkv.dtype)
+    backend, kernel = _OP.choose(qkv)
     _check_working_memory(qkv, num_heads, window_size, rel_pos_bias, backend)
-    if backend == "reference":
-        return reference.window_attention(
-            qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value
-        )
-    op = torch.ops.flexops.window_attention_triton if backend == "triton" else torch.ops.flexops.window_attention
-    return op(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value)
+    return kernel(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value)
 
 
 def _check(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value):
@@ -154,35 +150,13 @@ def _check_working_memory(qkv, num_heads, window_size, rel_pos_bias, backend):
         )
 
 
-@torch.library.register_fake("flexops::window_attention")
 def _fake(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
     return qkv.new_empty((*qkv.shape[:3], qkv.shape[3] // 3))
 
 
-@torch.library.register_fake("flexops::window_attention_backward")
 def _fake_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
     grad_bias = qkv.new_empty(0) if rel_pos_bias is None else qkv.new_empty(rel_pos_bias.shape)
     return qkv.new_empty(qkv.shape), grad_bias
-
-
-torch.library.register_fake("flexops::window_attention_triton")(_fake)
-torch.library.register_fake("flexops::window_attention_backward_triton")(_fake_backward)
-
-
-@torch.library.register_kernel("flexops::window_attention_triton", ("cpu", "cuda"))
-def _triton_forward(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
-    from flexops.triton import window_attention as kernels
-
-    return kernels.window_attention(qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value)
-
-
-@torch.library.register_kernel("flexops::window_attention_backward_triton", ("cpu", "cuda"))
-def _triton_backward(grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value=None):
-    from flexops.triton import window_attention as kernels
-
-    return kernels.window_attention_backward(
-        grad_output, qkv, num_heads, window_size, shift_size, rel_pos_bias, scale, active, mask_value
-    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -192,24 +166,19 @@ def _setup_context(ctx, inputs, output):
     ctx.scale, ctx.mask_value = scale, mask_value
 
 
-def _autograd(backward_op):
-    def backward(ctx, grad_output):
-        qkv, rel_pos_bias, active = ctx.saved_tensors
-        grad_qkv, grad_bias = backward_op(
-            grad_output, qkv, *ctx.attention, rel_pos_bias, ctx.scale, active, ctx.mask_value
-        )
-        return grad_qkv, None, None, None, None if rel_pos_bias is None else grad_bias, None, None, None
-
-    return backward
+def _backward(ctx, grad_output, backward_op):
+    qkv, rel_pos_bias, active = ctx.saved_tensors
+    grad_qkv, grad_bias = backward_op(grad_output, qkv, *ctx.attention, rel_pos_bias, ctx.scale, active, ctx.mask_value)
+    return grad_qkv, None, None, None, None if rel_pos_bias is None else grad_bias, None, None, None
 
 
-torch.library.register_autograd(
-    "flexops::window_attention",
-    _autograd(torch.ops.flexops.window_attention_backward),
-    setup_context=_setup_context,
-)
-torch.library.register_autograd(
-    "flexops::window_attention_triton",
-    _autograd(torch.ops.flexops.window_attention_backward_triton),
-    setup_context=_setup_context,
+_OP = _register.Op(
+    "window_attention",
+    reference.window_attention,
+    _fake,
+    _fake_backward,
+    _setup_context,
+    _backward,
+    "window_attention",
+    "window_attention_backward",
 )

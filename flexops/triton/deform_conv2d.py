@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from flexops.triton._dot import dot
+
 
 @triton.jit
 def _sample_point(off_ptr, mask_ptr, b, og, k, oy, ox, pix_ok, K, KW,
@@ -136,7 +138,7 @@ def _deform_conv2d_fwd_kernel(
                 rows = (g * K + k) * group_channels + chans - g * group_channels
                 w = tl.load(w_ptr + rows[:, None] * group_out + outs[None, :],
                             mask=chan_ok[:, None] & out_ok[None, :], other=0.0)
-                acc = tl.dot(cols.to(w.dtype), w, acc, input_precision=DOT_PRECISION)
+                acc = dot(cols.to(w.dtype), w, acc, DOT_PRECISION)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + g * group_out + outs, mask=out_ok, other=0.0).to(tl.float32)[None, :]
@@ -194,7 +196,7 @@ def _deform_conv2d_bwd_data_kernel(
                              mask=pix_ok[:, None] & out_ok[None, :], other=0.0)
                 wt = tl.load(w_ptr + rows[None, :] * group_out + outs[:, None],
                              mask=out_ok[:, None] & chan_ok[None, :], other=0.0)
-                grad_cols = tl.dot(go, wt.to(go.dtype), grad_cols, input_precision=DOT_PRECISION)
+                grad_cols = dot(go, wt.to(go.dtype), grad_cols, DOT_PRECISION)
 
             v00 = _gather(img, y0, x0, y0_ok & x0_ok, chans, chan_ok, sx_c, sx_h, sx_w)
             v01 = _gather(img, y0, x0 + 1, y0_ok & x1_ok, chans, chan_ok, sx_c, sx_h, sx_w)
@@ -268,7 +270,7 @@ def _deform_conv2d_bwd_weight_kernel(
         go = tl.load(grad_out_ptr + b * sg_b + (g * group_out + outs)[:, None] * sg_c
                      + (oy * sg_h + ox * sg_w)[None, :],
                      mask=out_ok[:, None] & pix_ok[None, :], other=0.0)
-        acc = tl.dot(go, cols.to(go.dtype), acc, input_precision=DOT_PRECISION)
+        acc = dot(go, cols.to(go.dtype), acc, DOT_PRECISION)
 
     # grad_weight is an fp32 [Cout, Cin/groups, kh*kw] buffer shared by the reduction's slices.
     rows = (g * group_out + outs)[:, None] * group_channels + (chans - g * group_channels)[None, :]

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from flexops.triton._dot import dot
+
 
 @triton.jit
 def _masked_conv2d_kernel(
@@ -65,7 +67,7 @@ def _masked_conv2d_kernel(
         x = tl.load(x_image + channel[None, :] * sx_c + iy * sx_h + ix * sx_w, mask=inside, other=0.0)
         w_offsets = out_channel[None, :] * sw_o + channel[:, None] * sw_i + ky[:, None] * sw_h + kx[:, None] * sw_w
         w = tl.load(w_ptr + w_offsets, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=INPUT_PRECISION)
+        acc = dot(x, w, acc, INPUT_PRECISION)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + out_channel, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -125,7 +127,7 @@ def _masked_conv2d_grad_input_kernel(
         grad_y = tl.load(grad_y_image + out_channel[None, :] * sgy_c + oy * sgy_h + ox * sgy_w, mask=hit, other=0.0)
         w_offsets = out_channel[:, None] * sw_o + in_channel[None, :] * sw_i + ky[:, None] * sw_h + kx[:, None] * sw_w
         w = tl.load(w_ptr + w_offsets, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(grad_y, w, acc, input_precision=INPUT_PRECISION)
+        acc = dot(grad_y, w, acc, INPUT_PRECISION)
 
     grad_x = grad_x_ptr + task * sgx_b + in_channel[None, :] * sgx_c + iy[:, None] * sgx_h + ix[:, None] * sgx_w
     if SHARED_INPUT:
@@ -187,7 +189,7 @@ def _masked_conv2d_grad_weight_kernel(
         ix = ox[:, None] * stride_w - pad_w + kx[None, :] * dil_w
         inside = p_ok[:, None] & k_ok[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
         x = tl.load(x_image + in_channel[None, :] * sx_c + iy * sx_h + ix * sx_w, mask=inside, other=0.0)
-        acc = tl.dot(grad_y, x, acc, input_precision=INPUT_PRECISION)
+        acc = dot(grad_y, x, acc, INPUT_PRECISION)
 
     grad_w_offsets = (out_channel[:, None] * sgw_o + in_channel[None, :] * sgw_i
                       + ky[None, :] * sgw_h + kx[None, :] * sgw_w)

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from flexops.triton._dot import dot
+
 
 @triton.jit
 def _tunable_conv2d_kernel(
@@ -56,7 +58,7 @@ def _tunable_conv2d_kernel(
         for i in tl.static_range(P):
             a = tl.load(alpha_row + i * salpha_p).to(tl.float32)
             blended += a * tl.load(w_ptr + i * kernel_numel + w_offsets, mask=w_ok, other=0.0).to(tl.float32)
-        acc = tl.dot(x, blended.to(x.dtype), acc, input_precision=INPUT_PRECISION)
+        acc = dot(x, blended.to(x.dtype), acc, INPUT_PRECISION)
 
     if HAS_BIAS:
         for i in tl.static_range(P):

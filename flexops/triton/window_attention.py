@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from flexops.triton._dot import dot
+
 
 @triton.jit
 def _window_tokens(window, H, W, rows, cols, shift, WS: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -59,7 +61,7 @@ def _probabilities(q, k, bias_ptr, region, valid, scale, mask_value,
                    HAS_BIAS: tl.constexpr, N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                    BLOCK_N: tl.constexpr):
     """softmax(scale q k^T + bias + mask_value between shift regions), in fp32."""
-    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale
+    s = dot(q, tl.trans(k), None, INPUT_PRECISION) * scale
     i = tl.arange(0, BLOCK_N)
     pair_valid = valid[:, None] & valid[None, :]
     if HAS_BIAS:
@@ -94,7 +96,7 @@ def _window_attention_fwd_kernel(
         v = tl.load(q_ptrs + 2 * C * sq_c, mask=tile_ok, other=0.0)
         p = _probabilities(q, k, bias_ptr + b.to(tl.int64) * sb_b + head * N * N, region, valid, scale,
                            mask_value, HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
-        acc = tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        acc = dot(p.to(v.dtype), v, None, INPUT_PRECISION)
 
     out = out_ptr + b.to(tl.int64) * so_b + y[:, None] * so_h + x[:, None] * so_w + channel[None, :] * so_c
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=tile_ok)
@@ -129,12 +131,12 @@ def _window_attention_bwd_kernel(
         p = _probabilities(q, k, bias_ptr + b.to(tl.int64) * sb_b + head * N * N, region, valid, scale,
                            mask_value, HAS_BIAS, N, INPUT_PRECISION, BLOCK_N)
 
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=INPUT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+        dv = dot(tl.trans(p.to(do.dtype)), do, None, INPUT_PRECISION)
+        dp = dot(do, tl.trans(v), None, INPUT_PRECISION)
         # Padding rows and columns get dS = 0: their dO rows and P columns are 0.
         ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION) * scale
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION) * scale
+        dq = dot(ds.to(k.dtype), k, None, INPUT_PRECISION) * scale
+        dk = dot(tl.trans(ds.to(q.dtype)), q, None, INPUT_PRECISION) * scale
         if HAS_BIAS:
             # Summed over windows in fp32; the atomics' order, hence the rounding, is not deterministic on GPU.
             i = tl.arange(0, BLOCK_N)
