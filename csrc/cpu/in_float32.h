@@ -21,6 +21,8 @@
 #include <tuple>
 #include <utility>
 
+#include "cpu/kept_memory.h"
+
 namespace flexops::cpu {
 
 namespace widening {
@@ -49,8 +51,18 @@ struct SharedDtype {
   bool half_type() const { return first && all_same && is_half_type(*first); }
 };
 
+// t in dtype, in kept memory (cpu/kept_memory.h) as the op's own results are: a fresh copy of a
+// large tensor would fault its pages in on every call. A dense t keeps its strides (channels_last
+// stays so, as the ops' fake kernels promise); any other becomes contiguous.
+inline at::Tensor kept_copy(const at::Tensor& t, at::ScalarType dtype) {
+  const at::TensorOptions options = t.options().dtype(dtype);
+  at::Tensor copy = t.is_non_overlapping_and_dense() ? kept_empty_strided(t.sizes(), t.strides(), options)
+                                                      : kept_empty(t.sizes(), options);
+  return copy.copy_(t);
+}
+
 inline at::Tensor widen(const at::Tensor& t) {
-  return t.defined() && t.is_floating_point() ? t.to(at::kFloat) : t;
+  return t.defined() && t.is_floating_point() ? kept_copy(t, at::kFloat) : t;
 }
 inline std::optional<at::Tensor> widen(const std::optional<at::Tensor>& t) {
   return t ? std::optional<at::Tensor>(widen(*t)) : std::nullopt;
@@ -61,7 +73,7 @@ const T& widen(const T& value) {
 }
 
 inline at::Tensor narrow(const at::Tensor& t, at::ScalarType dtype) {
-  return t.defined() && t.is_floating_point() ? t.to(dtype) : t;
+  return t.defined() && t.is_floating_point() ? kept_copy(t, dtype) : t;
 }
 template <typename... Ts>
 std::tuple<Ts...> narrow(const std::tuple<Ts...>& results, at::ScalarType dtype) {
