@@ -23,6 +23,7 @@
 #include "common/bilinear_grad.h"
 #include "common/deform_conv2d.h"
 #include "common/layout.h"
+#include "cpu/in_float32.h"
 #include "cpu/kept_memory.h"
 
 namespace flexops {
@@ -695,8 +696,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> deform_conv2d_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flexops, CPU, m) {
-  m.impl("deform_conv2d", &deform_conv2d_cpu);
-  m.impl("deform_conv2d_backward", &deform_conv2d_backward_cpu);
+  m.impl("deform_conv2d", &cpu::InFloat32<&deform_conv2d_cpu>::call);
+  m.impl("deform_conv2d_backward", &cpu::InFloat32<&deform_conv2d_backward_cpu>::call);
 }
 
 }  // namespace flexops

@@ -116,6 +116,11 @@ at::Tensor kept_empty(at::IntArrayRef sizes, const at::TensorOptions& options,
                                    c10::typeMetaToScalarType(options.dtype()), format);
 }
 
+at::Tensor kept_empty_strided(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options) {
+  return at::detail::empty_strided_generic(sizes, strides, &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                           c10::typeMetaToScalarType(options.dtype()));
+}
+
 at::Tensor kept_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return kept_empty(sizes, options).zero_();
 }

@@ -24,6 +24,9 @@ namespace flexops::cpu {
 at::Tensor kept_empty(at::IntArrayRef sizes, const at::TensorOptions& options,
                       at::MemoryFormat format = at::MemoryFormat::Contiguous);
 
+// An uninitialised CPU tensor with these sizes and strides, as at::empty_strided(sizes, strides, options).
+at::Tensor kept_empty_strided(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options);
+
 // A CPU tensor of zeros, as at::zeros(sizes, options).
 at::Tensor kept_zeros(at::IntArrayRef sizes, const at::TensorOptions& options);
 

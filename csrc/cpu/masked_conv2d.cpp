@@ -32,6 +32,7 @@
 
 #include "common/layout.h"
 #include "common/masked_conv2d.h"
+#include "cpu/in_float32.h"
 #include "cpu/kept_memory.h"
 
 namespace flexops {
@@ -553,8 +554,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flexops, CPU, m) {
-  m.impl("masked_conv2d", &masked_conv2d_cpu);
-  m.impl("masked_conv2d_backward", &masked_conv2d_backward_cpu);
+  m.impl("masked_conv2d", &cpu::InFloat32<&masked_conv2d_cpu>::call);
+  m.impl("masked_conv2d_backward", &cpu::InFloat32<&masked_conv2d_backward_cpu>::call);
 }
 
 }  // namespace flexops

@@ -13,6 +13,7 @@
 #include "common/tunable_conv2d.h"
 #include "cpu/blend_range.h"
 #include "cpu/blended_pointwise.h"
+#include "cpu/in_float32.h"
 #include "cpu/kept_memory.h"
 
 namespace flexops {
@@ -104,12 +105,8 @@ at::Tensor blend_cpu(const at::Tensor& params, const at::Tensor& alpha) {
   const int64_t p = params.size(0), numel = params.numel() / p;
   const at::Tensor rows = alpha.reshape({-1, p}).contiguous();
   at::Tensor out = cpu::kept_empty({rows.size(0), numel}, params.options());
-  const at::ScalarType dtype = params.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kDouble) {  // half types: accumulate as the GEMM does
-    return at::mm_out(out, rows, params.reshape({p, numel}));
-  }
   const at::Tensor source = params.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(dtype, "tunable_conv2d_blend", [&] {
+  AT_DISPATCH_FLOATING_TYPES(params.scalar_type(), "tunable_conv2d_blend", [&] {
     blend_rows(source.const_data_ptr<scalar_t>(), rows.const_data_ptr<scalar_t>(),
                out.mutable_data_ptr<scalar_t>(), rows.size(0), p, numel);
   });
@@ -316,8 +313,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tunable_conv2d_backwa
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flexops, CPU, m) {
-  m.impl("tunable_conv2d", &tunable_conv2d_cpu);
-  m.impl("tunable_conv2d_backward", &tunable_conv2d_backward_cpu);
+  m.impl("tunable_conv2d", &cpu::InFloat32<&tunable_conv2d_cpu>::call);
+  m.impl("tunable_conv2d_backward", &cpu::InFloat32<&tunable_conv2d_backward_cpu>::call);
 }
 
 }  // namespace flexops

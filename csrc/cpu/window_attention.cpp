@@ -23,6 +23,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/in_float32.h"
 #include "cpu/kept_memory.h"
 
 namespace flexops {
@@ -555,8 +556,8 @@ std::tuple<Tensor, Tensor> window_attention_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flexops, CPU, m) {
-  m.impl("window_attention", &window_attention_cpu);
-  m.impl("window_attention_backward", &window_attention_backward_cpu);
+  m.impl("window_attention", &cpu::InFloat32<&window_attention_cpu>::call);
+  m.impl("window_attention_backward", &cpu::InFloat32<&window_attention_backward_cpu>::call);
 }
 
 }  // namespace flexops
