@@ -249,24 +249,31 @@ def check_memory(model, loss_fn, sample, batch_size, step, device, optimizer_slo
         f"{memory_size(available)} is available: {lower}")
 
 
+def autocast(precision, device):
+    """The context a forward runs in at `precision` (one of PRECISIONS) on `device`: torch.autocast to
+    its dtype, nothing for fp32. fp16 needs CUDA (whose gradient scaler keeps small gradients from
+    vanishing in training); on a CPU bf16 is the mixed precision."""
+    if precision not in PRECISIONS:
+        raise ArgumentError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ArgumentError(f"precision fp16 needs a CUDA device (this run is on {device.type}): "
+                            "use bf16 for mixed precision on a CPU")
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 class Precision:
-    """A run's training precision (one of PRECISIONS) on `device`: the autocast its losses run under,
-    and for fp16 the gradient scaler, whose loss scale a checkpoint keeps (`stateful`). fp16 needs
-    CUDA; on a CPU bf16 is the mixed precision."""
+    """A run's training precision (one of PRECISIONS) on `device`: the autocast its losses run under
+    and, for fp16, the gradient scaler, whose loss scale a checkpoint keeps (`stateful`)."""
 
     def __init__(self, precision, device):
-        if precision not in PRECISIONS:
-            raise ArgumentError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-        if precision == "fp16" and device.type != "cuda":
-            raise ArgumentError(f"precision fp16 needs a CUDA device (this run is on {device.type}): "
-                                "use bf16 for mixed precision on a CPU")
+        autocast(precision, device)  # refuses what cannot run here before anything else
         self.name, self.device = precision, device
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def autocast(self):
-        """The context a forward and its loss run in: autocast to the precision's dtype (none for fp32)."""
-        dtype = PRECISIONS[self.name]
-        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+        """The context a forward and its loss run in."""
+        return autocast(self.name, self.device)
 
     def stateful(self):
         """{name: object} of what a checkpoint keeps beside the weights: fp16's scaler."""
@@ -437,9 +444,13 @@ def add_arguments(parser, steps=1000, patch_size=64, batch_size=16, lr=5e-4, lr_
     parser.add_argument("--seed", type=int, default=0, help="seed of the data stream and the weights")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                        help="training precision: bf16 or fp16 (CUDA only) run the forward under autocast; "
-                             "weights and checkpoints stay fp32")
+    add_precision(parser, "training precision: bf16 or fp16 (CUDA only) run the forward under autocast; weights "
+                          "and checkpoints stay fp32")
+
+
+def add_precision(parser, help):
+    """The --precision option (fp32, bf16, fp16) of a training or restoring command."""
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help=help)
 
 
 def training_options(args):

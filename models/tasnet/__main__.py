@@ -27,6 +27,7 @@ def main(argv=None):
     restore.add_argument("--task", type=checks.unit_interval, nargs=3, action="append",
                          metavar=("BLUR", "NOISE", "JPEG"),
                          help="a task vector in [0, 1]^3 (repeatable; default: CResMD's 27-task grid)")
+    training.add_precision(restore, "bf16 or fp16 (CUDA only): restore under autocast (fp32 weights)")
     args = parser.parse_args(argv)
     training.run_command(parser, lambda: _search(args) if args.command == "search" else _restore(args))
 
@@ -50,8 +51,8 @@ def _restore(args):
         training.say(f"{args.image} is {image.shape[2]}x{image.shape[1]} (width x height): restoring its top-left "
                      f"{width}x{height} (the network needs even sides)")
     tasks = torch.tensor(args.task) if args.task else data.CRESMD_27_TASKS
-    with torch.inference_mode():
-        restored = deploy(image[None, :, :height, :width], tasks)
+    with torch.inference_mode(), training.autocast(args.precision, image.device):
+        restored = deploy(image[None, :, :height, :width], tasks).float()
     args.out.mkdir(parents=True, exist_ok=True)
     for task, output in zip(tasks.tolist(), restored):
         name = "_".join(f"{v:.3f}" for v in task)
