@@ -394,6 +394,20 @@ def test_swinir_bad_inputs_name_the_problem():
         net.load_state_dict(TunableSwinIR(3, **SMALL_SWINIR).state_dict())
 
 
+def test_under_autocast_alphas_and_baked_weights_keep_the_parameters_dtype():
+    from flexops.nn.tunable import Alphas
+
+    net = TunableEDSR(n_resblocks=1, n_feats=4)
+    omega = torch.tensor([0.3, 0.7])
+    with torch.autocast("cpu", torch.bfloat16):
+        alphas = Alphas(net.tunable_layers, omega)
+        plain = net.bake(omega)
+    assert all(alphas.of(layer).dtype == torch.float32 for layer in net.tunable_layers)
+    assert all(t.dtype == torch.float32 for t in plain.state_dict().values())
+    for key, t in net.bake(omega).state_dict().items():
+        torch.testing.assert_close(plain.state_dict()[key], t, rtol=0, atol=0, msg=key)
+
+
 def test_gradients_reach_every_kernel_and_mlp():
     net = TunableNAFNet(width=4, enc_blk_nums=(1,), middle_blk_num=1, dec_blk_nums=(1,))
     net(torch.rand(2, 3, 8, 8), torch.rand(2, 2)).square().mean().backward()

@@ -165,7 +165,8 @@ class TunableNetwork:
         prefixes = tuple(f"{name}." for name in names)
         # Copies: the plain network must not share its norms and buffers with this one.
         state = {key: t.detach().clone() for key, t in self.state_dict().items() if not key.startswith(prefixes)}
-        with torch.no_grad():
+        # Without autocast: the blends are the parameters' dtype, as the plain twin's weights must be.
+        with torch.no_grad(), torch.autocast(reference.device.type, enabled=False):
             alphas = Alphas(self._tunable, omega)
             for name, module in names.items():
                 alpha = alphas.of(module)
