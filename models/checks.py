@@ -10,6 +10,7 @@ graph holds no checks of the network's own (the flexops ops in it still check th
 import torch
 
 from flexops.ops._args import ArgumentError, ArgumentTypeError
+from flexops.nn.tunable import checked_omega
 
 
 def traced(value):
@@ -66,8 +67,9 @@ def tasks(tasks, dim, batch=None, name="tasks"):
     vectors = tasks.reshape(-1, dim)
     if batch is not None and vectors.shape[0] not in (1, batch):
         raise ArgumentError(f"{name} has {vectors.shape[0]} rows but the batch has {batch} images")
-    # One host sync per network call (on a GPU), not per layer.
-    if not bool(((vectors >= 0) & (vectors <= 1)).all()):
+    # One host sync per network call (on a GPU), not per layer; values are unknown while torch.compile
+    # captures a graph.
+    if not torch.compiler.is_compiling() and not bool(((vectors >= 0) & (vectors <= 1)).all()):
         raise ArgumentError(f"{name} must lie in [0, 1] componentwise (0: none of that degradation, 1: the "
                             f"strongest); got {vectors.tolist()}")
     return vectors
@@ -87,21 +89,13 @@ def unit_interval(value):
     return number
 
 
-def omega(omega, num_params, x, name="omega"):
-    """omega: [p] (one setting for the batch) or [B, p] with B = x's batch, finite, of x's dtype and device."""
+def omega(omega, num_params, x, like, name="omega"):
+    """omega as the network's layers take it: [p] (one setting for the batch) or [B, p] with B = x's
+    batch, finite, as `like`'s dtype and device (a parameter of the network): the layers' own rule,
+    flexops.nn.tunable.checked_omega."""
     if traced(omega) or traced(x):
-        return
-    p = num_params
-    if not isinstance(omega, torch.Tensor) or omega.dim() not in (1, 2) or omega.shape[-1] != p:
-        raise ArgumentError(f"{name} must be [{p}] (one setting for the batch) or [B, {p}] (one per image); "
-                            f"got {describe(omega)}")
-    if omega.dim() == 2 and omega.shape[0] != x.shape[0]:
-        raise ArgumentError(f"{name} is [{omega.shape[0]}, {p}] but x has batch {x.shape[0]}: "
-                            f"give one row per image or a single [{p}] setting")
-    if omega.dtype != x.dtype or omega.device != x.device:
-        raise ArgumentError(f"{name} must have x's dtype and device ({x.dtype}, {x.device}); "
-                            f"got {omega.dtype}, {omega.device}")
-    finite(omega, name)
+        return omega
+    return checked_omega(omega, num_params, like, x.shape[0], name)
 
 
 def setting(omega, num_params, name="omega"):
@@ -112,8 +106,9 @@ def setting(omega, num_params, name="omega"):
 
 
 def finite(values, name):
-    # One host sync per network call (on a GPU), not per layer.
-    if not bool(torch.isfinite(values).all()):
+    # One host sync per network call (on a GPU), not per layer; values are unknown while torch.compile
+    # captures a graph.
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(values).all()):
         raise ArgumentError(f"{name} must be finite; got {values.tolist()}")
 
 

@@ -35,6 +35,10 @@ from flexops.ops import ArgumentError
 
 CHECKPOINT_FORMAT = 1
 
+# Training precisions: the dtype autocast runs the forward in (None: float32, no autocast). The weights,
+# the optimiser and the checkpoints stay float32 in every one.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class _StepSampler(torch.utils.data.Sampler):
     """Sample numbers for steps [first, last) of this rank: step s, rank r, slot j reads sample
@@ -134,22 +138,28 @@ def say(*args):
         print(*args, flush=True)
 
 
-def run_state(step, config, **stateful):
-    """A run's checkpoint: format, step, settings and the state_dict of each `name=object` under its name."""
-    return {"format": CHECKPOINT_FORMAT, "step": step, "config": config,
+def run_state(step, config, precision="fp32", **stateful):
+    """A run's checkpoint: format, step, settings, the training precision and the state_dict of each
+    `name=object` under its name."""
+    return {"format": CHECKPOINT_FORMAT, "step": step, "config": config, "precision": precision,
             **{name: obj.state_dict() for name, obj in stateful.items()}}
 
 
-def resume(checkpoint, config, **stateful):
-    """The state saved at `checkpoint` by a run with `config`, loaded into each `name=object` (model,
-    optimisers, schedulers, as `run_state` saved them); None when there is no checkpoint yet. A
-    checkpoint of other settings is refused (ValueError)."""
+def resume(checkpoint, config, precision="fp32", **stateful):
+    """The state saved at `checkpoint` by a run with `config` at `precision`, loaded into each
+    `name=object` (model, optimisers, schedulers, as `run_state` saved them); None when there is no
+    checkpoint yet. A checkpoint of other settings or another precision is refused (ValueError);
+    checkpoints from before precisions were stored are fp32."""
     if checkpoint is None or not pathlib.Path(checkpoint).is_file():
         return None
     state = load_checkpoint(checkpoint)
     if state["config"] != config:
         raise ValueError(f"checkpoint {str(checkpoint)!r} was made with {state['config']}, not {config}: "
                          "resume with the same settings or save to another path")
+    saved = state.get("precision", "fp32")
+    if saved != precision:
+        raise ArgumentError(f"checkpoint {str(checkpoint)!r} was trained in {saved}, not {precision}: resume with "
+                            f"precision {saved} or save to another path")
     for name, obj in stateful.items():
         obj.load_state_dict(state[name])
     return state
@@ -239,9 +249,47 @@ def check_memory(model, loss_fn, sample, batch_size, step, device, optimizer_slo
         f"{memory_size(available)} is available: {lower}")
 
 
+def autocast(precision, device):
+    """The context a forward runs in at `precision` (one of PRECISIONS) on `device`: torch.autocast to
+    its dtype, nothing for fp32. fp16 needs CUDA (whose gradient scaler keeps small gradients from
+    vanishing in training); on a CPU bf16 is the mixed precision."""
+    if precision not in PRECISIONS:
+        raise ArgumentError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ArgumentError(f"precision fp16 needs a CUDA device (this run is on {device.type}): "
+                            "use bf16 for mixed precision on a CPU")
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+class Precision:
+    """A run's training precision (one of PRECISIONS) on `device`: the autocast its losses run under
+    and, for fp16, the gradient scaler, whose loss scale a checkpoint keeps (`stateful`)."""
+
+    def __init__(self, precision, device):
+        autocast(precision, device)  # refuses what cannot run here before anything else
+        self.name, self.device = precision, device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def autocast(self):
+        """The context a forward and its loss run in."""
+        return autocast(self.name, self.device)
+
+    def stateful(self):
+        """{name: object} of what a checkpoint keeps beside the weights: fp16's scaler."""
+        return {"scaler": self.scaler} if self.scaler.is_enabled() else {}
+
+    def descend(self, loss, optimizer):
+        """loss.backward() and optimizer.step(), through the scaler for fp16 (which skips a step whose
+        gradients overflowed and lowers its scale)."""
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
 def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9, 0.99), milestones=None,
           gamma=0.5, checkpoint=None, save_every=1000, config=None, num_workers=0, progress=True,
-          description="train", find_unused_parameters=False, companions=None):
+          description="train", find_unused_parameters=False, companions=None, precision="fp32"):
     """Trains `model` for `steps` optimiser steps (in all, counting steps of a resumed run).
 
     Args:
@@ -264,6 +312,9 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
             (`tunable.adversarial.RelativisticAdversary`): each has `to(device, distributed)`,
             `after_step() -> {name: float}` (run after every step of the model; its numbers join the
             progress bar) and `state_dict` / `load_state_dict` (saved in the checkpoint under `name`).
+        precision: "fp32", "bf16" or "fp16" (CUDA only): the losses run under autocast to that dtype,
+            with a gradient scaler for fp16; weights and checkpoints stay float32. The checkpoint stores
+            it, and a run resumes only in the precision it was made in (so it resumes bit-identically).
 
     Returns the trained model (unwrapped, on its device), in eval mode. Raises ArgumentError before the
     first step when the run would not fit in memory (`check_memory`).
@@ -276,6 +327,7 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
     if len(dataset) == 0:
         raise ValueError("dataset is empty")
     rank, world, device = _distributed()
+    precision = Precision(precision, device)
     model.to(device).train()
     companions = dict(companions or {})
     for companion in companions.values():
@@ -285,13 +337,19 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
         milestones = [math.ceil(steps * f) for f in (0.2, 0.4, 0.6, 0.8)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
     config = dict(config or {})
-    state = resume(checkpoint, config, model=model, optimizer=optimizer, scheduler=scheduler, **companions)
+    stateful = dict(model=model, optimizer=optimizer, scheduler=scheduler, **companions, **precision.stateful())
+    state = resume(checkpoint, config, precision.name, **stateful)
     first = 0 if state is None else state["step"]
+
+    def compute_loss(module, batch, step):
+        with precision.autocast():
+            return loss_fn(module, batch, step)
+
     if first < steps:
         # The probe runs the loss, and with it the companions (a discriminator's running statistics):
         # they are put back as they were, so that a resumed run matches an uninterrupted one.
         kept = {name: copy.deepcopy(companion.state_dict()) for name, companion in companions.items()}
-        check_memory(model, loss_fn, dataset[0], batch_size, steps - 1, device, what=description)
+        check_memory(model, compute_loss, dataset[0], batch_size, steps - 1, device, what=description)
         for name, companion in companions.items():
             companion.load_state_dict(kept[name])
     if state is not None and rank == 0:
@@ -300,7 +358,7 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
 
     def save(step, report=False):
         if checkpoint is not None and rank == 0:
-            state = run_state(step, config, model=model, optimizer=optimizer, scheduler=scheduler, **companions)
+            state = run_state(step, config, precision.name, **stateful)
             save_checkpoint(checkpoint, state)
             if report:
                 print(f"{description}: saved step {step} to {checkpoint} ({checkpoint_contents(state)})", flush=True)
@@ -314,7 +372,7 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
     try:
         for batch in loader:
             batch = [item.to(device, non_blocking=True) for item in batch]
-            result = loss_fn(runner, batch, step)
+            result = compute_loss(runner, batch, step)
             loss, metrics = result if isinstance(result, tuple) else (result, {})
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -322,8 +380,7 @@ def train(model, loss_fn, dataset, *, steps, batch_size=16, lr=5e-4, betas=(0.9,
                     f"step {_saved_step(checkpoint)}); lower the learning rate"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            precision.descend(loss, optimizer)
             scheduler.step()
             for companion in companions.values():
                 metrics.update(companion.after_step())
@@ -387,12 +444,20 @@ def add_arguments(parser, steps=1000, patch_size=64, batch_size=16, lr=5e-4, lr_
     parser.add_argument("--seed", type=int, default=0, help="seed of the data stream and the weights")
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precision(parser, "training precision: bf16 or fp16 (CUDA only) run the forward under autocast; weights "
+                          "and checkpoints stay fp32")
+
+
+def add_precision(parser, help):
+    """The --precision option (fp32, bf16, fp16) of a training or restoring command."""
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help=help)
 
 
 def training_options(args):
     """The keyword arguments of `train` given by `add_arguments`' options."""
     return dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, checkpoint=args.checkpoint,
-                save_every=args.save_every, num_workers=args.workers, progress=not args.no_progress)
+                save_every=args.save_every, num_workers=args.workers, progress=not args.no_progress,
+                precision=args.precision)
 
 
 def images(folder=None):

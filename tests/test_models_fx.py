@@ -13,7 +13,12 @@ SMALL = {
     "irnas_supernet": dict(layers=2, nodes=2, width=4, in_chans=1),
     "swinir": dict(img_size=16, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, upscale=1),
     "flexir": dict(img_size=16, embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_size=4, upscale=1),
+    "tunable_edsr": dict(n_resblocks=1, n_feats=4),
+    "tunable_nafnet": dict(width=4, enc_blk_nums=(1,), middle_blk_num=1, dec_blk_nums=(1,)),
+    "tunable_stylenet": dict(num_params=2, num_channels=4, num_blocks=(1, 1, 1)),
+    "tunable_swinir": dict(img_size=16, window_size=4, depths=[2], embed_dim=12, num_heads=[2], mlp_ratio=2),
 }
+TUNABLE = ("tunable_edsr", "tunable_nafnet", "tunable_stylenet", "tunable_swinir")
 # SwinIR's and FlexIR's options that are no tensors are fixed for the trace.
 OPTIONS = {"swinir": {"tile": None, "tile_overlap": 32, "max_memory": 2**32}, "flexir": {"pointer": None}}
 
@@ -21,17 +26,19 @@ OPTIONS = {"swinir": {"tile": None, "tile_overlap": 32, "max_memory": 2**32}, "f
 def inputs(name):
     channels = SMALL[name].get("in_chans", 3)
     image = torch.rand(2, channels, 14, 18) if name in OPTIONS else torch.rand(2, channels, 16, 16)
-    return (image, torch.rand(2, 3)) if name in ("cresmd", "tasnet") else (image,)
+    if name in TUNABLE:  # a setting per image, then one for the batch: the same graph serves both
+        return [(image, torch.rand(2, 2)), (image, torch.rand(2))]
+    return [(image, torch.rand(2, 3))] if name in ("cresmd", "tasnet") else [(image,)]
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_the_network_traces_and_the_graph_computes_the_same(name):
     net = create(name, **SMALL[name]).eval()
     graph = torch.fx.symbolic_trace(net, concrete_args=OPTIONS.get(name))
-    args = inputs(name)
-    with torch.no_grad():
-        expected, traced = net(*args), graph(*args)
-    if name == "tasnet":
-        expected, traced = expected.image, traced.image
-    torch.testing.assert_close(traced, expected, rtol=0, atol=0)
+    for args in inputs(name):
+        with torch.no_grad():
+            expected, traced = net(*args), graph(*args)
+        if name == "tasnet":
+            expected, traced = expected.image, traced.image
+        torch.testing.assert_close(traced, expected, rtol=0, atol=0)
 

@@ -9,18 +9,19 @@ import sys
 import pytest
 import torch
 
+from flexops import backends
 from flexops.models import cresmd, data
 from flexops.models import train as training
 from flexops.ops import ArgumentError
 
 
-def tiny_run(checkpoint, steps, loss_fn=cresmd.l1_loss, config=None):
+def tiny_run(checkpoint, steps, loss_fn=cresmd.l1_loss, config=None, precision="fp32"):
     torch.manual_seed(0)
     model = cresmd.CResMD(nf=4, nb=1)
     images = [image[:, :64, :64] for image in data.sample_images()[:2]]
     dataset = data.RestorationPairs(images, patch_size=16, seed=3)
     return training.train(model, loss_fn, dataset, steps=steps, batch_size=2, checkpoint=checkpoint, save_every=2,
-                          milestones=[3], config=config, progress=False)
+                          milestones=[3], config=config, progress=False, precision=precision)
 
 
 def interrupt_at(step):
@@ -32,15 +33,50 @@ def interrupt_at(step):
     return loss
 
 
-def test_interrupted_run_saves_and_resumes_to_the_uninterrupted_weights(tmp_path):
-    straight = tiny_run(tmp_path / "straight.pt", 5)
+BF16 = pytest.param("bf16", marks=pytest.mark.skipif(
+    torch.bfloat16 not in backends.DTYPES["cpu"], reason="flexops' CPU ops do not take bfloat16 in this build"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", BF16])
+def test_interrupted_run_saves_and_resumes_to_the_uninterrupted_weights(tmp_path, precision):
+    straight = tiny_run(tmp_path / "straight.pt", 5, precision=precision)
     with pytest.raises(KeyboardInterrupt):
-        tiny_run(tmp_path / "resumed.pt", 5, loss_fn=interrupt_at(3))
+        tiny_run(tmp_path / "resumed.pt", 5, loss_fn=interrupt_at(3), precision=precision)
     assert training.load_checkpoint(tmp_path / "resumed.pt")["step"] == 3
-    resumed = tiny_run(tmp_path / "resumed.pt", 5)
-    assert training.load_checkpoint(tmp_path / "resumed.pt")["step"] == 5
+    resumed = tiny_run(tmp_path / "resumed.pt", 5, precision=precision)
+    state = training.load_checkpoint(tmp_path / "resumed.pt")
+    assert state["step"] == 5 and state["precision"] == precision
+    assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.skipif(torch.bfloat16 not in backends.DTYPES["cpu"],
+                    reason="flexops' CPU ops do not take bfloat16 in this build")
+def test_bf16_training_runs_its_forward_in_bf16_and_keeps_fp32_weights():
+    seen = []
+
+    def loss(model, batch, step):
+        seen.append(model.conv_first(batch[0]).dtype)  # the network's output: fp32 (its input added back)
+        return cresmd.l1_loss(model, batch)
+
+    torch.manual_seed(0)
+    initial = cresmd.CResMD(nf=4, nb=1).state_dict()
+    trained = tiny_run(None, 2, loss_fn=loss, precision="bf16")
+    assert seen == [torch.bfloat16] * 3  # the memory probe's forward, then two steps
+    for (name, a), b in zip(trained.state_dict().items(), initial.values()):
+        assert a.dtype == b.dtype, name
+    assert not torch.equal(trained.conv_first.weight, initial["conv_first.weight"])
+
+
+def test_precision_errors(tmp_path):
+    with pytest.raises(ArgumentError, match="fp16 needs a CUDA device .* use bf16"):
+        tiny_run(None, 1, precision="fp16")
+    with pytest.raises(ArgumentError, match="precision must be one of fp32, bf16, fp16; got 'fp8'"):
+        tiny_run(None, 1, precision="fp8")
+    tiny_run(tmp_path / "run.pt", 2)
+    with pytest.raises(ArgumentError, match="was trained in fp32, not bf16: resume with precision fp32"):
+        tiny_run(tmp_path / "run.pt", 4, precision="bf16")
 
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
@@ -76,7 +112,7 @@ def test_training_says_where_it_saved_and_keeps_what_resuming_needs(tmp_path, ca
     assert f"saved step 3 to {tmp_path / 'run.pt'}" in capsys.readouterr().out
     state = training.load_checkpoint(tmp_path / "run.pt")
     # The weights, Adam's two moments per weight and the schedule: no second copy of the network.
-    assert set(state) == {"format", "step", "config", "model", "optimizer", "scheduler"}
+    assert set(state) == {"format", "step", "config", "precision", "model", "optimizer", "scheduler"}
     weights = sum(t.numel() for t in state["model"].values())
     slots = state["optimizer"]["state"].values()
     moments = sum(t.numel() for slot in slots for name, t in slot.items() if name != "step")
@@ -171,6 +207,8 @@ def test_command_lines(tmp_path):
     data.save_image(torch.rand(3, 20, 20), small / "a.png")
     too_small = run_module("flexops.models.cresmd", "train", "--data", str(small), cwd=tmp_path)
     assert too_small.returncode == 2 and "smaller than the patch size 64x64" in too_small.stderr
+    fp16 = run_module("flexops.models.cresmd", "train", "--precision", "fp16", cwd=tmp_path)
+    assert fp16.returncode == 2 and "use bf16 for mixed precision on a CPU" in fp16.stderr
 
     searched = run_module("flexops.models.tasnet", "search", "--steps", "2", "--batch-size", "2", "--patch-size", "16",
                           "--nf", "4", "--nb", "1", "--checkpoint", "s.pt", "--no-progress", cwd=tmp_path)

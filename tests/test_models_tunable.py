@@ -379,7 +379,7 @@ def assert_omega_errors(net, x):
     per-image omega (x has batch 2)."""
     with pytest.raises(ValueError, match=r"omega must be \[2\] .* or \[B, 2\] .*got \[3\]"):
         net(x, torch.rand(3))
-    with pytest.raises(ValueError, match=r"omega is \[3, 2\] but x has batch 2"):
+    with pytest.raises(ValueError, match=r"omega has 3 rows \(one setting per image\) but x has 2 images"):
         net(x, torch.rand(3, 2))
     for omega in (torch.tensor([0.5, float("nan")]), torch.tensor([[0.5, 0.5], [float("nan"), 0.5]])):
         with pytest.raises(ValueError, match="omega must be finite"):
@@ -396,6 +396,20 @@ def test_swinir_bad_inputs_name_the_problem():
         net.load_state_dict(TunableSwinIR(3, **SMALL_SWINIR).state_dict())
 
 
+def test_under_autocast_alphas_and_baked_weights_keep_the_parameters_dtype():
+    from flexops.nn.tunable import Alphas
+
+    net = TunableEDSR(n_resblocks=1, n_feats=4)
+    omega = torch.tensor([0.3, 0.7])
+    with torch.autocast("cpu", torch.bfloat16):
+        alphas = Alphas(net.tunable_layers, omega)
+        plain = net.bake(omega)
+    assert all(alphas.of(layer).dtype == torch.float32 for layer in net.tunable_layers)
+    assert all(t.dtype == torch.float32 for t in plain.state_dict().values())
+    for key, t in net.bake(omega).state_dict().items():
+        torch.testing.assert_close(plain.state_dict()[key], t, rtol=0, atol=0, msg=key)
+
+
 def test_gradients_reach_every_kernel_and_mlp():
     net = TunableNAFNet(width=4, enc_blk_nums=(1,), middle_blk_num=1, dec_blk_nums=(1,))
     net(torch.rand(2, 3, 8, 8), torch.rand(2, 2)).square().mean().backward()
@@ -407,8 +421,8 @@ def test_bad_inputs_name_the_problem():
     net = TunableEDSR(n_resblocks=1, n_feats=4)
     x = torch.rand(2, 3, 8, 8)
     assert_omega_errors(net, x)
-    with pytest.raises(ValueError, match="omega must have x's dtype"):
-        net(x, torch.tensor([0, 1]))
+    # omega is the user's setting, taken in the network's dtype (the layers' rule too).
+    torch.testing.assert_close(net(x, torch.tensor([0, 1])), net(x, torch.tensor([0.0, 1.0])), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"x must be \[B, 3, H, W\]"):
         net(torch.rand(2, 4, 8, 8), torch.rand(2))
     with pytest.raises(ValueError, match=r"omega must be \[2\] \(bake fixes one setting\)"):

@@ -9,9 +9,11 @@ in one batched product, and the layers then skip the per-call checks (the networ
 input and omega once). A network of hundreds of small layers pays that fixed cost once, not per layer.
 """
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flexops.nn import _inputs
@@ -42,24 +44,35 @@ class Alphas:
     __slots__ = ("_by_layer",)
 
     def __init__(self, layers, omega):
-        # Through the modules' own dicts: nn.Module.__getattr__ costs microseconds per layer, which
-        # for hundreds of layers is as much as the batched product itself.
+        traced = isinstance(omega, torch.fx.Proxy)
         mlps = [(layer, layer._modules.get("mlp")) for layer in layers]
-        mlp = [(layer, linear._parameters) for layer, linear in mlps if linear is not None]
+        mlp = [(layer, _weight_and_bias(linear, traced)) for layer, linear in mlps if linear is not None]
         self._by_layer = {layer: omega for layer, linear in mlps if linear is None}
         if mlp:
-            p = omega.shape[-1]
-            rows = omega.reshape(-1, p)
-            weight = torch.stack([params["weight"] for _, params in mlp])  # [L, p, p]
-            bias = torch.stack([params["bias"] for _, params in mlp])  # [L, p]
-            # alpha[l, r] = W_l omega_r + b_l for every layer l and omega row r: [L, rows, p].
-            alpha = torch.baddbmm(bias.unsqueeze(1), rows.expand(len(mlp), -1, -1), weight.mT)
-            per_layer = alpha.unbind(0) if omega.dim() == 2 else alpha[:, 0].unbind(0)
+            # alpha[l] = W_l omega + b_l for every layer l, omega [p] or [B, p] alike (no branch on its
+            # rank, which torch.fx cannot read): the bias is a weight on a constant 1 appended to omega.
+            weight = torch.stack([w for _, (w, _) in mlp])  # [L, p, p]
+            bias = torch.stack([b for _, (_, b) in mlp])  # [L, p]
+            augmented = torch.cat([weight, bias.unsqueeze(-1)], -1)  # [L, p, p + 1]
+            with _without_autocast(mlp[0][0]):
+                alpha = torch.einsum("...i,lqi->l...q", F.pad(omega, (0, 1), value=1.0), augmented)
+            # A Proxy cannot be unbound into a sequence, only indexed.
+            per_layer = [alpha[i] for i in range(len(mlp))] if traced else alpha.unbind(0)
             self._by_layer.update(zip((layer for layer, _ in mlp), per_layer))
 
     def of(self, layer):
         """The alpha of `layer`: [p] or [B, p], like omega."""
         return self._by_layer[layer]
+
+
+def _weight_and_bias(linear, traced):
+    """An nn.Linear's weight and bias: under torch.fx its attributes (get_attr nodes, so the graph reads
+    the parameters rather than holding copies), else from its own dict: nn.Module.__getattr__ costs
+    microseconds per layer, which for hundreds of layers is as much as the batched product itself."""
+    if traced:
+        return linear.weight, linear.bias
+    params = linear._parameters
+    return params["weight"], params["bias"]
 
 
 class _Tunable(nn.Module):
@@ -75,26 +88,65 @@ class _Tunable(nn.Module):
         self.mode = mode
         self.mlp = nn.Linear(num_params, num_params) if mode == "mlp" else None
 
-    def alpha(self, omega):
-        """alpha for omega [p] or [B, p] (checked), or the one an `Alphas` holds for this layer."""
+    def alpha(self, omega, batch=None):
+        """alpha for omega [p] or [B, p] (checked, B = `batch` when given), or the one an `Alphas` holds
+        for this layer."""
         if type(omega) is Alphas:
             return omega.of(self)
-        omega = _checked_omega(omega, self.num_params, self.weight)
-        return omega if self.mlp is None else self.mlp(omega)
+        omega = checked_omega(omega, self.num_params, self.weight, batch)
+        if self.mlp is None:
+            return omega
+        with _without_autocast(self):
+            return self.mlp(omega)
 
     def extra_repr(self):
         return f"num_params={self.num_params}, mode={self.mode!r}"
 
 
 @fx_leaf
-def _checked_omega(omega, num_params, weight):
-    """omega once it is [p] or [B, p], as weight's dtype and device: omega is the user's setting, so
-    float64 or integer values, or a CPU tensor for a layer on the GPU, are taken as they are meant.
-    One node under torch.fx, where its shape is unknown."""
+def checked_omega(omega, num_params, like, batch=None, name="omega"):
+    """The rule for a setting omega, of a tunable layer and of a tunable network alike: [p] (one
+    setting for the batch) or [B, p] (one per image, B = `batch` when given), finite; returned as
+    `like`'s dtype and device (a layer's or network's parameters), since omega is the user's setting:
+    float64 or integer values, or a CPU tensor for a network on the GPU, are taken as they are meant.
+    Under mixed precision omega thereby stays in the parameters' float32, as alpha does.
+
+    Finiteness is not checked while torch.compile or torch.export capture a graph, where values are
+    unknown. One node under torch.fx, where shapes are unknown."""
     if not isinstance(omega, torch.Tensor) or omega.dim() not in (1, 2) or omega.shape[-1] != num_params:
-        shape = tuple(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
-        raise ArgumentError(f"omega must be [p] or [B, p] with p = {num_params}, got {shape}")
-    return omega.to(device=weight.device, dtype=weight.dtype)
+        shape = list(omega.shape) if isinstance(omega, torch.Tensor) else type(omega).__name__
+        raise ArgumentError(f"{name} must be [{num_params}] (one setting for the batch) or [B, {num_params}] "
+                            f"(one per image); got {shape}")
+    if batch is not None and omega.dim() == 2 and omega.shape[0] != batch:
+        raise ArgumentError(f"{name} has {omega.shape[0]} rows (one setting per image) but x has {batch} images: "
+                            f"give {name} [{num_params}] for the whole batch or [B, {num_params}]")
+    # Before the move to like's device: a CPU omega (the usual setting) is checked without a host sync.
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(omega).all()):
+        raise ArgumentError(f"{name} must be finite; got {omega.tolist()}")
+    return omega.to(device=like.device, dtype=like.dtype)
+
+
+def _without_autocast(layer):
+    """Autocast off on layer's device while alpha is computed: alpha stays in the parameters' dtype
+    (float32 under mixed precision), and the op casts it to the input's."""
+    return torch.autocast(layer._parameters["weight"].device.type, enabled=False)
+
+
+def _leaf_unless_alphas(forward):
+    """fx_leaf_layer for a layer called with omega; called with an `Alphas` (inside a network) the
+    forward is traced through, since an Alphas is no value a graph can hold: the node is the op."""
+    leaf = fx_leaf_layer(forward)
+
+    @functools.wraps(forward)
+    def run(self, *args):
+        return forward(self, *args) if type(args[-1]) is Alphas else leaf(self, *args)
+
+    return run
+
+
+# The op of a TunableConv2d inside a network (no checks: the network checked its input and omega once),
+# one node under torch.fx.
+_network_conv = fx_leaf(tunable_conv2d_unchecked)
 
 
 class TunableConv2d(_Tunable):
@@ -137,14 +189,14 @@ class TunableConv2d(_Tunable):
         for i in range(self.num_params):
             default_init_(self.weight[i], None if self.bias is None else self.bias[i])
 
-    @fx_leaf_layer
+    @_leaf_unless_alphas
     def forward(self, x, omega):
         """x [B, in_channels, H, W]; omega [p], [B, p] or an `Alphas` (then unchecked)."""
         if type(omega) is Alphas:
-            return tunable_conv2d_unchecked(x, self.weight, self.bias, omega.of(self), *self._pairs, self.groups)
-        alpha = self.alpha(omega)
-        return tunable_conv2d(_layer_input(x, alpha, self.in_channels), self.weight, self.bias, alpha, *self._pairs,
-                              self.groups)
+            return _network_conv(x, self.weight, self.bias, omega.of(self), *self._pairs, self.groups)
+        x = _layer_input(x, self.in_channels)
+        alpha = self.alpha(omega, x.shape[0])
+        return tunable_conv2d(x, self.weight, self.bias, alpha, *self._pairs, self.groups)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -153,13 +205,10 @@ class TunableConv2d(_Tunable):
 
 
 @fx_leaf
-def _layer_input(x, alpha, in_channels):
-    """x itself once it fits a TunableConv2d: its errors speak of the layer's in_channels and omega,
-    not of the op's weight and alpha. One node under torch.fx, where shapes are unknown."""
+def _layer_input(x, in_channels):
+    """x itself once it fits a TunableConv2d: its errors speak of the layer's in_channels, not of the
+    op's weight. One node under torch.fx, where shapes are unknown."""
     _inputs.image(x, in_channels)
-    if alpha.dim() == 2 and alpha.shape[0] != x.shape[0]:
-        raise ArgumentError(f"omega has {alpha.shape[0]} rows (one setting per image) but x has {x.shape[0]} "
-                            "images: give omega [p] for the whole batch or [B, p]")
     return x
 
 
@@ -181,7 +230,7 @@ class TunableParameter(_Tunable):
         for i in range(num_params):
             init(self.weight[i])
 
-    @fx_leaf_layer
+    @_leaf_unless_alphas
     def forward(self, omega):
         """omega [p], [B, p] or an `Alphas`; returns [*shape] or [B, *shape]."""
         alpha = self.alpha(omega)
@@ -210,7 +259,7 @@ class TunableLinear(_Tunable):
         for i in range(num_params):
             default_init_(self.weight[i], None if self.bias is None else self.bias[i])
 
-    @fx_leaf_layer
+    @_leaf_unless_alphas
     def forward(self, x, omega):
         """x [..., in_features] ([B, ..., in_features] with per-sample omega); omega [p], [B, p] or an
         `Alphas` (then unchecked)."""

@@ -15,7 +15,7 @@ def l1_loss(model, batch, step=None):
 
 
 def train(images=None, *, steps=1000, patch_size=64, batch_size=16, lr=5e-4, nf=64, nb=32, seed=0,
-          checkpoint=None, save_every=1000, num_workers=0, progress=True):
+          checkpoint=None, save_every=1000, num_workers=0, progress=True, precision="fp32"):
     """Trains CResMD the official way: l1 loss against the clean patch (absolute ground truth), CResMD's
     degradation sampling (flexops.models.data.sample_level_cresmd), Adam (0.9, 0.99), halving the
     learning rate at 20/40/60/80 % of `steps` (the official run: 1M steps, batch 16, patch 64).
@@ -36,4 +36,4 @@ def train(images=None, *, steps=1000, patch_size=64, batch_size=16, lr=5e-4, nf=
     config = {"model": "cresmd", "network": network, "patch_size": patch_size, "batch_size": batch_size, "seed": seed}
     return training.train(model, l1_loss, dataset, steps=steps, batch_size=batch_size, lr=lr, checkpoint=checkpoint,
                           save_every=save_every, config=config, num_workers=num_workers, progress=progress,
-                          description="CResMD")
+                          description="CResMD", precision=precision)

@@ -93,7 +93,8 @@ class Distillation(nn.Module):
 
 
 def train(teacher=None, images=None, *, steps=1000, patch_size=128, batch_size=8, lr=1e-5, sigma=25.0, alpha=ALPHA,
-          shared_tail=False, network=None, seed=0, checkpoint=None, save_every=1000, num_workers=0, progress=True):
+          shared_tail=False, network=None, seed=0, checkpoint=None, save_every=1000, num_workers=0, progress=True,
+          precision="fp32"):
     """Trains FlexIR from a SwinIR teacher by progressive self-distillation (module docstring).
 
     Args:
@@ -130,6 +131,6 @@ def train(teacher=None, images=None, *, steps=1000, patch_size=128, batch_size=8
 
     trained = training.train(model, loss_fn, dataset, steps=steps, batch_size=batch_size, lr=lr, betas=(0.9, 0.999),
                              checkpoint=checkpoint, save_every=save_every, config=config, num_workers=num_workers,
-                             progress=progress, description="FlexIR PSD",
+                             progress=progress, description="FlexIR PSD", precision=precision,
                              find_unused_parameters=True)  # blocks past the scheduled pointer do not run
     return trained.student.eval()

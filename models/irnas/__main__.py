@@ -28,7 +28,8 @@ def _search(args):
     result = search(training.images(args.data), steps=args.steps, warmup=args.warmup, patch_size=args.patch_size,
                     batch_size=args.batch_size, sigma=args.sigma, layers=args.layers, nodes=args.nodes,
                     width=args.width, lr=args.lr, arch_lr=args.arch_lr, eval_every=args.eval_every, seed=args.seed,
-                    checkpoint=args.checkpoint, save_every=args.save_every, progress=not args.no_progress)
+                    checkpoint=args.checkpoint, save_every=args.save_every, progress=not args.no_progress,
+                    precision=args.precision)
     training.say(f"best at step {result.step}: PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}")
     training.say(f"genotype: {result.genotype}")
     training.say(f"path: {result.path}")

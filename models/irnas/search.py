@@ -121,7 +121,7 @@ def _batch(dataset, batch_size, step, device):
 def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12, sigma=SIGMAS, layers=4, nodes=5,
            width=10, lr=0.025, lr_min=0.001, momentum=0.9, weight_decay=3e-4, arch_lr=1e-3,
            arch_weight_decay=1e-3, val_portion=0.02, eval_every=1000, seed=0, checkpoint=None, save_every=1000,
-           progress=True):
+           progress=True, precision="fp32"):
     """Searches IR-NAS's cell and width path for gray denoising.
 
     Args:
@@ -135,7 +135,7 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
         arch_lr, arch_weight_decay: Adam on alpha and beta.
         eval_every: steps between evaluations on Train V (also one at the end). seed: weights, split, data.
         checkpoint: resume from and save to this path (every `save_every` steps, at the end, on Ctrl-C).
-        progress: show a progress bar.
+        progress: show a progress bar. precision: as flexops.models.train.train's.
 
     Returns a `SearchResult`; `IRNASNet(result.genotype, result.path, width, nodes)` is the derived net.
 
@@ -158,12 +158,14 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
               "val_portion": val_portion}
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = training.Precision(precision, device)
     model = SuperNet(**network).to(device).train()
     weight_optimizer = torch.optim.SGD(model.weight_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_lr, weight_decay=arch_weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(weight_optimizer, max(steps, 1), eta_min=lr_min)
-    stateful = dict(model=model, weight_optimizer=weight_optimizer, arch_optimizer=arch_optimizer, scheduler=scheduler)
-    state = training.resume(checkpoint, config, **stateful)
+    stateful = dict(model=model, weight_optimizer=weight_optimizer, arch_optimizer=arch_optimizer, scheduler=scheduler,
+                    **precision.stateful())
+    state = training.resume(checkpoint, config, precision.name, **stateful)
     step, best = (0, None) if state is None else (state["step"], state["best"])
     if step < steps:  # the weights' SGD keeps one momentum per weight (alpha and beta's Adam: few)
         training.check_memory(model, denoising_loss, weight_data[0],
@@ -171,7 +173,7 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
 
     def save(report=False):
         if checkpoint is not None:
-            state = dict(training.run_state(step, config, **stateful), best=best)
+            state = dict(training.run_state(step, config, precision.name, **stateful), best=best)
             training.save_checkpoint(checkpoint, state)
             if report:
                 contents = training.checkpoint_contents(state)
@@ -185,13 +187,13 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
             best = {"genotype": genotype, "path": path, "psnr": value_psnr, "ssim": value_ssim, "step": step}
 
     def descend(loss_batch, optimizer):
-        loss = denoising_loss(model, loss_batch)
+        with precision.autocast():
+            loss = denoising_loss(model, loss_batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss.item()} at step {step}: stopped without saving; "
                                      "lower the learning rates")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.descend(loss, optimizer)
         return loss.item()
 
     first = step
@@ -227,7 +229,7 @@ def search(images=None, *, steps=1000, warmup=None, patch_size=64, batch_size=12
 
 def train(images=None, *, genotype=ILLUSTRATIVE_GENOTYPE, path=ILLUSTRATIVE_PATH, width=10, nodes=5, sigma=30,
           steps=1000, patch_size=64, batch_size=12, lr=1e-3, seed=0, checkpoint=None, save_every=1000,
-          num_workers=0, progress=True):
+          num_workers=0, progress=True, precision="fp32"):
     """Trains a derived IR-NAS network for gray denoising at noise level(s) `sigma` (the paper: one
     model per level) with eq. 7's loss, on the zoo's training loop (Adam, betas (0.9, 0.999), the
     learning rate halved at 20/40/60/80 % of `steps`).
@@ -253,4 +255,4 @@ def train(images=None, *, genotype=ILLUSTRATIVE_GENOTYPE, path=ILLUSTRATIVE_PATH
 
     return training.train(model, denoising_loss, dataset, steps=steps, batch_size=batch_size, lr=lr, betas=(0.9, 0.999),
                           checkpoint=checkpoint, save_every=save_every, config=config, num_workers=num_workers,
-                          progress=progress, description="IR-NAS train")
+                          progress=progress, description="IR-NAS train", precision=precision)

@@ -25,6 +25,7 @@ def _restore_options(command):
     command.add_argument("--task", type=checks.unit_interval, nargs=3, action="append",
                          metavar=("BLUR", "NOISE", "JPEG"),
                          help="a task vector in [0, 1]^3 (repeatable; default: CResMD's 27-task grid)")
+    training.add_precision(command, "bf16 or fp16 (CUDA only): restore under autocast (fp32 weights)")
 
 
 def _search(args):
@@ -44,8 +45,8 @@ def _restore(args):
         training.say(f"{args.image} is {image.shape[2]}x{image.shape[1]} (width x height): restoring its top-left "
                      f"{width}x{height} (the network needs even sides)")
     tasks = torch.tensor(args.task) if args.task else data.CRESMD_27_TASKS
-    with torch.inference_mode():
-        restored = deploy(image[None, :, :height, :width], tasks)
+    with torch.inference_mode(), training.autocast(args.precision, image.device):
+        restored = deploy(image[None, :, :height, :width], tasks).float()
     args.out.mkdir(parents=True, exist_ok=True)
     for task, output in zip(tasks.tolist(), restored):
         name = "_".join(f"{v:.3f}" for v in task)

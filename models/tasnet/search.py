@@ -27,7 +27,7 @@ def search_loss(lambda_flops, lambda_agreement):
 
 def search(images=None, *, steps=1000, patch_size=64, batch_size=16, lr=5e-4, lambda_flops=LAMBDA_FLOPS,
            lambda_agreement=LAMBDA_AGREEMENT, share=True, gamma=0.9, momentum=0.99, nf=64, nb=32, seed=0,
-           checkpoint=None, save_every=1000, num_workers=0, progress=True):
+           checkpoint=None, save_every=1000, num_workers=0, progress=True, precision="fp32"):
     """Searches TASNet: trains the CResMD supernet and the controller together on relative ground truth
     (eq. 11: input degraded at l_in, target at l_gt <= l_in, task = l_in - l_gt).
 
@@ -52,4 +52,5 @@ def search(images=None, *, steps=1000, patch_size=64, batch_size=16, lr=5e-4, la
               "lambda_agreement": lambda_agreement, "patch_size": patch_size, "batch_size": batch_size, "seed": seed}
     return training.train(model, search_loss(lambda_flops, lambda_agreement), dataset, steps=steps,
                           batch_size=batch_size, lr=lr, checkpoint=checkpoint, save_every=save_every, config=config,
-                          num_workers=num_workers, progress=progress, description="TASNet search")
+                          num_workers=num_workers, progress=progress, description="TASNet search",
+                          precision=precision)

@@ -98,14 +98,24 @@ class TunableNetwork:
         weight has changed. `net.reuse_baked = False` turns this off.
         """
         checks.image_batch(x, self.in_chans)
-        checks.omega(omega, self.num_params, x)
-        if not checks.traced(omega) and omega.dim() == 1 and self.reuse_baked and not torch.is_grad_enabled():
+        omega = checks.omega(omega, self.num_params, x, self._tunable[0]._parameters["weight"])
+        if self._may_reuse_baked(omega):
             baked = self._kept_baked(omega)
             if baked is not None:
                 return baked(x)
-        else:  # e.g. training resumed after an evaluation: its twin would only hold memory
-            self.__dict__.pop("_last_call", None)
         return self.run(x, Alphas(self._tunable, omega))
+
+    def _may_reuse_baked(self, omega):
+        """Whether a baked twin may serve this call: a shared omega, without autograd, and no graph
+        being captured (torch.fx, torch.export, torch.compile: a graph blends on every call, and
+        reading omega's values would break it). Otherwise a kept twin is dropped (e.g. training
+        resumed after an evaluation: the twin would only hold memory)."""
+        if checks.traced(omega) or torch.compiler.is_compiling():
+            return False
+        if omega.dim() == 1 and self.reuse_baked and not torch.is_grad_enabled():
+            return True
+        self.__dict__.pop("_last_call", None)
+        return False
 
     def _kept_baked(self, omega):
         """The baked twin for omega when the previous call had the same setting (kept from then if the
@@ -150,7 +160,8 @@ class TunableNetwork:
         prefixes = tuple(f"{name}." for name in names)
         # Copies: the plain network must not share its norms and buffers with this one.
         state = {key: t.detach().clone() for key, t in self.state_dict().items() if not key.startswith(prefixes)}
-        with torch.no_grad():
+        # Without autocast: the blends are the parameters' dtype, as the plain twin's weights must be.
+        with torch.no_grad(), torch.autocast(reference.device.type, enabled=False):
             alphas = Alphas(self._tunable, omega)
             for name, module in names.items():
                 alpha = alphas.of(module)

@@ -96,7 +96,8 @@ class StyleNet(nn.Module):
     def run(self, x, alphas):
         height, width = x.shape[-2:]
         pad = (0, -width % self.multiple, 0, -height % self.multiple)
-        y = F.pad((x - self.mean) / self.std, pad, mode="reflect") if any(pad) else (x - self.mean) / self.std
+        # Padded even when pad is all zeros (a copy of the input): no branch on sizes, which torch.fx cannot read.
+        y = F.pad((x - self.mean) / self.std, pad, mode="reflect")
         for block in self.encoder:
             y = block.run(y, alphas)
         for block in self.body:

@@ -104,7 +104,7 @@ def objectives(experiment, style_images=None, vgg_weights=None, adversary=None):
 
 def train(experiment="denoise", network="edsr", images=None, *, network_kwargs=None, steps=1000, patch_size=64,
           batch_size=16, lr=1e-4, sigma_range=SIGMA_RANGE, per_sample=True, style_images=None, vgg_weights=None,
-          seed=0, checkpoint=None, save_every=1000, num_workers=0, progress=True):
+          seed=0, checkpoint=None, save_every=1000, num_workers=0, progress=True, precision="fp32"):
     """Trains a tunable network with the parametric multi-loss of one of the paper's experiments.
 
     Args:
@@ -143,5 +143,5 @@ def train(experiment="denoise", network="edsr", images=None, *, network_kwargs=N
     return training.train(model, loss_function(multi_loss, spec.sampling, seed, per_sample), dataset, steps=steps,
                           batch_size=batch_size, lr=lr, betas=(0.9, 0.999), milestones=[], checkpoint=checkpoint,
                           save_every=save_every, config=config, num_workers=num_workers, progress=progress,
-                          description=f"tunable {network} {experiment}",
+                          description=f"tunable {network} {experiment}", precision=precision,
                           companions=None if adversary is None else {"discriminator": adversary})
