@@ -17,5 +17,6 @@ with progress, checkpoints and torchrun support).
 
 from flexops.models import cresmd, flexir, irnas, swinir, tasnet, tunable
 from flexops.models.registry import create, list_models, register
+from flexops.models.load import detect, load
 
 __all__ = ["create", "cresmd", "flexir", "irnas", "list_models", "register", "swinir", "tasnet", "tunable"]
