@@ -114,7 +114,8 @@ class FusedSwinBlock(nn.Module):
     def _plain_qkv(self, tokens, rpi_sa):
         attn = self.attn
         index = attn.relative_position_index if rpi_sa is None else rpi_sa
-        return attn.qkv(tokens), _gathered_bias(attn.relative_position_bias_table, index, self.window_size**2), attn.scale
+        bias = _gathered_bias(attn.relative_position_bias_table, index, self.window_size**2)
+        return attn.qkv(tokens), bias, attn.scale
 
     def _cosine_qkv(self, tokens):
         """Cosine attention as the op's dot product: q and k normalised per head, the head's logit scale

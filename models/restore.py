@@ -58,7 +58,21 @@ class Control:
 
     def __init__(self, model, args):
         self.model = model
+        self._check_options(model, args)
         self.settings, self.call = self._settings(model, args)
+
+    @staticmethod
+    def _check_options(model, args):
+        """A control option the network does not have is an error, not silently ignored."""
+        kinds = ((TunableNetwork, ("omega",)), (FlexIR, ("pointer", "threshold")),
+                 ((CResMD, TASNet), ("tasks", "level")))
+        allowed = next((options for kind, options in kinds if isinstance(model, kind)), ())
+        for option in ("omega", "pointer", "threshold", "tasks", "level"):
+            if getattr(args, option) is not None and option not in allowed:
+                raise ArgumentError(f"--{option} does not apply to {type(model).__name__} (its control: "
+                                    f"{', '.join('--' + o for o in allowed) or 'none'})")
+        if args.threshold is not None and (args.sweep or args.pointer is not None):
+            raise ArgumentError("--threshold chooses FlexIR's exits itself: it takes neither --pointer nor --sweep")
 
     @staticmethod
     def _settings(model, args):
@@ -173,7 +187,10 @@ def restore(args):
                 def run(crop, setting=setting):
                     return control.call(crop, setting)
 
-                y = run_tiled(run, x, args.tile, args.tile_overlap, tile_multiple(model), scale) if args.tile else run(x)
+                if args.tile:
+                    y = run_tiled(run, x, args.tile, args.tile_overlap, tile_multiple(model), scale)
+                else:
+                    y = run(x)
                 outputs.append(y[0].float().cpu())
         if args.sweep:
             contact_sheet(outputs, [label for label, _ in control.settings]).save(output / f"{path.stem}_sweep.png")

@@ -106,6 +106,8 @@ def test_errors(tmp_path, photos, capsys):
     torch.save({"backbone.weight": torch.zeros(1)}, tmp_path / "other.pth")
     assert "looked for" in one_line_error(capsys, tmp_path / "other.pth", "--input", photos, "--output", out)
     assert "--tasks" in one_line_error(capsys, path, "--input", photos, "--output", out)
+    assert "--omega does not apply to CResMD" in one_line_error(capsys, path, "--input", photos, "--output", out,
+                                                                "--omega", "1,0")
     if torch.bfloat16 not in __import__("flexops").backends.DTYPES["cpu"]:
         assert "--precision bf16" in one_line_error(capsys, path, "--input", photos, "--output", out, "--tasks",
                                                     "0,0.3,0", "--precision", "bf16")
