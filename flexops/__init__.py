@@ -2,6 +2,7 @@
 
 Layers: TunableConv2d, TunableLinear, TunableParameter, DeformConv2d, ModulatedDeformConv2d,
 MaskedConv2d, WindowAttention (with active_windows for early exit).
+Fused modules swapped into a third-party network: flexops.accelerate(model).
 Functional ops: flexops.ops. Backend choice: flexops.backends. FLOP counting: flexops.flops.
 Model zoo: flexops.models.
 """
@@ -51,6 +52,7 @@ except ImportError as error:
     raise _missing_build(error) from None
 
 from flexops import backends, flops, ops  # noqa: E402
+from flexops.accelerate import accelerate  # noqa: E402  (torch only: torchvision is looked up when a network holds it)
 from flexops.nn import (  # noqa: E402
     DeformConv2d,
     MaskedConv2d,
@@ -71,6 +73,7 @@ __all__ = [
     "TunableLinear",
     "TunableParameter",
     "WindowAttention",
+    "accelerate",
     "active_windows",
     "backends",
     "flops",

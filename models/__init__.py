@@ -18,5 +18,6 @@ command lines). docs/design.md, "Where things live", maps each method to its fil
 
 from flexops.models import cresmd, flexir, irnas, swinir, tasnet, tunable
 from flexops.models.registry import create, list_models, register
+from flexops.models.load import detect, load
 
 __all__ = ["create", "cresmd", "flexir", "irnas", "list_models", "register", "swinir", "tasnet", "tunable"]

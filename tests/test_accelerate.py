@@ -1,0 +1,111 @@
+"""flexops.accelerate on third-party networks: spandrel's SwinIR, HAT, DRCT and Swin2SR (tiny configs,
+random weights) and a network with torchvision's DeformConv2d give the same outputs before and after,
+and the report says what was swapped and what was left."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import flexops
+from flexops.accelerate import FusedSwinBlock
+
+pytest.importorskip("spandrel")
+from spandrel.architectures.DRCT import DRCT  # noqa: E402
+from spandrel.architectures.HAT import HAT  # noqa: E402
+from spandrel.architectures.Swin2SR import Swin2SR  # noqa: E402
+from spandrel.architectures.SwinIR import SwinIR  # noqa: E402
+
+torchvision_ops = pytest.importorskip("torchvision.ops")
+
+TINY = dict(embed_dim=12, depths=[2, 2], num_heads=[2, 3], mlp_ratio=2, drop_path_rate=0.0)
+NETWORKS = {  # name: (constructor, blocks it holds, modules left)
+    "swinir": (lambda: SwinIR(window_size=8, img_size=16, upsampler="pixelshuffle", upscale=2, **TINY), 4, 0),
+    "hat": (lambda: HAT(window_size=8, img_size=16, upscale=2, num_feat=8, compress_ratio=3, squeeze_factor=4,
+                        **TINY), 4, 2),
+    "drct": (lambda: DRCT(window_size=8, img_size=16, gc=4, upsampler="pixelshuffle", upscale=2, **TINY), 10, 0),
+    "swin2sr": (lambda: Swin2SR(window_size=8, img_size=16, upsampler="pixelshuffledirect", upscale=2, **TINY), 4, 0),
+}
+
+
+def random_weights(net, dtype, seed=0):
+    """Every parameter random (outputs of order 1); Swin2SR's first head gets a logit scale above its
+    clamp, so that the clamp is exercised."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+        for module in net.modules():
+            if hasattr(module, "logit_scale"):
+                module.logit_scale[0] = 5.0
+    return net.to(dtype).eval()
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_same_outputs(name, dtype, tol):
+    build, blocks, left = NETWORKS[name]
+    theirs = random_weights(build(), dtype)
+    ours = copy.deepcopy(theirs)
+    keys = ours.state_dict().keys()
+    report = flexops.accelerate(ours)
+    assert len(report.replaced) == blocks and len(report.left) == left, str(report)
+    assert sum(isinstance(m, FusedSwinBlock) for m in ours.modules()) == blocks
+    assert ours.state_dict().keys() == keys
+    for size in ((16, 16), (24, 40)):  # the trained size, and one with another shift mask (DRCT does not pad)
+        x = torch.rand(1, 3, *size, dtype=dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), rtol=tol, atol=tol)
+
+
+def test_same_parameters_not_copies():
+    net = SwinIR(window_size=8, img_size=16, **TINY).eval()
+    qkv = net.layers[0].residual_group.blocks[1].attn.qkv.weight
+    flexops.accelerate(net)
+    block = net.layers[0].residual_group.blocks[1]
+    assert isinstance(block, FusedSwinBlock) and block.attn.qkv.weight is qkv and block.shift_size == 4
+
+
+def test_report_names_what_was_left():
+    report = flexops.accelerate(random_weights(NETWORKS["hat"][0](), torch.float32))
+    assert [name for name, _ in report.left] == ["layers.0.residual_group.overlap_attn",
+                                                 "layers.1.residual_group.overlap_attn"]
+    assert "OCAB" in str(report) and "channel-attention branch" in str(report)
+
+
+def test_attention_dropout_is_left():
+    net = SwinIR(window_size=8, img_size=16, attn_drop_rate=0.1, **TINY)
+    report = flexops.accelerate(net)
+    assert not report.replaced and len(report.left) == 4
+    assert "attention dropout" in report.left[0][1]
+
+
+class DeformNet(nn.Module):
+    """A DCN layer whose offsets and mask a plain convolution predicts (the DCNv2 pattern)."""
+
+    def __init__(self):
+        super().__init__()
+        self.offsets = nn.Conv2d(4, 3 * 9, 3, padding=1)
+        self.dcn = torchvision_ops.DeformConv2d(4, 6, 3, padding=1)
+
+    def forward(self, x):
+        offset_y, offset_x, mask = self.offsets(x).chunk(3, dim=1)
+        return self.dcn(x, torch.cat((offset_y, offset_x), 1), torch.sigmoid(mask))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_torchvision_deform_conv(dtype, tol):
+    theirs = random_weights(DeformNet(), dtype)
+    ours = copy.deepcopy(theirs)
+    report = flexops.accelerate(ours)
+    assert report.replaced == [("dcn", "torchvision DeformConv2d -> flexops.nn.DeformConv2d")]
+    assert isinstance(ours.dcn, flexops.DeformConv2d)
+    x = torch.rand(2, 4, 9, 11, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=tol, atol=tol)
+
+
+def test_not_a_module():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        flexops.accelerate(torch.zeros(1))
