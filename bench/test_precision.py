@@ -1,4 +1,11 @@
-"""Whole networks in bfloat16 against float32, and compiled against eager, on CPU (issue 22's table).
+"""bfloat16 against float32 on CPU (issue 22's tables): each op, then whole networks, and compiled
+against eager.
+
+Ops: each flexops op in bf16 against itself in fp32 and against PyTorch's own bf16 path for the same
+math (conv2d with the blended or dense kernel, SDPA on the partitioned windows, and torchvision's
+deform_conv2d, which has no bf16: users upcast to fp32 and back, so that is timed). 64 channels at
+32x32: ATen's bf16 convolution is ~80x slower than fp32 on a CPU without AVX-512 BF16, and larger
+maps would take minutes.
 
 Rows: zoo SwinIR (colour denoising SwinIR-M), TASNet deploy x27 (42 shared maps of 32 channels,
 task-specific 18), tunable NAFNet (NAFNet-SIDD-width32, a new omega every call) and the IR-NAS derived
@@ -19,14 +26,21 @@ skipped (with the reason) where flexops' CPU ops do not take bfloat16.
 
 import pytest
 import torch
+import torch.nn.functional as F
+
+import flexops
 
 from flexops import backends
 from flexops.models import create, data
 from flexops.models.cresmd import CResMD
 from flexops.models.tasnet import TASNetDeploy
+from flexops.models.swinir_reference import partition, reverse
 from flexops.models.tunable import TunableNAFNet
 from harness import compare, note, record
 
+OP_TABLE = f"each op in bf16 vs fp32, 64 channels at 32x32, CPU ({torch.get_num_threads()} threads)"
+OP_GOAL, OP_MOONSHOT = 1.5, 2.0
+CHANNELS, SIDE, HEADS, WINDOW = 64, 32, 4, 8
 TABLE = "whole networks: bf16 vs fp32 and compiled vs eager, CPU"
 BF16 = torch.bfloat16 in backends.DTYPES["cpu"]
 NO_BF16 = "flexops' CPU ops do not take bfloat16 in this build"
@@ -34,6 +48,62 @@ NO_BF16 = "flexops' CPU ops do not take bfloat16 in this build"
 SIZES = {"SwinIR": ((32, 32), (128, 128)), "TASNet x27": ((80, 120), (320, 480)),
          "tunable NAFNet": ((64, 64), (128, 128)), "IR-NAS": ((64, 64), (128, 128))}
 SPEED_GOAL = {"SwinIR": 1.4, "TASNet x27": 1.4}
+
+
+def op_calls(op, dtype):
+    """{"flexops": the op, "torch": PyTorch's path for the same math} on inputs in `dtype`."""
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    x = rand(1, CHANNELS, SIDE, SIDE)
+    if op == "tunable_conv2d":
+        weight, alpha = rand(2, CHANNELS, CHANNELS, 3, 3), torch.tensor([0.3, 0.7], dtype=dtype)
+        return {"flexops": lambda: flexops.ops.tunable_conv2d(x, weight, None, alpha, padding=1),
+                "torch": lambda: F.conv2d(x, (alpha.view(-1, 1, 1, 1, 1) * weight).sum(0), padding=1)}
+    if op == "masked_conv2d":
+        weight = rand(CHANNELS, CHANNELS, 3, 3)
+        in_mask = out_mask = torch.arange(CHANNELS) < CHANNELS // 2
+        return {"flexops": lambda: flexops.ops.masked_conv2d(x, weight, None, in_mask[None], out_mask[None], padding=1),
+                "torch": lambda: F.conv2d(x[:, in_mask], weight[out_mask][:, in_mask], padding=1)}
+    if op == "window_attention":
+        qkv, bias = rand(1, SIDE, SIDE, 3 * CHANNELS), rand(HEADS, WINDOW**2, WINDOW**2)
+
+        def sdpa():
+            q, k, v = partition(qkv, WINDOW).unflatten(-1, (3, HEADS, -1)).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            return reverse(out.transpose(1, 2).flatten(2), WINDOW, SIDE, SIDE)
+
+        return {"flexops": lambda: flexops.ops.window_attention(qkv, HEADS, WINDOW, 0, bias), "torch": sdpa}
+    import torchvision
+
+    offset, weight, mask = rand(1, 18, SIDE, SIDE), rand(CHANNELS, CHANNELS, 3, 3), rand(1, 9, SIDE, SIDE).sigmoid()
+
+    def upcast():
+        args = (a.float() for a in (x, offset, weight))
+        return torchvision.ops.deform_conv2d(*args, padding=1, mask=mask.float()).to(dtype)
+
+    return {"flexops": lambda: flexops.ops.deform_conv2d(x, offset, weight, padding=1, mask=mask), "torch": upcast}
+
+
+@pytest.mark.parametrize("op", ["tunable_conv2d", "masked_conv2d", "window_attention", "deform_conv2d"])
+def test_op_bf16_vs_fp32(benchmark, op):
+    if not BF16:
+        pytest.skip(NO_BF16)
+    fp32, bf16 = op_calls(op, torch.float32), op_calls(op, torch.bfloat16)
+    best = compare(benchmark, {"fp32": fp32["flexops"], "fp32 again": fp32["flexops"], "bf16": bf16["flexops"],
+                               "torch bf16": bf16["torch"]}, twins=("fp32", "fp32 again"))
+    note(OP_TABLE, "best of interleaved rounds, forward, inference; bf16 x = flexops fp32 / flexops bf16; vs torch = "
+                   "PyTorch's bf16 path (deform: torchvision upcast to fp32) / flexops bf16; noise: fp32 timed twice")
+    record(OP_TABLE, op, "fp32 ms", f"{1e3 * best['fp32']:.2f}", 1e3 * best["fp32"])
+    record(OP_TABLE, op, "bf16 ms", f"{1e3 * best['bf16']:.2f}", 1e3 * best["bf16"])
+    speed = best["fp32"] / best["bf16"]
+    record(OP_TABLE, op, "bf16 x", f"{speed:.2f}x", speed, f">= {OP_GOAL}x (moonshot {OP_MOONSHOT}x)", speed >= OP_GOAL)
+    versus = best["torch bf16"] / best["bf16"]
+    record(OP_TABLE, op, "vs torch", f"{versus:.2f}x", versus, ">= 1.0x", versus >= 1.0)
+    noise = 100 * (best["fp32 again"] / best["fp32"] - 1)
+    record(OP_TABLE, op, "noise", f"{noise:+.1f}%", noise)
 
 
 def network(name):

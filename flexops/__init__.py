@@ -53,29 +53,8 @@ except ImportError as error:
 
 from flexops import backends, flops, ops  # noqa: E402
 from flexops.accelerate import accelerate  # noqa: E402  (torch only: torchvision is looked up when a network holds it)
-from flexops.nn import (  # noqa: E402
-    DeformConv2d,
-    MaskedConv2d,
-    ModulatedDeformConv2d,
-    TunableConv2d,
-    TunableLinear,
-    TunableParameter,
-    WindowAttention,
-    active_windows,
-)
+from flexops import nn  # noqa: E402
+from flexops.nn import *  # noqa: E402,F403  (the layers: flexops.nn.__all__)
 
 __version__ = "0.1.0"
-__all__ = [
-    "DeformConv2d",
-    "MaskedConv2d",
-    "ModulatedDeformConv2d",
-    "TunableConv2d",
-    "TunableLinear",
-    "TunableParameter",
-    "WindowAttention",
-    "accelerate",
-    "active_windows",
-    "backends",
-    "flops",
-    "ops",
-]
+__all__ = [*nn.__all__, "accelerate", "backends", "flops", "ops"]

@@ -19,7 +19,6 @@ import sys
 
 import torch
 
-from flexops import backends
 from flexops.models import data, registry, train
 from flexops.models.cresmd.network import CResMD
 from flexops.models.flexir.network import FlexIR
@@ -29,7 +28,6 @@ from flexops.models.tasnet.network import TASNet
 from flexops.models.tunable.core import TunableNetwork
 from flexops.ops import ArgumentError
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SWEEP_STEPS = 5
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABEL_HEIGHT = 14  # pixels above each image of a contact sheet for its label
@@ -124,15 +122,6 @@ def image_files(path):
     return [path]
 
 
-def dtype_for(precision, device):
-    dtype = PRECISIONS[precision]
-    if dtype not in backends.DTYPES[device.type]:
-        raise ArgumentError(f"--precision {precision} is not supported by flexops' {device.type} kernels (they take "
-                            f"{', '.join(str(d).replace('torch.', '') for d in backends.DTYPES[device.type])}); "
-                            "use --precision fp32")
-    return dtype
-
-
 def as_input(image, channels):
     """A [3, H, W] RGB image as the network's [1, channels, H, W] input (luma for one channel)."""
     if channels == 1:
@@ -169,20 +158,19 @@ def restore(args):
     files = image_files(args.input)
     model, what = build(args.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device, dtype_for(args.precision, device))
+    model = model.to(device)
     control = Control(model, args)
     channels = getattr(model, "in_chans", getattr(model, "in_nc", 3))
     scale = getattr(model, "scale", 1)
     output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     print(f"restoring with {what}", file=sys.stderr)
-    dtype = next(model.parameters()).dtype
     for path in tqdm(files, desc="restoring", unit="image", disable=args.no_progress):
-        x = as_input(data.load_image(path), channels).to(device, dtype)
+        x = as_input(data.load_image(path), channels).to(device)
         outputs = []
-        with torch.inference_mode():
+        with torch.inference_mode(), train.autocast(args.precision, device):
             for _, setting in control.settings:
-                setting = setting.to(device, dtype) if isinstance(setting, torch.Tensor) else setting
+                setting = setting.to(device) if isinstance(setting, torch.Tensor) else setting
 
                 def run(crop, setting=setting):
                     return control.call(crop, setting)
@@ -205,7 +193,7 @@ def add_options(parser):
     parser.add_argument("--output", required=True, help="folder for the restored PNGs")
     parser.add_argument("--tile", type=int, help="restore in overlapping tiles of this side (bounded memory)")
     parser.add_argument("--tile-overlap", type=int, default=32, help="pixels tiles overlap (averaged)")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="compute precision")
+    train.add_precision(parser, "bf16 or fp16 (CUDA only): restore under autocast (fp32 weights)")
     parser.add_argument("--omega", help="tunable networks: the setting, p comma-separated weights")
     parser.add_argument("--pointer", type=int, help="FlexIR: the exit (default: the last block)")
     parser.add_argument("--threshold", type=float, help="FlexIR: adaptive early exit at this threshold")
