@@ -178,16 +178,26 @@ class SwinTransformerBlock(nn.Module):
         return block
 
     def forward(self, x, alphas=None, running=ALL_TOKENS):
-        attn, window, shift = self.attn, self.window_size, self.shift_size
-        qkv = running.in_windows(lambda tokens: run_layer(attn.qkv, self.norm1(tokens), alphas), x, window, shift)
-        attention = attn.attend(qkv, shift, running.active(window, shift),
-                                value(attn.relative_position_bias_table, alphas))
+        window, shift = self.window_size, self.shift_size
+        qkv = running.in_windows(lambda tokens: self.project_qkv(tokens, alphas), x, window, shift)
+        attention = self.attend(qkv, running.active(window, shift), alphas)
+        return running.update(lambda tokens, attended: self.residuals(tokens, attended, alphas), x, attention)
 
-        def residuals(tokens, attended):
-            tokens = tokens + self.drop_path(self.proj_drop(run_layer(attn.proj, attended, alphas)))
-            return tokens + self.drop_path(self.mlp(self.norm2(tokens), alphas))
+    # The block's three parts, which a block of another SwinIR-family network overrides where its math
+    # differs (flexops.accelerate's FusedSwinBlock: HAT's extra branch, Swin V2's cosine attention).
 
-        return running.update(residuals, x, attention)
+    def project_qkv(self, tokens, alphas):
+        """q, k and v of tokens [..., C] -> [..., 3C]: the LayerNorm, then the qkv projection."""
+        return run_layer(self.attn.qkv, self.norm1(tokens), alphas)
+
+    def attend(self, qkv, active, alphas):
+        """The window attention of the map qkv [B, H, W, 3C] over the active windows -> [B, H, W, C]."""
+        return self.attn.attend(qkv, self.shift_size, active, value(self.attn.relative_position_bias_table, alphas))
+
+    def residuals(self, tokens, attended, alphas):
+        """tokens [..., C] after the attention's branch (proj of attended) and the MLP's."""
+        tokens = tokens + self.drop_path(self.proj_drop(run_layer(self.attn.proj, attended, alphas)))
+        return tokens + self.drop_path(self.mlp(self.norm2(tokens), alphas))
 
 
 def _save_official_buffers(block, state_dict, prefix, local_metadata):

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import flexops
-from flexops.accelerate import FusedSwinBlock
+from flexops.models.swin_family import FusedSwinBlock
+from flexops.models.swinir import SwinTransformerBlock
 
 pytest.importorskip("spandrel")
 from spandrel.architectures.DRCT import DRCT  # noqa: E402
@@ -65,6 +66,17 @@ def test_same_parameters_not_copies():
     flexops.accelerate(net)
     block = net.layers[0].residual_group.blocks[1]
     assert isinstance(block, FusedSwinBlock) and block.attn.qkv.weight is qkv and block.shift_size == 4
+    assert isinstance(block, SwinTransformerBlock)  # the zoo's one Swin block, on the third-party layers
+
+
+def test_hat_block_refuses_another_relative_position_index():
+    net = random_weights(NETWORKS["hat"][0](), torch.float32)
+    flexops.accelerate(net)
+    block = net.layers[0].residual_group.blocks[0]
+    x, size = torch.rand(1, 16 * 16, block.mlp.fc1.in_features), (16, 16)
+    block(x, size, block.index)
+    with pytest.raises(ValueError, match="rpi_sa is not SwinIR's relative position index"):
+        block(x, size, block.index.flip(0))
 
 
 def test_report_names_what_was_left():

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -53,6 +54,16 @@ def test_interrupted_run_saves_and_resumes_to_the_uninterrupted_weights(tmp_path
 
 @pytest.mark.skipif(torch.bfloat16 not in backends.DTYPES["cpu"],
                     reason="flexops' CPU ops do not take bfloat16 in this build")
+def test_bf16_on_a_cpu_without_bf16_arithmetic_warns(monkeypatch):
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no bfloat16 arithmetic .* use fp32 for speed"):
+        training.autocast("bf16", torch.device("cpu"))
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        training.autocast("bf16", torch.device("cpu"))
+
+
 def test_bf16_training_runs_its_forward_in_bf16_and_keeps_fp32_weights():
     seen = []
 
@@ -159,6 +170,7 @@ def free_port():
 
 DISTRIBUTED_SCRIPT = """
 import sys
+import warnings
 import torch, torch.distributed as dist
 from flexops.models import cresmd
 from flexops.models import train as training

@@ -1,0 +1,168 @@
+"""SwinIR-family blocks of other networks (SwinIR, DRCT, HAT's hybrid attention block, Swin2SR's Swin V2
+block, as spandrel and the official repositories write them) run as the zoo's Swin block
+(flexops.models.swinir.SwinTransformerBlock) on their own layers: flexops.accelerate's fused blocks.
+
+A block is recognised by what it holds and how it is called (forward(x, x_size) or HAT's forward(x,
+x_size, rpi_sa, attn_mask), x [B, H*W, C]), not by its class name. The fused block keeps the block's
+layers and buffers under their own names (no weight is copied, the state_dict keys do not change),
+runs the zoo block's forward, and supplies the parts whose math differs: the attention through
+flexops.ops.window_attention with SwinIR's -100 shift mask, HAT's channel-attention branch, Swin V2's
+cosine attention with its residual post-norm.
+"""
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flexops.models.swinir import Mlp, SwinTransformerBlock
+from flexops.nn.window_attention import relative_position_index
+from flexops.ops.window_attention import window_attention
+
+# SwinIR adds this to the logits of token pairs from different shift regions (so do HAT, DRCT, Swin2SR).
+SWIN_MASK_VALUE = -100.0
+# Swin2SR clamps logit_scale at log(1 / 0.01), computed in float32.
+MAX_LOGIT_SCALE = float(torch.log(torch.tensor(1.0 / 0.01)))
+BLOCK_CALLS = (("x", "x_size"), ("x", "x_size", "rpi_sa", "attn_mask"))
+
+
+def _cosine(attn):
+    return all(hasattr(attn, name) for name in ("logit_scale", "cpb_mlp", "relative_coords_table"))
+
+
+def _plain(attn):
+    return hasattr(attn, "relative_position_bias_table") and hasattr(attn, "scale")
+
+
+def is_swin_block(module):
+    """Whether `module` is a SwinIR-family block this file can fuse."""
+    attn = getattr(module, "attn", None)
+    if not all(hasattr(module, name) for name in ("norm1", "norm2", "mlp", "window_size", "shift_size")):
+        return False
+    if attn is None or not all(hasattr(attn, name) for name in ("qkv", "proj", "num_heads")):
+        return False
+    if not (_plain(attn) or _cosine(attn)):
+        return False
+    return tuple(inspect.signature(module.forward).parameters) in BLOCK_CALLS
+
+
+def _gathered_bias(table, index, tokens):
+    """A bias table [entries, heads] gathered by the relative position index -> [heads, N, N]."""
+    return table[index.reshape(-1)].view(tokens, tokens, -1).permute(2, 0, 1).contiguous()
+
+
+class FusedSwinBlock(SwinTransformerBlock):
+    """A SwinIR-family block as the zoo's Swin block (flexops.models.swinir.SwinTransformerBlock),
+    on the block's own layers: the zoo block's forward, its parts where the math is SwinIR's, and
+    flexops.ops.window_attention on the token map with SwinIR's -100 mask.
+
+    forward(x [B, H*W, C], x_size (H, W), rpi_sa=None, attn_mask=None): the block's own call. HAT's
+    `rpi_sa` must be SwinIR's relative position index for the window (HAT computes it so); a passed
+    or stored attn_mask is SwinIR's shift mask, which the op applies itself.
+    """
+
+    kind = "window attention"
+
+    def __init__(self, block):
+        # The block's own layers under their own names (the state_dict keeps its keys and the weights
+        # are not copied), so the zoo constructor's layers are not built.
+        nn.Module.__init__(self)
+        self.norm1, self.attn, self.norm2 = block.norm1, block.attn, block.norm2
+        self.mlp = Mlp(block.mlp.fc1.in_features, block.mlp.fc1.out_features)
+        mlp = block.mlp
+        self.mlp.fc1, self.mlp.act, self.mlp.fc2, self.mlp.drop = mlp.fc1, mlp.act, mlp.fc2, mlp.drop
+        self.drop_path = getattr(block, "drop_path", nn.Identity())
+        self.proj_drop = block.attn.proj_drop
+        self.window_size, self.shift_size = block.window_size, block.shift_size
+        for name, buffer in block.named_buffers(recurse=False):  # attn_mask: the state_dict keeps its keys
+            self.register_buffer(name, buffer, persistent=name not in block._non_persistent_buffers_set)
+        if not hasattr(self.attn, "relative_position_index"):  # HAT's: the network passes it as rpi_sa
+            self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
+
+    def forward(self, x, x_size, rpi_sa=None, attn_mask=None):
+        batch, length, channels = x.shape
+        if rpi_sa is not None and not torch.equal(rpi_sa, self.index):
+            raise ValueError("rpi_sa is not SwinIR's relative position index for the window: flexops.accelerate's "
+                             "fused block computes that one")
+        return super().forward(x.view(batch, *x_size, channels)).view(batch, length, channels)
+
+    @property
+    def index(self):
+        """SwinIR's relative position index for the window: the attention's own, or (HAT) the block's."""
+        attn_index = getattr(self.attn, "relative_position_index", None)
+        return self.relative_position_index if attn_index is None else attn_index
+
+    def attend(self, qkv, active, alphas):
+        bias, scale = self.bias_and_scale()
+        return window_attention(qkv, self.attn.num_heads, self.window_size, self.shift_size, bias, scale, active,
+                                SWIN_MASK_VALUE)
+
+    def bias_and_scale(self):
+        """The attention's bias [heads, N, N] and the logits' scale."""
+        return _gathered_bias(self.attn.relative_position_bias_table, self.index, self.window_size**2), self.attn.scale
+
+
+class FusedHybridBlock(FusedSwinBlock):
+    """HAT's hybrid attention block: SwinIR's, plus a channel-attention branch on the normed tokens,
+    scaled by conv_scale, beside the attention's."""
+
+    kind = "window attention + channel-attention branch"
+
+    def __init__(self, block):
+        super().__init__(block)
+        self.conv_block, self.conv_scale = block.conv_block, block.conv_scale
+
+    def residuals(self, tokens, attended, alphas):
+        conv = self.conv_block(self.norm1(tokens).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return super().residuals(tokens + conv * self.conv_scale, attended, alphas)
+
+
+class FusedSwinV2Block(FusedSwinBlock):
+    """Swin V2's block as Swin2SR writes it: cosine attention with a per-head logit scale and a
+    continuous position bias, and each branch normed after it (residual post-norm)."""
+
+    kind = "cosine window attention, residual post-norm"
+
+    def project_qkv(self, tokens, alphas):
+        """Cosine attention as the op's dot product: q and k normalised per head, the head's logit scale
+        folded into q (the op's scale is one number)."""
+        attn = self.attn
+        qkv_bias = None
+        if attn.q_bias is not None:
+            qkv_bias = torch.cat((attn.q_bias, torch.zeros_like(attn.v_bias), attn.v_bias))
+        q, k, v = F.linear(tokens, attn.qkv.weight, qkv_bias).unflatten(-1, (3, attn.num_heads, -1)).unbind(-3)
+        logit_scale = attn.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().view(attn.num_heads, 1)
+        return torch.stack((F.normalize(q, dim=-1) * logit_scale, F.normalize(k, dim=-1), v), -3).flatten(-3)
+
+    def bias_and_scale(self):
+        """16 sigmoid(continuous position bias), and scale 1 (folded into q)."""
+        attn = self.attn
+        table = attn.cpb_mlp(attn.relative_coords_table).view(-1, attn.num_heads)
+        return 16 * torch.sigmoid(_gathered_bias(table, self.index, self.window_size**2)), 1.0
+
+    def residuals(self, tokens, attended, alphas):
+        tokens = tokens + self.drop_path(self.norm1(self.proj_drop(self.attn.proj(attended))))
+        return tokens + self.drop_path(self.norm2(self.mlp(tokens)))
+
+
+def why_not_fused(block):
+    """None when `block` can be fused, else why not."""
+    attn_drop = getattr(block.attn, "attn_drop", None)
+    if isinstance(attn_drop, nn.Dropout) and attn_drop.p > 0:
+        return f"attention dropout p={attn_drop.p}: the fused op has none"
+    return None
+
+
+
+
+def fused_block(block):
+    """The fused block for a block `is_swin_block` accepts and `why_not_fused` does not refuse."""
+    if _cosine(block.attn):
+        return FusedSwinV2Block(block)
+    return FusedHybridBlock(block) if getattr(block, "conv_block", None) is not None else FusedSwinBlock(block)
+
+
+def is_window_attention(module):
+    """Whether `module` looks like a window attention (a relative position table, or Swin V2's)."""
+    return _plain(module) or _cosine(module)
