@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from flexops.triton._dot import dot
+from flexops.triton._im2col import input_tile
 
 
 @triton.jit
@@ -59,13 +60,10 @@ def _masked_conv2d_kernel(
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < k_total
         channel = tl.load(in_index_ptr + in_row * in_channels + k // (KH * KW), mask=k_ok, other=0)
-        ky = (k // KW) % KH
-        kx = k % KW
-        iy = oy[:, None] * stride_h - pad_h + ky[None, :] * dil_h
-        ix = ox[:, None] * stride_w - pad_w + kx[None, :] * dil_w
-        inside = m_ok[:, None] & k_ok[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        x = tl.load(x_image + channel[None, :] * sx_c + iy * sx_h + ix * sx_w, mask=inside, other=0.0)
-        w_offsets = out_channel[None, :] * sw_o + channel[:, None] * sw_i + ky[:, None] * sw_h + kx[:, None] * sw_w
+        x = input_tile(x_image, channel, k, k_ok, oy, ox, m_ok, H, W, sx_c, sx_h, sx_w,
+                       stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW)
+        w_offsets = (out_channel[None, :] * sw_o + channel[:, None] * sw_i + ((k // KW) % KH)[:, None] * sw_h
+                     + (k % KW)[:, None] * sw_w)
         w = tl.load(w_ptr + w_offsets, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = dot(x, w, acc, INPUT_PRECISION)
 

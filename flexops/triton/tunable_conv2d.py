@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from flexops.triton._dot import dot
+from flexops.triton._im2col import input_tile
 
 
 @triton.jit
@@ -42,13 +43,8 @@ def _tunable_conv2d_kernel(
     for k0 in range(0, k_total, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < k_total
-        channel = k // (KH * KW)
-        ky = (k // KW) % KH
-        kx = k % KW
-        iy = oy[:, None] * stride_h - pad_h + ky[None, :] * dil_h
-        ix = ox[:, None] * stride_w - pad_w + kx[None, :] * dil_w
-        inside = m_ok[:, None] & k_ok[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        x = tl.load(x_image + channel[None, :] * sx_c + iy * sx_h + ix * sx_w, mask=inside, other=0.0)
+        x = input_tile(x_image, k // (KH * KW), k, k_ok, oy, ox, m_ok, H, W, sx_c, sx_h, sx_w,
+                       stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW)
 
         # Weight [p, Cout, Cin/groups, kh, kw] is contiguous: element (o, k) of kernel i is at
         # i * kernel_numel + o * k_total + k.
