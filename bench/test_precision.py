@@ -123,9 +123,10 @@ def network(name):
 
 
 def photos(name, size):
-    """Sample photos cropped to `size`, [N, C, H, W] in [0, 1] (gray for IR-NAS)."""
+    """Two sample photos at least `size` large, cropped to it, [2, C, H, W] in [0, 1] (gray for IR-NAS)."""
     height, width = size
-    images = [image[:, :height, :width] for image in data.sample_images()[:2]]
+    images = [image[:, :height, :width] for image in data.sample_images()
+              if image.shape[1] >= height and image.shape[2] >= width][:2]
     batch = torch.stack(images)
     return batch.mean(1, keepdim=True) if name == "IR-NAS" else batch
 
