@@ -69,8 +69,8 @@ class FusedSwinBlock(SwinTransformerBlock):
         # are not copied), so the zoo constructor's layers are not built.
         nn.Module.__init__(self)
         self.norm1, self.attn, self.norm2 = block.norm1, block.attn, block.norm2
-        self.mlp = Mlp(block.mlp.fc1.in_features, block.mlp.fc1.out_features)
-        mlp = block.mlp
+        mlp = block.mlp  # its layers in the zoo's Mlp, under the same names
+        self.mlp = Mlp(mlp.fc1.in_features, mlp.fc1.out_features)
         self.mlp.fc1, self.mlp.act, self.mlp.fc2, self.mlp.drop = mlp.fc1, mlp.act, mlp.fc2, mlp.drop
         self.drop_path = getattr(block, "drop_path", nn.Identity())
         self.proj_drop = block.attn.proj_drop
@@ -152,8 +152,6 @@ def why_not_fused(block):
     if isinstance(attn_drop, nn.Dropout) and attn_drop.p > 0:
         return f"attention dropout p={attn_drop.p}: the fused op has none"
     return None
-
-
 
 
 def fused_block(block):
