@@ -21,6 +21,7 @@ or another number of ranks sees the same data stream.
 import argparse
 import contextlib
 import copy
+import functools
 import math
 import os
 import pathlib
@@ -255,6 +256,14 @@ def cpu_has_bf16():
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+@functools.cache
+def _warn_emulated_bf16():
+    """Once per process: a run asks for bf16 where the CPU would emulate it."""
+    warnings.warn("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): PyTorch's bf16 layers run in "
+                  "emulation here, several times slower than fp32 (the zoo's SwinIR 7.7x on an AVX2 CPU); use "
+                  "fp32 for speed")
+
+
 def autocast(precision, device):
     """The context a forward runs in at `precision` (one of PRECISIONS) on `device`: torch.autocast to
     its dtype, nothing for fp32. fp16 needs CUDA (whose gradient scaler keeps small gradients from
@@ -265,9 +274,7 @@ def autocast(precision, device):
         raise ArgumentError(f"precision fp16 needs a CUDA device (this run is on {device.type}): "
                             "use bf16 for mixed precision on a CPU")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        warnings.warn("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): PyTorch's bf16 layers run in "
-                      "emulation here, several times slower than fp32 (the zoo's SwinIR 7.7x on an AVX2 CPU); use "
-                      "fp32 for speed", stacklevel=2)
+        _warn_emulated_bf16()
     dtype = PRECISIONS[precision]
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 

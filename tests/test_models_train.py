@@ -56,11 +56,14 @@ def test_interrupted_run_saves_and_resumes_to_the_uninterrupted_weights(tmp_path
                     reason="flexops' CPU ops do not take bfloat16 in this build")
 def test_bf16_on_a_cpu_without_bf16_arithmetic_warns(monkeypatch):
     monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    training._warn_emulated_bf16.cache_clear()  # said once per process: an earlier bf16 run may have said it
     with pytest.warns(UserWarning, match="no bfloat16 arithmetic .* use fp32 for speed"):
         training.autocast("bf16", torch.device("cpu"))
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        training.autocast("bf16", torch.device("cpu"))  # once per process, not at every training step
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+        training._warn_emulated_bf16.cache_clear()
         training.autocast("bf16", torch.device("cpu"))
 
 
