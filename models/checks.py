@@ -9,8 +9,8 @@ graph holds no checks of the network's own (the flexops ops in it still check th
 
 import torch
 
-from flexops.ops._args import ArgumentError, ArgumentTypeError
 from flexops.nn.tunable import checked_omega
+from flexops.ops._args import ArgumentError, ArgumentTypeError
 
 
 def traced(value):
@@ -99,17 +99,10 @@ def omega(omega, num_params, x, like, name="omega"):
 
 
 def setting(omega, num_params, name="omega"):
-    """One setting omega [p] (what bake fixes), finite."""
+    """One setting omega [p] (what bake fixes), finite (checked_omega's rule)."""
     if not isinstance(omega, torch.Tensor) or omega.shape != (num_params,):
         raise ArgumentError(f"{name} must be [{num_params}] (bake fixes one setting); got {describe(omega)}")
-    finite(omega, name)
-
-
-def finite(values, name):
-    # One host sync per network call (on a GPU), not per layer; values are unknown while torch.compile
-    # captures a graph.
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(values).all()):
-        raise ArgumentError(f"{name} must be finite; got {values.tolist()}")
+    checked_omega(omega, num_params, omega, name=name)
 
 
 def pointer(value, num_blocks, name="pointer"):

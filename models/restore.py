@@ -55,7 +55,6 @@ class Control:
     one without --sweep, SWEEP_STEPS across the range with it; `call(x, setting)` -> the output."""
 
     def __init__(self, model, args):
-        self.model = model
         self._check_options(model, args)
         self.settings, self.call = self._settings(model, args)
 
@@ -107,7 +106,8 @@ def build(model_or_checkpoint):
     if not pathlib.Path(model_or_checkpoint).is_file():
         raise FileNotFoundError(f"{model_or_checkpoint!r} is neither a checkpoint file nor a zoo network "
                                 f"({', '.join(registry.list_models())})")
-    return load(model_or_checkpoint), str(detect(model_or_checkpoint))
+    state = train.read_torch_file(model_or_checkpoint, "checkpoint")  # read once, for load and the line
+    return load(state), str(detect(state))
 
 
 def image_files(path):

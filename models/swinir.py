@@ -122,8 +122,8 @@ class SwinTransformerBlock(nn.Module):
     """x + W-MSA(LN(x)), then + MLP(LN(x)), on a token map [B, H, W, C].
 
     As the official block, one built for an input_resolution no larger than the window uses that
-    resolution as its window and no shift. The constructor is the official one; `from_layers` builds
-    a block around layers that exist already (a third-party SwinIR's).
+    resolution as its window and no shift. The constructor is the official one; other networks' Swin
+    blocks run as subclasses on their own layers (flexops.models.swin_family).
 
     forward(x [B, H, W, C], alphas=None, running=ALL_TOKENS) -> [B, H, W, C]:
     - alphas: a tunable SwinIR's `Alphas`, handed to each layer through `run_layer` (which calls a
@@ -148,34 +148,6 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.register_state_dict_post_hook(_save_official_buffers)
         self.register_load_state_dict_pre_hook(_drop_official_mask)
-
-    @classmethod
-    def from_layers(cls, norm1, qkv, proj, relative_position_bias_table, norm2, fc1, fc2, input_resolution,
-                    window_size, shift_size, num_heads, qk_scale=None):
-        """The block made of existing layers (they are used, not copied), e.g. a third-party SwinIR's.
-
-        Args:
-            norm1, norm2: the LayerNorms before the attention and the MLP.
-            qkv, proj: the attention's projections (Linear C -> 3C and C -> C).
-            relative_position_bias_table: Parameter [(2 ws - 1)^2, num_heads].
-            fc1, fc2: the MLP's Linears (C -> hidden, hidden -> C; GELU between).
-            input_resolution: the (H, W) its checkpoints' attn_mask is for (the block's img_size).
-            window_size, shift_size, num_heads: the attention's (window_size and shift_size as the
-                block uses them: a window as large as input_resolution has no shift).
-            qk_scale: the logits' scale (None: head_dim^-0.5).
-
-        >>> block = SwinTransformerBlock.from_layers(b.norm1, b.attn.qkv, b.attn.proj,
-        ...     b.attn.relative_position_bias_table, b.norm2, b.mlp.fc1, b.mlp.fc2, b.input_resolution,
-        ...     b.window_size, b.shift_size, b.num_heads, b.attn.scale)      # b: an official block
-        """
-        # Built to the same sizes (the index buffer beside the layers), its own layers then replaced.
-        with torch.device(qkv.weight.device):
-            block = cls(qkv.in_features, input_resolution, num_heads, window_size, shift_size,
-                        fc1.out_features / fc1.in_features, qkv.bias is not None, qk_scale)
-        block.norm1, block.norm2 = norm1, norm2
-        block.attn.qkv, block.attn.proj, block.attn.relative_position_bias_table = qkv, proj, relative_position_bias_table
-        block.mlp.fc1, block.mlp.fc2 = fc1, fc2
-        return block
 
     def forward(self, x, alphas=None, running=ALL_TOKENS):
         window, shift = self.window_size, self.shift_size

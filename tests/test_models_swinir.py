@@ -49,24 +49,6 @@ def test_matches_official_style(kwargs, size):
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9 * kwargs.get("img_range", 1.0))
 
 
-@pytest.mark.parametrize("shifted", [False, True])
-def test_block_from_layers_of_an_official_style_block(shifted):
-    """SwinTransformerBlock.from_layers around the layers of another SwinIR's block (the official-style
-    one's, on [B, L, C] tokens) computes what that block computes, and saves under SwinIR's names."""
-    _, ref = pair(dict(upsampler="", upscale=1))
-    official = ref.layers[1].residual_group.blocks[int(shifted)]
-    attn = official.attn
-    block = swinir.SwinTransformerBlock.from_layers(
-        official.norm1, attn.qkv, attn.proj, attn.relative_position_bias_table, official.norm2, official.mlp.fc1,
-        official.mlp.fc2, official.res, official.ws, official.shift, attn.heads, attn.scale)
-    assert block.attn.qkv is attn.qkv and block.mlp.fc2 is official.mlp.fc2  # used, not copied
-    x = torch.rand(2, 16, 16, 12, dtype=torch.float64)
-    with torch.no_grad():
-        expected = official(x.reshape(2, 256, 12), (16, 16)).view(2, 16, 16, 12)
-        torch.testing.assert_close(block(x), expected, rtol=1e-9, atol=1e-9)
-    assert set(block.state_dict()) == set(official.state_dict())
-
-
 def test_single_window_input_keeps_the_shift():
     """Built for 16 x 16, a 4 x 4 input is one window: the official blocks still shift and mask it."""
     net, ref = pair(dict(upsampler="", upscale=1))
