@@ -30,7 +30,7 @@ def tunable_conv2d(input, weight, bias, alpha, stride=1, padding=0, dilation=1, 
     stride, padding, dilation = _args.conv_params(stride, padding, dilation)
     input, weight, bias, alpha = _register.autocast(input, weight, bias, alpha)
     groups = _check(input, weight, bias, alpha, stride, padding, dilation, groups)
-    return tunable_conv2d_unchecked(input, weight, bias, alpha, stride, padding, dilation, groups)
+    return _run(input, weight, bias, alpha, stride, padding, dilation, groups)
 
 
 def tunable_conv2d_unchecked(input, weight, bias, alpha, stride, padding, dilation, groups):
@@ -42,6 +42,11 @@ def tunable_conv2d_unchecked(input, weight, bias, alpha, stride, padding, dilati
     platform convolution's RuntimeError. Under autocast the arguments are cast as the checked op's are.
     """
     input, weight, bias, alpha = _register.autocast(input, weight, bias, alpha)
+    return _run(input, weight, bias, alpha, stride, padding, dilation, groups)
+
+
+def _run(input, weight, bias, alpha, stride, padding, dilation, groups):
+    """The chosen backend's kernel on arguments already cast for autocast."""
     _, kernel = _OP.choose(input)
     return kernel(input, weight, bias, alpha, stride, padding, dilation, groups)
 
