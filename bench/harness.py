@@ -25,6 +25,10 @@ MIN_SECONDS = 0.5  # functions of a millisecond get more than MIN_ROUNDS: their 
 # Settled: over the last PATIENCE rounds no function's best improved by SETTLED or more (and the two
 # copies of a function timed twice for the noise column read within NOISE_SETTLED of each other).
 PATIENCE, SETTLED, NOISE_SETTLED = 2, 0.01, 0.02
+# Rounds of SLOW_ROUND seconds or more (whole networks at seconds a call) settle over one round and stop
+# after two: a multi-second call varies by a smaller fraction, and a third round would cost the main
+# job minutes (the IR-NAS search step against torchvision's: 27 s a round).
+SLOW_ROUND = 5.0
 
 Cell = collections.namedtuple("Cell", "text value target met")
 Cell.__doc__ = """A table cell: its text, the number behind it (None if none), the paper's value or the goal
@@ -54,12 +58,12 @@ def _time_round(fns, best, rng, number):
         best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
 
 
-def settled(history, twins=None):
+def settled(history, twins=None, patience=PATIENCE):
     """Whether best-of has settled: `history` holds each round's {name: best seconds so far}; see
     PATIENCE, SETTLED and NOISE_SETTLED. `twins`: the names of one function timed twice, or None."""
-    if len(history) <= PATIENCE:
+    if len(history) <= patience:
         return False
-    now, before = history[-1], history[-1 - PATIENCE]
+    now, before = history[-1], history[-1 - patience]
     if any(before[name] - best >= SETTLED * best for name, best in now.items()):
         return False
     return twins is None or abs(now[twins[1]] / now[twins[0]] - 1) < NOISE_SETTLED
@@ -72,7 +76,7 @@ def compare(benchmark, fns, grad=False, seconds=TARGET_SECONDS, twins=None):
     untimed warm-up round, rounds run until best-of has settled (at least MIN_ROUNDS and MIN_SECONDS;
     see `settled`, with `twins` the names of the function timed twice for a noise column) or for
     `seconds` in all (at most MAX_ROUNDS): a quiet machine stops early, a busy one keeps looking for
-    quiet moments.
+    quiet moments. Rounds of SLOW_ROUND seconds or more: two rounds at least, settled over one.
     """
     global doing
     best, history = {}, []
@@ -83,8 +87,9 @@ def compare(benchmark, fns, grad=False, seconds=TARGET_SECONDS, twins=None):
         while True:
             _time_round(fns, best, rng, len(history) + 1)
             history.append(dict(best))
-            elapsed, done = time.perf_counter() - start, settled(history, twins)
-            if len(history) >= MAX_ROUNDS or len(history) >= MIN_ROUNDS and (
+            slow = sum(best.values()) >= SLOW_ROUND
+            elapsed, done = time.perf_counter() - start, settled(history, twins, 1 if slow else PATIENCE)
+            if len(history) >= MAX_ROUNDS or len(history) >= (2 if slow else MIN_ROUNDS) and (
                     done and elapsed >= MIN_SECONDS or elapsed >= seconds):
                 if not done and elapsed >= seconds and current_test not in unsettled:
                     unsettled.append(current_test)

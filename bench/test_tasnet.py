@@ -41,7 +41,7 @@ GOAL = 8  # this project's speed-up goal at 480x320 on all threads
 ROW_CASES = {}  # table row -> (size, thread group), for the plot
 GOAL_ROWS = set()  # the rows judged against GOAL
 SIZES = {"480x320": (320, 480), "HD": (720, 1280), "2K": (1080, 2048), "4K": (2160, 3840)}
-ROUNDS = 3
+ROUNDS = 2  # warm rounds after the fresh call (which warms the process): a TASNet x27 call takes seconds
 TABLE = "TASNet Table 1: CResMD x27 vs TASNet deploy x27 (42 shared maps of 32 ch, task-specific 18 ch)"
 
 

@@ -78,6 +78,10 @@ def test_rounds_stop_once_best_of_has_settled(harness):
     assert harness.settled(steady)
     twins_apart = [{"f": 1.0, "f again": 1.1}] * 3
     assert harness.settled(twins_apart) and not harness.settled(twins_apart, twins=("f", "f again"))
+    # Slow rounds settle over one round: a second round that did not beat the first by SETTLED.
+    slow = [{"f": 10.0}, {"f": 9.95}]
+    assert harness.settled(slow, patience=1) and not harness.settled(slow)
+    assert not harness.settled([{"f": 10.0}, {"f": 9.0}], patience=1)
 
 
 def test_verdict_summary_of_a_fake_result_set(harness, tmp_path):
