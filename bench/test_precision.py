@@ -16,9 +16,12 @@ Columns: "fp32 ms" best round; "noise" fp32 timed twice; "bf16 x" fp32 / bf16 ti
 SwinIR and TASNet); "PSNR dB" of the bf16 output against the fp32 output on the sample photos in
 [0, 1] (goal >= 45 dB); "peak MB": how far one inference raises the peak resident memory, fp32 /
 bf16, each in a new process with the network and input built first (the first call, as a user's
-script sees it); "bf16 peak x": bf16 peak / fp32 peak (goal <= 0.6x); "compiled x" eager / torch.compile time in fp32 (goal >= 1.0x: compiling never
-slows a network); for tunable NAFNet also "compiled vs baked": its compiled time over its compiled
-baked twin's (goal within 10 %).
+script sees it); "bf16 peak x": bf16 peak / fp32 peak (goal <= 0.6x; flexops' CPU ops widen bf16 to
+fp32 at their boundary, csrc/cpu/in_float32.h, so each holds fp32 copies of its input and output
+beside the bf16 ones, in kept blocks of each size: where those ops carry the activations, as in
+TASNet, bf16's peak exceeds fp32's); "compiled x" eager / torch.compile time in fp32 (goal >= 1.0x:
+compiling never slows a network); for tunable NAFNet also "compiled vs baked": its compiled time
+over its compiled baked twin's (goal within 10 %).
 
 Sizes fit the module into about 2.5 minutes on 2 cores, smaller than the issue's (SwinIR 128x128,
 TASNet 480x320); each row names its size. Inductor compiles take 30-150 s per network on 2 cores, so
