@@ -118,23 +118,44 @@ _FIRST_CALLS = textwrap.dedent("""
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     fn = getattr(module, factory)(*args)[name]
+
+
+    def kib(field):  # a field of /proc/self/status in KiB
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+    try:  # the peak resident size (VmHWM) restarts from the current one (Linux; writing "5" resets it)
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        before = kib("VmRSS")
+    except OSError:
+        before = None
     seconds = []
     with torch.inference_mode(not grad):
-        for _ in range(calls):
+        for call in range(calls):
             start = time.perf_counter()
             fn()
             seconds.append(time.perf_counter() - start)
-    print(json.dumps(seconds))
+            if call == 0:
+                peak = None if before is None else 1024 * (kib("VmHWM") - before)
+    print(json.dumps([seconds, peak]))
 """)
+
+Fresh = collections.namedtuple("Fresh", "first following peak_bytes")
+Fresh.__doc__ = """A function run in a new process: seconds of its first call, best seconds of the calls after
+it, and how far its first call raised the process's peak resident memory above the resident memory
+before it, in bytes (None where the OS cannot say: Linux only)."""
 
 
 def first_calls(module_file, factory, args, names, grad=False, calls=4):
-    """What a user's script sees: {name: (seconds of the first call, best seconds of the `calls` - 1
-    after it)}, each function timed in a new process of its own, so that none warms memory or caches
-    for another.
+    """What a user's script sees: {name: Fresh}, each function timed in a new process of its own, so
+    that none warms memory or caches for another.
 
-    `factory(*args)`, a function of the bench module `module_file`, builds {name: fn} in that process;
-    args must be JSON values. Without `grad` the calls run under inference_mode, as in `compare`.
+    `factory(*args)`, a function of the bench module `module_file`, builds {name: fn} in that process
+    (what it builds there before the first call, such as a network and its input, is not counted in
+    the peak); args must be JSON values. Without `grad` the calls run under inference_mode, as in
+    `compare`.
     """
     result = {}
     module_file = pathlib.Path(module_file).resolve()
@@ -146,8 +167,8 @@ def first_calls(module_file, factory, args, names, grad=False, calls=4):
                               timeout=1800, cwd=module_file.parent)
         if done.returncode != 0:
             raise RuntimeError(f"first calls of {name} in a new process failed:\n{done.stderr}")
-        seconds = json.loads(done.stdout.strip().splitlines()[-1])
-        result[name] = (seconds[0], min(seconds[1:]))
+        seconds, peak = json.loads(done.stdout.strip().splitlines()[-1])
+        result[name] = Fresh(seconds[0], min(seconds[1:]), peak)
     return result
 
 
@@ -163,8 +184,9 @@ def in_new_process(command, what, timeout=7200, **options):
 
 def record_first_calls(table, row, fresh):
     """Fills a "<name> fresh ms" cell per function of `first_calls`' result: "first / next" ms."""
-    for name, (first, following) in fresh.items():
-        record(table, row, f"{name.split()[0]} fresh ms", f"{1e3 * first:.0f} / {1e3 * following:.1f}", 1e3 * following)
+    for name, calls in fresh.items():
+        record(table, row, f"{name.split()[0]} fresh ms", f"{1e3 * calls.first:.0f} / {1e3 * calls.following:.1f}",
+               1e3 * calls.following)
 
 
 def record(table, row, column, text, value=None, target=None, met=None):

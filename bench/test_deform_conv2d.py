@@ -68,7 +68,7 @@ def test_deform_conv2d(benchmark, shape, backward, request):
     if shape == FRESH_SHAPE:
         fresh = first_calls(__file__, "functions", [shape, backward], ["flexops", "torchvision"], grad=backward)
         record_first_calls(TABLE, row, fresh)
-        speedup = fresh["torchvision"][1] / fresh["flexops"][1]
+        speedup = fresh["torchvision"].following / fresh["flexops"].following
         record(TABLE, row, "speed-up fresh", f"{speedup:.1f}x", speedup)
     note(TABLE, "best of interleaved rounds, warmed process; fresh (1x64x128x128) = in a new process of its own: "
                 "first call / best of the next three, and the speed-up on those; goals (forward, 1x64x128x128): "

@@ -75,7 +75,7 @@ def test_masked_conv2d(benchmark, tasks, density):
     if (tasks, density) == FRESH_ROW:
         fresh = first_calls(__file__, "functions", [tasks, density], ["masked", "dense"])
         record_first_calls(TABLE, row, fresh)
-        ratio = fresh["dense"][1] / fresh["masked"][1]
+        ratio = fresh["dense"].following / fresh["masked"].following
         record(TABLE, row, "vs dense fresh", f"{ratio:.1f}x", ratio, f"ideal {ideal:.0f}x")
 
 

@@ -57,7 +57,7 @@ def test_tunable_overhead(benchmark, channels, kernel, per_sample):
     if (channels, kernel) == FRESH_ROW:
         fresh = first_calls(__file__, "functions", [channels, kernel, per_sample], ["conv2d", "p2", "p4"])
         for p in (2, 4):
-            overhead = 100 * (fresh[f"p{p}"][1] / fresh["conv2d"][1] - 1)
+            overhead = 100 * (fresh[f"p{p}"].following / fresh["conv2d"].following - 1)
             record(table, row, f"p={p} fresh", f"{overhead:+.1f}%", overhead)
 
 

@@ -116,5 +116,5 @@ def test_tunable_network_overhead(benchmark, name, per_sample, device, request):
     if per_sample and device == "cpu":
         fresh = first_calls(__file__, "functions", [name, per_sample, device, size, [2]], ["baked", "p2"])
         record_first_calls(table, row, fresh)
-        overhead = 100 * (fresh["p2"][1] / fresh["baked"][1] - 1)
+        overhead = 100 * (fresh["p2"].following / fresh["baked"].following - 1)
         record(table, row, "fresh p=2", f"{overhead:+.1f}%", overhead)

@@ -114,8 +114,8 @@ class FusedHybridBlock(FusedSwinBlock):
         self.conv_block, self.conv_scale = block.conv_block, block.conv_scale
 
     def residuals(self, tokens, attended, alphas):
-        conv = self.conv_block(self.norm1(tokens).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return super().residuals(tokens + conv * self.conv_scale, attended, alphas)
+        conv = self.conv_block(self.norm1(tokens).view(attended.shape).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return super().residuals(tokens + (conv * self.conv_scale).view_as(tokens), attended, alphas)
 
 
 class FusedSwinV2Block(FusedSwinBlock):
@@ -142,7 +142,7 @@ class FusedSwinV2Block(FusedSwinBlock):
         return 16 * torch.sigmoid(_gathered_bias(table, self.index, self.window_size**2)), 1.0
 
     def residuals(self, tokens, attended, alphas):
-        tokens = tokens + self.drop_path(self.norm1(self.proj_drop(self.attn.proj(attended))))
+        tokens = tokens + self.drop_path(self.norm1(self.proj_drop(self.attn.proj(attended)))).view_as(tokens)
         return tokens + self.drop_path(self.norm2(self.mlp(tokens)))
 
 

@@ -96,7 +96,8 @@ class AllTokens:
     (`flexops.models.flexir.inference.RunningRegions`) that updates the running regions only:
     - active(window_size, shift_size): the op's `active` window mask for that grid (None: all);
     - in_windows(function, x, window_size, shift_size): function on the tokens of the active windows
-      of the map x [B, H, W, C], as a map [B, H, W, C'] (zero at the other tokens);
+      of the map x [B, H, W, C] (or of its sequence [B, H*W, C]), of x's shape with C' channels (zero
+      at the other tokens);
     - update(function, x, *maps): x with its running tokens replaced by function(x's, maps' of them);
     - residual(function, y, x): x + function(y) at the running tokens (function a convolution on
       the token map), x elsewhere.
@@ -151,9 +152,11 @@ class SwinTransformerBlock(nn.Module):
 
     def forward(self, x, alphas=None, running=ALL_TOKENS):
         window, shift = self.window_size, self.shift_size
-        qkv = running.in_windows(lambda tokens: self.project_qkv(tokens, alphas), x, window, shift)
-        attention = self.attend(qkv, running.active(window, shift), alphas)
-        return running.update(lambda tokens, attended: self.residuals(tokens, attended, alphas), x, attention)
+        sequence = as_sequence(x)  # both branches read this one view of the map (see as_sequence)
+        qkv = running.in_windows(lambda tokens: self.project_qkv(tokens, alphas), sequence, window, shift)
+        attention = self.attend(qkv.view(*x.shape[:-1], -1), running.active(window, shift), alphas)
+        update = running.update(lambda tokens, attended: self.residuals(tokens, attended, alphas), sequence, attention)
+        return update.view(x.shape)
 
     # The block's three parts, which a block of another SwinIR-family network overrides where its math
     # differs (flexops.accelerate's FusedSwinBlock: HAT's extra branch, Swin V2's cosine attention).
@@ -167,8 +170,9 @@ class SwinTransformerBlock(nn.Module):
         return self.attn.attend(qkv, self.shift_size, active, value(self.attn.relative_position_bias_table, alphas))
 
     def residuals(self, tokens, attended, alphas):
-        """tokens [..., C] after the attention's branch (proj of attended) and the MLP's."""
-        tokens = tokens + self.drop_path(self.proj_drop(run_layer(self.attn.proj, attended, alphas)))
+        """tokens [..., C] after the attention's branch (proj of attended, the attention's output for
+        the same tokens, as a map [B, H, W, C] or as tokens' rows) and the MLP's."""
+        tokens = tokens + self.drop_path(self.proj_drop(run_layer(self.attn.proj, attended, alphas))).view_as(tokens)
         return tokens + self.drop_path(self.mlp(self.norm2(tokens), alphas))
 
 
@@ -230,6 +234,19 @@ def as_image(tokens):
     return tokens.permute(0, 3, 1, 2)
 
 
+def as_sequence(tokens):
+    """tokens [B, ..., C] -> [B, L, C] (a view of a contiguous map), for the LayerNorms, projections
+    and residual sums of the Swin blocks.
+
+    Why: torch.compile's CPU layout optimisation gives channels-last strides to a 4-D tensor that
+    leads to a convolution and is read by more than one op; for a token map [B, H, W, C] that puts H
+    innermost, and every LayerNorm and residual sum then reads C with a stride (zoo SwinIR compiled
+    ran at 0.8x of eager). So a block or RSTB reads its input map once, as this sequence, and each
+    use gets a view of its own: 3-D tensors, and 4-D ones read once, keep their token-major order.
+    """
+    return tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
+
+
 def as_tokens(image):
     """[B, C, H, W] -> [B, H, W, C] (a view when the image is channels-last)."""
     return image.permute(0, 2, 3, 1)
@@ -248,8 +265,10 @@ class RSTB(nn.Module):
     def forward(self, x, alphas=None, running=ALL_TOKENS):
         """x + conv(blocks(x)) [B, H, W, C], updated at the running tokens only (alphas and running:
         see SwinTransformerBlock)."""
-        blocks = self.residual_group(x, alphas, running)
-        return running.residual(lambda tokens: as_tokens(run_layer(self.conv, as_image(tokens), alphas)), blocks, x)
+        sequence = as_sequence(x)  # each use below gets a view of its own (see as_sequence)
+        blocks = self.residual_group(sequence.view(x.shape), alphas, running)
+        return running.residual(lambda tokens: as_tokens(run_layer(self.conv, as_image(tokens), alphas)), blocks,
+                                sequence.view(x.shape))
 
 
 class Upsample(nn.Sequential):

@@ -151,3 +151,19 @@ def test_a_small_benchmark_with_report_and_the_options(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "masked conv 64->64" in report
     assert json.loads((tmp_path / "report.json").read_text())["tables"]
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/clear_refs").exists(), reason="peak memory is read from Linux's /proc")
+def test_first_calls_report_the_peak_of_the_first_call(harness, tmp_path):
+    # The factory builds a 16 MB buffer before the first call (not counted); the first call fills a new
+    # 64 MB one and frees it, so the peak rises by about 64 MB while the resident size ends where it began.
+    module = tmp_path / "bench_peak.py"
+    module.write_text(
+        "import torch\n"
+        "def functions(megabytes):\n"
+        "    built = torch.ones(megabytes // 4 * 2**20 // 4)\n"
+        "    return {'fill': lambda: torch.ones(megabytes * 2**20 // 4).sum() + built[0]}\n"
+    )
+    fresh = harness.first_calls(module, "functions", [64], ["fill"], calls=2)["fill"]
+    assert fresh.first > 0 and fresh.following > 0
+    assert 60 * 2**20 <= fresh.peak_bytes <= 80 * 2**20
