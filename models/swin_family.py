@@ -85,7 +85,11 @@ class FusedSwinBlock(SwinTransformerBlock):
         if rpi_sa is not None and not torch.equal(rpi_sa, self.index):
             raise ValueError("rpi_sa is not SwinIR's relative position index for the window: flexops.accelerate's "
                              "fused block computes that one")
-        return super().forward(x.view(batch, *x_size, channels)).view(batch, length, channels)
+        # SwinIR-family networks hand the first block of a group the patch embedding's transposed view
+        # (channels strided): one copy here, not one per LayerNorm, and the residual sums (which take
+        # their first input's layout) come out contiguous for the blocks after.
+        tokens = x.contiguous().view(batch, *x_size, channels)
+        return super().forward(tokens).view(batch, length, channels)
 
     @property
     def index(self):
