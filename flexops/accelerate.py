@@ -5,7 +5,9 @@
   on their own layers (flexops.models.swin_family): where they roll, partition, attend with the shift
   mask, reverse and roll back, it calls flexops.ops.window_attention on the token map with SwinIR's
   -100 mask. The block's layers (norm1, attn, norm2, mlp, HAB's conv_block) and buffers are kept: no
-  weight is copied and the network's state_dict keys do not change.
+  weight is copied and the network's state_dict keys do not change. Its plain nn.Linear layers (qkv,
+  proj, fc1, fc2) become flexops.nn.KeptLinear on the same Parameters: without autograd their large
+  outputs come from memory flexops keeps between calls instead of freshly mapped pages.
 - torchvision.ops.DeformConv2d -> flexops.nn.DeformConv2d holding the same weight and bias Parameters.
 
 A block is recognised by what it holds and how it is called, not by its class name (see

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexops.models.swinir import Mlp, SwinTransformerBlock
+from flexops.nn.kept_linear import KeptLinear
 from flexops.nn.window_attention import relative_position_index
 from flexops.ops.window_attention import window_attention
 
@@ -52,6 +53,20 @@ def _gathered_bias(table, index, tokens):
     return table[index.reshape(-1)].view(tokens, tokens, -1).permute(2, 0, 1).contiguous()
 
 
+def _keep_outputs(attn, mlp):
+    """The plain nn.Linear layers of the attention and the MLP become KeptLinear on their Parameters
+    (their large inference outputs then come from memory flexops keeps between calls); an MLP's
+    nn.GELU joins fc1, which applies it in place, and becomes nn.Identity (it has no state)."""
+    for module, name in ((attn, "qkv"), (attn, "proj"), (mlp, "fc2")):
+        if type(getattr(module, name)) is nn.Linear:
+            setattr(module, name, KeptLinear(getattr(module, name)))
+    if type(mlp.fc1) is nn.Linear:
+        gelu = type(mlp.act) is nn.GELU
+        mlp.fc1 = KeptLinear(mlp.fc1, mlp.act.approximate if gelu else None)
+        if gelu:
+            mlp.act = nn.Identity()
+
+
 class FusedSwinBlock(SwinTransformerBlock):
     """A SwinIR-family block as the zoo's Swin block (flexops.models.swinir.SwinTransformerBlock),
     on the block's own layers: the zoo block's forward, its parts where the math is SwinIR's, and
@@ -72,6 +87,7 @@ class FusedSwinBlock(SwinTransformerBlock):
         mlp = block.mlp  # its layers in the zoo's Mlp, under the same names
         self.mlp = Mlp(mlp.fc1.in_features, mlp.fc1.out_features)
         self.mlp.fc1, self.mlp.act, self.mlp.fc2, self.mlp.drop = mlp.fc1, mlp.act, mlp.fc2, mlp.drop
+        _keep_outputs(self.attn, self.mlp)
         self.drop_path = getattr(block, "drop_path", nn.Identity())
         self.proj_drop = block.attn.proj_drop
         self.window_size, self.shift_size = block.window_size, block.shift_size
