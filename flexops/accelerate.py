@@ -6,8 +6,9 @@
   mask, reverse and roll back, it calls flexops.ops.window_attention on the token map with SwinIR's
   -100 mask. The block's layers (norm1, attn, norm2, mlp, HAB's conv_block) and buffers are kept: no
   weight is copied and the network's state_dict keys do not change. Its plain nn.Linear layers (qkv,
-  proj, fc1, fc2) become flexops.nn.KeptLinear on the same Parameters: without autograd their large
-  outputs come from memory flexops keeps between calls instead of freshly mapped pages.
+  proj, fc1, fc2) become flexops.nn.kept_linear.KeptLinear on the same Parameters (fc1 with the
+  MLP's GELU, in place): without autograd their large outputs come from memory flexops keeps
+  between calls instead of freshly mapped pages.
 - torchvision.ops.DeformConv2d -> flexops.nn.DeformConv2d holding the same weight and bias Parameters.
   A module that calls the function torchvision.ops.deform_conv2d itself (DCNv2 packs such as
   BasicSR's) is left, and the report says so: the call is inside its forward.
