@@ -83,6 +83,7 @@ class FusedSwinBlock(SwinTransformerBlock):
         # The block's own layers under their own names (the state_dict keeps its keys and the weights
         # are not copied), so the zoo constructor's layers are not built.
         nn.Module.__init__(self)
+        self.training = block.training  # an accelerated network in eval mode stays in eval mode
         self.norm1, self.attn, self.norm2 = block.norm1, block.attn, block.norm2
         mlp = block.mlp  # its layers in the zoo's Mlp, under the same names
         self.mlp = Mlp(mlp.fc1.in_features, mlp.fc1.out_features)
@@ -117,6 +118,15 @@ class FusedSwinBlock(SwinTransformerBlock):
         bias, scale = self.bias_and_scale()
         return window_attention(qkv, self.attn.num_heads, self.window_size, self.shift_size, bias, scale, active,
                                 SWIN_MASK_VALUE)
+
+    def residuals(self, tokens, attended, alphas):
+        """The zoo block's; in inference (no autograd, eval mode: dropout and drop path are the
+        identity) each sum is added into the branch's fresh output, as y + x is x + y exactly, instead
+        of into a newly mapped map (a page fault per 4 KiB, as for KeptLinear)."""
+        if torch.is_grad_enabled() or self.training:
+            return super().residuals(tokens, attended, alphas)
+        tokens = self.attn.proj(attended).add_(tokens)
+        return self.mlp(self.norm2(tokens)).add_(tokens)
 
     def bias_and_scale(self):
         """The attention's bias [heads, N, N] and the logits' scale."""
