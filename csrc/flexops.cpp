@@ -79,4 +79,9 @@ TORCH_LIBRARY(flexops, m) {
       "window_attention_backward_triton(Tensor grad_output, Tensor qkv, int num_heads, "
       "int window_size, int shift_size, Tensor? rel_pos_bias, float scale, Tensor? active, "
       "float? mask_value=None) -> (Tensor, Tensor)");
+
+  // An uninitialised tensor of `size` with like's dtype and device, from the memory the CPU kernels
+  // keep between calls (csrc/cpu/kept_memory.h): for large intermediates that Python code writes
+  // with out= (flexops.nn.KeptLinear). CPU only.
+  m.def("kept_empty_like(Tensor like, int[] size) -> Tensor");
 }

@@ -5,8 +5,13 @@
   on their own layers (flexops.models.swin_family): where they roll, partition, attend with the shift
   mask, reverse and roll back, it calls flexops.ops.window_attention on the token map with SwinIR's
   -100 mask. The block's layers (norm1, attn, norm2, mlp, HAB's conv_block) and buffers are kept: no
-  weight is copied and the network's state_dict keys do not change.
+  weight is copied and the network's state_dict keys do not change. Its plain nn.Linear layers (qkv,
+  proj, fc1, fc2) become flexops.nn.kept_linear.KeptLinear on the same Parameters (fc1 with the
+  MLP's GELU, in place): without autograd their large outputs come from memory flexops keeps
+  between calls instead of freshly mapped pages.
 - torchvision.ops.DeformConv2d -> flexops.nn.DeformConv2d holding the same weight and bias Parameters.
+  A module that calls the function torchvision.ops.deform_conv2d itself (DCNv2 packs such as
+  BasicSR's) is left, and the report says so: the call is inside its forward.
 
 A block is recognised by what it holds and how it is called, not by its class name (see
 flexops.models.swin_family). What looks like attention but
@@ -19,8 +24,10 @@ relative position table) is listed there too.
 """
 
 import dataclasses
+import inspect
 import sys
 
+import torch
 from torch import nn
 
 from flexops.nn.deform_conv import DeformConv2d
@@ -47,6 +54,18 @@ def _fused_deform_conv(conv):
     return fused
 
 
+def _calls_functional_deform_conv(module):
+    """Whether `module` holds a convolution weight and its forward's source calls deform_conv2d: a
+    DCNv2 module that computes its offsets and mask and then calls torchvision's function."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        return False
+    try:
+        return "deform_conv2d(" in inspect.getsource(type(module).forward)
+    except (OSError, TypeError):  # no source to read (compiled, or built at run time)
+        return False
+
+
 def _replacement(module):
     """(new module, what it is) for a module flexops fuses, (None, why not) for attention left as it
     is, None for anything else."""
@@ -64,6 +83,9 @@ def _replacement(module):
     tv_ops = sys.modules.get("torchvision.ops")  # a torchvision layer in the network means it is imported
     if tv_ops is not None and type(module) is tv_ops.DeformConv2d:
         return _fused_deform_conv(module), "torchvision DeformConv2d -> flexops.nn.DeformConv2d"
+    if tv_ops is not None and _calls_functional_deform_conv(module):
+        return None, (f"{type(module).__name__}: its forward calls torchvision.ops.deform_conv2d, which accelerate "
+                      "cannot swap (flexops.ops.deform_conv2d takes the same arguments)")
     if swin_family.is_window_attention(module):  # outside a block fused here, e.g. HAT's OCAB
         return None, f"{type(module).__name__}: window attention of a kind flexops does not fuse"
     return None

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexops.models.swinir import Mlp, SwinTransformerBlock
+from flexops.nn.kept_linear import KeptLinear
 from flexops.nn.window_attention import relative_position_index
 from flexops.ops.window_attention import window_attention
 
@@ -52,6 +53,20 @@ def _gathered_bias(table, index, tokens):
     return table[index.reshape(-1)].view(tokens, tokens, -1).permute(2, 0, 1).contiguous()
 
 
+def _keep_outputs(attn, mlp):
+    """The plain nn.Linear layers of the attention and the MLP become KeptLinear on their Parameters
+    (their large inference outputs then come from memory flexops keeps between calls); an MLP's
+    nn.GELU joins fc1, which applies it in place, and becomes nn.Identity (it has no state)."""
+    for module, name in ((attn, "qkv"), (attn, "proj"), (mlp, "fc2")):
+        if type(getattr(module, name)) is nn.Linear:
+            setattr(module, name, KeptLinear(getattr(module, name)))
+    if type(mlp.fc1) is nn.Linear:
+        gelu = type(mlp.act) is nn.GELU
+        mlp.fc1 = KeptLinear(mlp.fc1, mlp.act.approximate if gelu else None)
+        if gelu:
+            mlp.act = nn.Identity()
+
+
 class FusedSwinBlock(SwinTransformerBlock):
     """A SwinIR-family block as the zoo's Swin block (flexops.models.swinir.SwinTransformerBlock),
     on the block's own layers: the zoo block's forward, its parts where the math is SwinIR's, and
@@ -68,10 +83,12 @@ class FusedSwinBlock(SwinTransformerBlock):
         # The block's own layers under their own names (the state_dict keeps its keys and the weights
         # are not copied), so the zoo constructor's layers are not built.
         nn.Module.__init__(self)
+        self.training = block.training  # an accelerated network in eval mode stays in eval mode
         self.norm1, self.attn, self.norm2 = block.norm1, block.attn, block.norm2
         mlp = block.mlp  # its layers in the zoo's Mlp, under the same names
         self.mlp = Mlp(mlp.fc1.in_features, mlp.fc1.out_features)
         self.mlp.fc1, self.mlp.act, self.mlp.fc2, self.mlp.drop = mlp.fc1, mlp.act, mlp.fc2, mlp.drop
+        _keep_outputs(self.attn, self.mlp)
         self.drop_path = getattr(block, "drop_path", nn.Identity())
         self.proj_drop = block.attn.proj_drop
         self.window_size, self.shift_size = block.window_size, block.shift_size
@@ -85,7 +102,11 @@ class FusedSwinBlock(SwinTransformerBlock):
         if rpi_sa is not None and not torch.equal(rpi_sa, self.index):
             raise ValueError("rpi_sa is not SwinIR's relative position index for the window: flexops.accelerate's "
                              "fused block computes that one")
-        return super().forward(x.view(batch, *x_size, channels)).view(batch, length, channels)
+        # SwinIR-family networks hand the first block of a group the patch embedding's transposed view
+        # (channels strided): one copy here, not one per LayerNorm, and the residual sums (which take
+        # their first input's layout) come out contiguous for the blocks after.
+        tokens = x.contiguous().view(batch, *x_size, channels)
+        return super().forward(tokens).view(batch, length, channels)
 
     @property
     def index(self):
@@ -97,6 +118,15 @@ class FusedSwinBlock(SwinTransformerBlock):
         bias, scale = self.bias_and_scale()
         return window_attention(qkv, self.attn.num_heads, self.window_size, self.shift_size, bias, scale, active,
                                 SWIN_MASK_VALUE)
+
+    def residuals(self, tokens, attended, alphas):
+        """The zoo block's; in inference (no autograd, eval mode: dropout and drop path are the
+        identity) each sum is added into the branch's fresh output, as y + x is x + y exactly, instead
+        of into a newly mapped map (a page fault per 4 KiB, as for KeptLinear)."""
+        if torch.is_grad_enabled() or self.training:
+            return super().residuals(tokens, attended, alphas)
+        tokens = self.attn.proj(attended).add_(tokens)
+        return self.mlp(self.norm2(tokens)).add_(tokens)
 
     def bias_and_scale(self):
         """The attention's bias [heads, N, N] and the logits' scale."""

@@ -118,6 +118,28 @@ def test_torchvision_deform_conv(dtype, tol):
         torch.testing.assert_close(ours(x), theirs(x), rtol=tol, atol=tol)
 
 
+class DCNv2Pack(nn.Module):
+    """A DCNv2 module as BasicSR writes one: its own weight, its offsets and mask from a convolution,
+    then the function torchvision.ops.deform_conv2d."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 4, 3, 3))
+        self.conv_offset = nn.Conv2d(4, 3 * 9, 3, padding=1)
+
+    def forward(self, x):
+        offset_y, offset_x, mask = self.conv_offset(x).chunk(3, dim=1)
+        return torchvision_ops.deform_conv2d(x, torch.cat((offset_y, offset_x), 1), self.weight, padding=(1, 1),
+                                             mask=torch.sigmoid(mask))
+
+
+def test_functional_deform_conv_is_reported():
+    net = nn.Sequential(DCNv2Pack())
+    report = flexops.accelerate(net)
+    assert report.replaced == [] and [name for name, _ in report.left] == ["0"]
+    assert "torchvision.ops.deform_conv2d" in report.left[0][1]
+
+
 def test_not_a_module():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         flexops.accelerate(torch.zeros(1))

@@ -162,6 +162,9 @@ WINDOW = {
     "backward grad_output of wrong dtype": ("ops.window_attention_backward(r(1, 8, 8, 8).double(), "
                                             "r(1, 8, 8, 24), 2, 4, 0, None, 0.5, None)", "grad_output must be"),
 }
+KEPT = {
+    "negative size": ("ops.kept_empty_like(r(2), [4, -1])", "sizes must be >= 0"),
+}
 
 _RUNNER = textwrap.dedent("""
     import json, sys, torch, flexops
@@ -179,7 +182,8 @@ _RUNNER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("op, cases", [("tunable_conv2d", TUNABLE), ("masked_conv2d", MASKED),
-                                       ("deform_conv2d", DEFORM), ("window_attention", WINDOW)])
+                                       ("deform_conv2d", DEFORM), ("window_attention", WINDOW),
+                                       ("kept_empty_like", KEPT)])
 def test_malformed_calls_raise(op, cases, tmp_path):
     calls = {name: call for name, (call, _) in cases.items()}
     env = dict(os.environ, OMP_NUM_THREADS="1")

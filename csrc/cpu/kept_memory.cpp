@@ -4,6 +4,7 @@
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+#include <torch/library.h>
 
 #include <cstdlib>
 #include <iterator>
@@ -126,5 +127,18 @@ at::Tensor kept_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
 }
 
 size_t kept_bytes() { return allocator().kept_bytes(); }
+
+namespace {
+
+at::Tensor kept_empty_like(const at::Tensor& like, at::IntArrayRef size) {
+  for (const int64_t extent : size) {
+    TORCH_CHECK(extent >= 0, "kept_empty_like: sizes must be >= 0, got ", size);
+  }
+  return kept_empty(size, like.options());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(flexops, CPU, m) { m.impl("kept_empty_like", &kept_empty_like); }
 
 }  // namespace flexops::cpu

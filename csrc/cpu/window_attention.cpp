@@ -1,7 +1,8 @@
 // CPU kernels of flexops::window_attention and its backward (Swin window attention, SwinIR numerics).
 //
-// One task per (active window, head). Its q, k and v rows are gathered straight from the token map
-// by index arithmetic, so the cyclic shift and the window partition never materialise; the N x N
+// One task per (active window, head). Its q, k and v rows are gathered by index arithmetic (the
+// forward first copies its window's token rows, whole, once for all heads), so the cyclic shift and
+// the window partition never materialise in the map's layout; the N x N
 // logits live in a per-thread buffer that stays in cache. The products run through a small
 // register-blocked matmul (ATen does not export its BLAS to extensions, and a dispatched op per
 // 64 x 64 product would cost more than the product) and the softmax through a vector exp, both
@@ -121,10 +122,11 @@ struct BiasBlocks {
   }
 };
 
-// Element strides of a [B, H, W, channels] map.
+// Element strides of a [B, H, W, channels] map whose channels are contiguous (the kernels' maps are:
+// see unit_channel_stride).
 struct Strides {
-  int64_t b, h, w, c;
-  explicit Strides(const Tensor& t) : b(t.stride(0)), h(t.stride(1)), w(t.stride(2)), c(t.stride(3)) {}
+  int64_t b, h, w;
+  explicit Strides(const Tensor& t) : b(t.stride(0)), h(t.stride(1)), w(t.stride(2)) {}
 };
 
 // Where the tokens of one window sit in the token map, and their shift-region labels.
@@ -236,23 +238,36 @@ FLEXOPS_SIMD_CLONES void matmul(int64_t m, int64_t n, int64_t k, double alpha, c
   matmul_body(m, n, k, alpha, a, lda, b, ldb, c, ldc);
 }
 
-// rows[t, 0:head_dim] = map[token t, channel0 : channel0 + head_dim] (row stride ld).
+// token[t] = where token t of the window starts in the map.
 template <typename T>
-void gather(const T* map, const Strides& s, const Window& win, int64_t channel0, int64_t head_dim,
-            int64_t tokens, T* rows, int64_t ld) {
+void locate_tokens(const T* map, const Strides& s, const Window& win, int64_t tokens, const T** token) {
+  for (int64_t t = 0; t < tokens; ++t) token[t] = map + win.offset(s, t);
+}
+
+// The window's tokens, all `channels` of each, copied to rows[t, 0:channels], and token[t] pointed
+// at them. Whole token rows stream from memory far faster than the few cache lines of one head that
+// each gather reads; the heads then gather from cache.
+template <typename T>
+void copy_window(const T* map, const Strides& s, const Window& win, int64_t channels, int64_t tokens,
+                 T* rows, const T** token) {
   for (int64_t t = 0; t < tokens; ++t) {
-    const T* src = map + win.offset(s, t) + channel0 * s.c;
-    for (int64_t d = 0; d < head_dim; ++d) rows[t * ld + d] = src[d * s.c];
+    token[t] = std::copy_n(map + win.offset(s, t), channels, rows + t * channels) - channels;
   }
 }
 
-// columns[0:head_dim, t] = map[token t, channel0 : channel0 + head_dim] (row stride ld).
+// rows[t, 0:head_dim] = token[t][channel0 : channel0 + head_dim] (row stride ld).
 template <typename T>
-void gather_transposed(const T* map, const Strides& s, const Window& win, int64_t channel0,
-                       int64_t head_dim, int64_t tokens, T* columns, int64_t ld) {
+void gather(const T* const* token, int64_t channel0, int64_t head_dim, int64_t tokens, T* rows, int64_t ld) {
+  for (int64_t t = 0; t < tokens; ++t) std::copy_n(token[t] + channel0, head_dim, rows + t * ld);
+}
+
+// columns[0:head_dim, t] = token[t][channel0 : channel0 + head_dim] (row stride ld).
+template <typename T>
+void gather_transposed(const T* const* token, int64_t channel0, int64_t head_dim, int64_t tokens,
+                       T* columns, int64_t ld) {
   for (int64_t t = 0; t < tokens; ++t) {
-    const T* src = map + win.offset(s, t) + channel0 * s.c;
-    for (int64_t d = 0; d < head_dim; ++d) columns[d * ld + t] = src[d * s.c];
+    const T* src = token[t] + channel0;
+    for (int64_t d = 0; d < head_dim; ++d) columns[d * ld + t] = src[d];
   }
 }
 
@@ -408,13 +423,18 @@ void forward_kernel(const Tensor& qkv, const Tensor* bias, const std::optional<T
   at::parallel_for(0, static_cast<int64_t>(on.size()) * g.heads, 1, [&](int64_t begin, int64_t end) {
     Task<T> task(g, false);
     Window win(g);
+    std::vector<T> window_rows(n * 3 * c);
+    std::vector<const T*> token(n);
     int64_t located = -1;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t w = on[i / g.heads], h = i % g.heads;
-      if (w != located) win.locate(g, located = w);
-      gather(map, in, win, h * d, d, n, task.q.data(), task.dim_ld);
-      gather_transposed(map, in, win, c + h * d, d, n, task.kt.data(), task.token_ld);
-      gather(map, in, win, 2 * c + h * d, d, n, task.v.data(), task.dim_ld);
+      if (w != located) {
+        win.locate(g, located = w);
+        copy_window(map, in, win, 3 * c, n, window_rows.data(), token.data());
+      }
+      gather(token.data(), h * d, d, n, task.q.data(), task.dim_ld);
+      gather_transposed(token.data(), c + h * d, d, n, task.kt.data(), task.token_ld);
+      gather(token.data(), 2 * c + h * d, d, n, task.v.data(), task.dim_ld);
       task.attention_probs(bias_data ? bias_data + g.bias_offset(win.batch, h) : nullptr, win, T(scale),
                            T(mask_value));
       matmul(task.rows, task.dim_ld, n, T(1), task.probs.data(), task.token_ld, task.v.data(),
@@ -445,6 +465,7 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
   at::parallel_for(0, blocks * g.heads, 1, [&](int64_t begin, int64_t end) {
     Task<T> t(g, true);
     Window win(g);
+    std::vector<const T*> token(n), grad_token(n);
     const int64_t ld = t.dim_ld, tld = t.token_ld;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t h = item % g.heads;
@@ -453,11 +474,13 @@ void backward_kernel(const Tensor& grad_output, const Tensor& qkv, const Tensor*
       T* grad_bias_part = bias ? partial + item * square : nullptr;
       for (int64_t i = first; i < last; ++i) {
         win.locate(g, on[i]);
-        gather(map, in, win, qc, d, n, t.q.data(), ld);
-        gather(map, in, win, kc, d, n, t.k.data(), ld);
-        gather_transposed(map, in, win, kc, d, n, t.kt.data(), tld);
-        gather_transposed(map, in, win, vc, d, n, t.vt.data(), tld);
-        gather(grad_map, gs, win, h * d, d, n, t.grad_out.data(), ld);
+        locate_tokens(map, in, win, n, token.data());
+        locate_tokens(grad_map, gs, win, n, grad_token.data());
+        gather(token.data(), qc, d, n, t.q.data(), ld);
+        gather(token.data(), kc, d, n, t.k.data(), ld);
+        gather_transposed(token.data(), kc, d, n, t.kt.data(), tld);
+        gather_transposed(token.data(), vc, d, n, t.vt.data(), tld);
+        gather(grad_token.data(), h * d, d, n, t.grad_out.data(), ld);
         t.attention_probs(bias_data ? bias_data + g.bias_offset(win.batch, h) : nullptr, win, T(scale),
                           T(mask_value));
         transpose(t.probs.data(), n, tld, t.probs_t.data());
