@@ -125,7 +125,7 @@ class FusedSwinBlock(SwinTransformerBlock):
         of into a newly mapped map (a page fault per 4 KiB, as for KeptLinear)."""
         if torch.is_grad_enabled() or self.training:
             return super().residuals(tokens, attended, alphas)
-        tokens = self.attn.proj(attended).add_(tokens)
+        tokens = self.attn.proj(attended).view_as(tokens).add_(tokens)
         return self.mlp(self.norm2(tokens)).add_(tokens)
 
     def bias_and_scale(self):
