@@ -154,7 +154,7 @@ class SwinTransformerBlock(nn.Module):
         window, shift = self.window_size, self.shift_size
         sequence = as_sequence(x)  # both branches read this one view of the map (see as_sequence)
         qkv = running.in_windows(lambda tokens: self.project_qkv(tokens, alphas), sequence, window, shift)
-        attention = self.attend(qkv.view(*x.shape[:-1], -1), running.active(window, shift), alphas)
+        attention = self.attend(qkv.view(x.shape[:-1] + (-1,)), running.active(window, shift), alphas)
         update = running.update(lambda tokens, attended: self.residuals(tokens, attended, alphas), sequence, attention)
         return update.view(x.shape)
 
