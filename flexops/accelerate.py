@@ -10,8 +10,12 @@
   MLP's GELU, in place): without autograd their large outputs come from memory flexops keeps
   between calls instead of freshly mapped pages.
 - torchvision.ops.DeformConv2d -> flexops.nn.DeformConv2d holding the same weight and bias Parameters.
-  A module that calls the function torchvision.ops.deform_conv2d itself (DCNv2 packs such as
-  BasicSR's) is left, and the report says so: the call is inside its forward.
+- A module whose forward calls the function torchvision.ops.deform_conv2d itself (DCNv2 packs such
+  as BasicSR's, which predict their offsets and mask and then call it) keeps its class, layers and
+  code: its forward is rebound, on that instance only, to a copy of the function whose globals
+  resolve torchvision's deform_conv2d to flexops.ops.deform_conv2d (same arguments, same math).
+  The copy sees the module's globals as they were when accelerate ran. A call made elsewhere (in a
+  helper the forward calls) is not seen: such modules are not swapped.
 
 A block is recognised by what it holds and how it is called, not by its class name (see
 flexops.models.swin_family). What looks like attention but
@@ -24,12 +28,12 @@ relative position table) is listed there too.
 """
 
 import dataclasses
-import inspect
 import sys
+import types
 
-import torch
 from torch import nn
 
+from flexops import ops as flexops_ops
 from flexops.nn.deform_conv import DeformConv2d
 
 
@@ -54,16 +58,42 @@ def _fused_deform_conv(conv):
     return fused
 
 
-def _calls_functional_deform_conv(module):
-    """Whether `module` holds a convolution weight and its forward's source calls deform_conv2d: a
-    DCNv2 module that computes its offsets and mask and then calls torchvision's function."""
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-        return False
-    try:
-        return "deform_conv2d(" in inspect.getsource(type(module).forward)
-    except (OSError, TypeError):  # no source to read (compiled, or built at run time)
-        return False
+class _WithFlexopsDeformConv(types.ModuleType):
+    """torchvision or torchvision.ops as a rebound forward sees it: every attribute the module's own,
+    but deform_conv2d flexops' (and ops, for torchvision, this view of torchvision.ops)."""
+
+    def __init__(self, module, tv_ops):
+        super().__init__(module.__name__)
+        self._module, self._tv_ops = module, tv_ops
+
+    def __getattr__(self, name):
+        if name == "deform_conv2d" and self._module is self._tv_ops:
+            return flexops_ops.deform_conv2d
+        if name == "ops" and self._module is not self._tv_ops:
+            return _WithFlexopsDeformConv(self._tv_ops, self._tv_ops)
+        return getattr(self._module, name)
+
+
+def _forward_on_flexops_deform_conv(module, tv_ops):
+    """`module`'s forward as a function whose globals resolve torchvision's deform_conv2d to flexops'
+    (whether the forward calls it as deform_conv2d, ops.deform_conv2d or torchvision.ops.deform_conv2d),
+    or None if its code names none of those (or the instance has a forward of its own, set by hand)."""
+    forward = type(module).forward
+    if "forward" in vars(module) or not isinstance(forward, types.FunctionType) or "deform_conv2d" not in forward.__code__.co_names:
+        return None
+    views = {}
+    for name in forward.__code__.co_names:
+        value = forward.__globals__.get(name)
+        if value is tv_ops.deform_conv2d:
+            views[name] = flexops_ops.deform_conv2d
+        elif value is tv_ops or value is sys.modules["torchvision"]:
+            views[name] = _WithFlexopsDeformConv(value, tv_ops)
+    if not views:
+        return None
+    rebound = types.FunctionType(forward.__code__, {**forward.__globals__, **views}, forward.__name__,
+                                 forward.__defaults__, forward.__closure__)
+    rebound.__kwdefaults__, rebound.__doc__ = forward.__kwdefaults__, forward.__doc__
+    return rebound
 
 
 def _replacement(module):
@@ -83,9 +113,11 @@ def _replacement(module):
     tv_ops = sys.modules.get("torchvision.ops")  # a torchvision layer in the network means it is imported
     if tv_ops is not None and type(module) is tv_ops.DeformConv2d:
         return _fused_deform_conv(module), "torchvision DeformConv2d -> flexops.nn.DeformConv2d"
-    if tv_ops is not None and _calls_functional_deform_conv(module):
-        return None, (f"{type(module).__name__}: its forward calls torchvision.ops.deform_conv2d, which accelerate "
-                      "cannot swap (flexops.ops.deform_conv2d takes the same arguments)")
+    forward = None if tv_ops is None else _forward_on_flexops_deform_conv(module, tv_ops)
+    if forward is not None:
+        module.forward = types.MethodType(forward, module)  # this instance only; its class is untouched
+        return module, (f"{type(module).__name__}: its forward's torchvision.ops.deform_conv2d -> "
+                        "flexops.ops.deform_conv2d")
     if swin_family.is_window_attention(module):  # outside a block fused here, e.g. HAT's OCAB
         return None, f"{type(module).__name__}: window attention of a kind flexops does not fuse"
     return None

@@ -1,6 +1,7 @@
 """flexops.accelerate on third-party networks: spandrel's SwinIR, HAT, DRCT and Swin2SR (tiny configs,
-random weights) and a network with torchvision's DeformConv2d give the same outputs before and after,
-and the report says what was swapped and what was left."""
+random weights), a network with torchvision's DeformConv2d and DCNv2 modules that call torchvision's
+deform_conv2d themselves give the same outputs before and after, and the report says what was
+swapped and what was left."""
 
 import copy
 
@@ -19,6 +20,8 @@ from spandrel.architectures.Swin2SR import Swin2SR  # noqa: E402
 from spandrel.architectures.SwinIR import SwinIR  # noqa: E402
 
 torchvision_ops = pytest.importorskip("torchvision.ops")
+import torchvision  # noqa: E402
+from torchvision.ops import deform_conv2d  # noqa: E402
 
 TINY = dict(embed_dim=12, depths=[2, 2], num_heads=[2, 3], mlp_ratio=2, drop_path_rate=0.0)
 NETWORKS = {  # name: (constructor, blocks it holds, modules left)
@@ -120,24 +123,59 @@ def test_torchvision_deform_conv(dtype, tol):
 
 class DCNv2Pack(nn.Module):
     """A DCNv2 module as BasicSR writes one: its own weight, its offsets and mask from a convolution,
-    then the function torchvision.ops.deform_conv2d."""
+    then torchvision's function deform_conv2d (called as torchvision.ops.deform_conv2d)."""
 
     def __init__(self):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(6, 4, 3, 3))
+        self.bias = nn.Parameter(torch.randn(6))
         self.conv_offset = nn.Conv2d(4, 3 * 9, 3, padding=1)
 
-    def forward(self, x):
+    def offsets_and_mask(self, x):
         offset_y, offset_x, mask = self.conv_offset(x).chunk(3, dim=1)
-        return torchvision_ops.deform_conv2d(x, torch.cat((offset_y, offset_x), 1), self.weight, padding=(1, 1),
-                                             mask=torch.sigmoid(mask))
+        return torch.cat((offset_y, offset_x), 1), torch.sigmoid(mask)
+
+    def forward(self, x):
+        offset, mask = self.offsets_and_mask(x)
+        return torchvision.ops.deform_conv2d(x, offset, self.weight, self.bias, (1, 1), (1, 1), mask=mask)
 
 
-def test_functional_deform_conv_is_reported():
-    net = nn.Sequential(DCNv2Pack())
-    report = flexops.accelerate(net)
-    assert report.replaced == [] and [name for name, _ in report.left] == ["0"]
-    assert "torchvision.ops.deform_conv2d" in report.left[0][1]
+class DCNv2ThroughOps(DCNv2Pack):
+    def forward(self, x):  # the function through torchvision.ops, imported under a name of its own
+        offset, mask = self.offsets_and_mask(x)
+        return torchvision_ops.deform_conv2d(x, offset, self.weight, self.bias, padding=1, mask=mask)
+
+
+class DCNv2ByName(DCNv2Pack):
+    def forward(self, x):  # the function imported by name
+        offset, mask = self.offsets_and_mask(x)
+        return deform_conv2d(x, offset, self.weight, self.bias, padding=(1, 1), mask=mask)
+
+
+def ops_run(fn):
+    """The names of the operators `fn()` dispatched."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fn()
+    return {event.key for event in profile.key_averages()}
+
+
+@pytest.mark.parametrize("pack", [DCNv2Pack, DCNv2ThroughOps, DCNv2ByName])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_functional_deform_conv_calls_flexops(pack, dtype, tol):
+    theirs = random_weights(nn.Sequential(pack()), dtype)
+    ours = copy.deepcopy(theirs)
+    report = flexops.accelerate(ours)
+    assert report.replaced == [("0", f"{pack.__name__}: its forward's torchvision.ops.deform_conv2d -> "
+                                     "flexops.ops.deform_conv2d")] and report.left == []
+    assert type(ours[0]) is pack and list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.rand(2, 4, 9, 11, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=tol, atol=tol)
+        ran = ops_run(lambda: ours(x))
+        assert "flexops::deform_conv2d" in ran and "torchvision::deform_conv2d" not in ran
+        assert "torchvision::deform_conv2d" in ops_run(lambda: pack().to(dtype)(x))  # the class is untouched
+    copied = copy.deepcopy(ours)  # the rebound forward follows its module
+    assert copied[0].forward.__self__ is copied[0]
 
 
 def test_not_a_module():
