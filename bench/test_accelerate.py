@@ -55,7 +55,7 @@ def test_accelerate(benchmark, name, size, request):
     with torch.inference_mode():
         diff = (after(x) - before(x)).abs().max().item()
     fns = {"before": lambda: before(x), "before again": lambda: before(x), "after": lambda: after(x)}
-    best = compare(benchmark, fns, seconds=30, twins=("before", "before again"))
+    best = compare(benchmark, fns, seconds=20, twins=("before", "before again"))
     note(TABLE, "best of interleaved rounds; x = before / after; noise: 'before' timed twice; replaced / left: "
                 "the modules accelerate swapped and those it left (HAT's overlapping cross-attention)")
     row = f"{name} {size}x{size}"

@@ -81,11 +81,11 @@ def test_tunable_network_overhead(benchmark, name, per_sample, device, request):
     ps = params(request.config)
     size = SIZE if request.config.getoption("--paper-sizes") else SMALLER.get((name, device), SIZE)
     fns = functions(name, per_sample, device, size, list(ps))
-    # Until best-of has settled and the baked twin reads within 2 % of itself, or 20 s (a minute with
+    # Until best-of has settled and the baked twin reads within 2 % of itself, or 12 s (a minute with
     # --paper-sizes): on a busy machine a few rounds could miss every quiet moment for one function of a
     # row (measured: the same baked twin +22 % in one run of five rounds, +2 % in the next); the report
     # names the rows that had not settled.
-    seconds = 60 if request.config.getoption("--paper-sizes") else 20
+    seconds = 60 if request.config.getoption("--paper-sizes") else 12
     best = compare(benchmark, fns, seconds=seconds, twins=("baked", "baked again"))
     kind = f"per-sample omega, {PER_SAMPLE_BATCH}x3x{SIZE}x{SIZE}" if per_sample else f"shared omega, 1x3x{SIZE}x{SIZE}"
     table = f"tunable networks vs their baked plain twin, {kind}, {device}"
