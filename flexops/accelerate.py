@@ -79,7 +79,9 @@ def _forward_on_flexops_deform_conv(module, tv_ops):
     (whether the forward calls it as deform_conv2d, ops.deform_conv2d or torchvision.ops.deform_conv2d),
     or None if its code names none of those (or the instance has a forward of its own, set by hand)."""
     forward = type(module).forward
-    if "forward" in vars(module) or not isinstance(forward, types.FunctionType) or "deform_conv2d" not in forward.__code__.co_names:
+    if "forward" in vars(module) or not isinstance(forward, types.FunctionType):
+        return None
+    if "deform_conv2d" not in forward.__code__.co_names:
         return None
     views = {}
     for name in forward.__code__.co_names:
