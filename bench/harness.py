@@ -26,8 +26,8 @@ MIN_SECONDS = 0.5  # functions of a millisecond get more than MIN_ROUNDS: their 
 # copies of a function timed twice for the noise column read within NOISE_SETTLED of each other).
 PATIENCE, SETTLED, NOISE_SETTLED = 2, 0.01, 0.02
 # Rounds of SLOW_ROUND seconds or more (whole networks at seconds a call) settle over one round and stop
-# after two: a multi-second call varies by a smaller fraction, and a third round would cost the main
-# job minutes (the IR-NAS search step against torchvision's: 27 s a round).
+# after two: a third round would cost the main job minutes (the IR-NAS search step against
+# torchvision's: 27 s a round); the noise column and the report's unsettled list show what that costs.
 SLOW_ROUND = 5.0
 
 Cell = collections.namedtuple("Cell", "text value target met")
@@ -60,7 +60,8 @@ def _time_round(fns, best, rng, number):
 
 def settled(history, twins=None, patience=PATIENCE):
     """Whether best-of has settled: `history` holds each round's {name: best seconds so far}; see
-    PATIENCE, SETTLED and NOISE_SETTLED. `twins`: the names of one function timed twice, or None."""
+    PATIENCE (or `patience` rounds), SETTLED and NOISE_SETTLED. `twins`: the names of one function
+    timed twice, or None."""
     if len(history) <= patience:
         return False
     now, before = history[-1], history[-1 - patience]
