@@ -5,7 +5,7 @@ timed in the same run in interleaved rounds. CPU, float32, batch 1, inference; 6
 
 Networks: SwinIR-M classical x2 (001_classicalSR_DF2K_s64w8: embed 180, 6 x 6 blocks, 6 heads, window
 8, MLP ratio 2) and HAT x2 (HAT_SRx2: the same trunk with window 16, channel-attention branches and one
-overlapping cross-attention per group, which accelerate leaves). Goal: 1.4x after accelerate
+overlapping cross-attention block per group, each of which accelerate fuses). Goal: 1.4x after accelerate
 (moonshot 2x). "noise": the network before accelerate timed a second time against itself;
 "max |diff|": the largest output difference after against before.
 """
@@ -57,7 +57,7 @@ def test_accelerate(benchmark, name, size, request):
     fns = {"before": lambda: before(x), "before again": lambda: before(x), "after": lambda: after(x)}
     best = compare(benchmark, fns, seconds=20, twins=("before", "before again"))
     note(TABLE, "best of interleaved rounds; x = before / after; noise: 'before' timed twice; replaced / left: "
-                "the modules accelerate swapped and those it left (HAT's overlapping cross-attention)")
+                "the modules accelerate swapped and those it left")
     row = f"{name} {size}x{size}"
     speedup = best["before"] / best["after"]
     noise = 100 * (best["before again"] / best["before"] - 1)

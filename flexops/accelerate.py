@@ -4,11 +4,13 @@
   HAT's hybrid attention block, Swin2SR's block with cosine attention) become the zoo's Swin block
   on their own layers (flexops.models.swin_family): where they roll, partition, attend with the shift
   mask, reverse and roll back, it calls flexops.ops.window_attention on the token map with SwinIR's
-  -100 mask. The block's layers (norm1, attn, norm2, mlp, HAB's conv_block) and buffers are kept: no
-  weight is copied and the network's state_dict keys do not change. Its plain nn.Linear layers (qkv,
-  proj, fc1, fc2) become flexops.nn.kept_linear.KeptLinear on the same Parameters (fc1 with the
-  MLP's GELU, in place): without autograd their large outputs come from memory flexops keeps
-  between calls instead of freshly mapped pages.
+  -100 mask. HAT's overlapping cross-attention block (OCAB) becomes the same block, attending its
+  grown windows in one scaled_dot_product_attention where HAT unfolds, multiplies and softmaxes. The
+  block's layers (norm1, attn, norm2, mlp, HAB's conv_block; OCAB's qkv, proj and bias table) and
+  buffers are kept: no weight is copied and the network's state_dict keys do not change. Its plain
+  nn.Linear layers (qkv, proj, fc1, fc2) become flexops.nn.kept_linear.KeptLinear on the same
+  Parameters (fc1 with the MLP's GELU, in place): without autograd their large outputs come from
+  memory flexops keeps between calls instead of freshly mapped pages.
 - torchvision.ops.DeformConv2d -> flexops.nn.DeformConv2d holding the same weight and bias Parameters.
 - A module whose forward calls the function torchvision.ops.deform_conv2d itself (DCNv2 packs such
   as BasicSR's, which predict their offsets and mask and then call it) keeps its class, layers and
@@ -19,8 +21,8 @@
 
 A block is recognised by what it holds and how it is called, not by its class name (see
 flexops.models.swin_family). What looks like attention but
-has no fused equivalent here (HAT's overlapping cross-attention, a block with attention dropout) is
-left as it is and listed in the report. The attention of a block that was not fused (a module with a
+has no fused equivalent here (a block with attention dropout) is left as it is and listed in the
+report. The attention of a block that was not fused (a module with a
 relative position table) is listed there too.
 
 >>> report = flexops.accelerate(net)      # net: e.g. spandrel's HAT, in eval mode
@@ -106,7 +108,7 @@ def _replacement(module):
 
     if type(module).__module__.startswith("flexops."):
         return None
-    if swin_family.is_swin_block(module):
+    if swin_family.is_swin_block(module) or swin_family.is_overlap_block(module):
         why = swin_family.why_not_fused(module)
         if why is not None:
             return None, why
@@ -120,7 +122,7 @@ def _replacement(module):
         module.forward = types.MethodType(forward, module)  # this instance only; its class is untouched
         return module, (f"{type(module).__name__}: its forward's torchvision.ops.deform_conv2d -> "
                         "flexops.ops.deform_conv2d")
-    if swin_family.is_window_attention(module):  # outside a block fused here, e.g. HAT's OCAB
+    if swin_family.is_window_attention(module):  # outside a block fused here
         return None, f"{type(module).__name__}: window attention of a kind flexops does not fuse"
     return None
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import flexops
-from flexops.models.swin_family import FusedSwinBlock
+from flexops.models.swin_family import FusedOverlapBlock, FusedSwinBlock, overlap_position_index
 from flexops.models.swinir import SwinTransformerBlock
 
 pytest.importorskip("spandrel")
@@ -24,10 +24,10 @@ import torchvision  # noqa: E402
 from torchvision.ops import deform_conv2d  # noqa: E402
 
 TINY = dict(embed_dim=12, depths=[2, 2], num_heads=[2, 3], mlp_ratio=2, drop_path_rate=0.0)
-NETWORKS = {  # name: (constructor, blocks it holds, modules left)
+NETWORKS = {  # name: (constructor, blocks it holds: Swin blocks and HAT's OCABs, modules left)
     "swinir": (lambda: SwinIR(window_size=8, img_size=16, upsampler="pixelshuffle", upscale=2, **TINY), 4, 0),
     "hat": (lambda: HAT(window_size=8, img_size=16, upscale=2, num_feat=8, compress_ratio=3, squeeze_factor=4,
-                        **TINY), 4, 2),
+                        **TINY), 6, 0),
     "drct": (lambda: DRCT(window_size=8, img_size=16, gc=4, upsampler="pixelshuffle", upscale=2, **TINY), 10, 0),
     "swin2sr": (lambda: Swin2SR(window_size=8, img_size=16, upsampler="pixelshuffledirect", upscale=2, **TINY), 4, 0),
 }
@@ -78,15 +78,32 @@ def test_hat_block_refuses_another_relative_position_index():
     block = net.layers[0].residual_group.blocks[0]
     x, size = torch.rand(1, 16 * 16, block.mlp.fc1.in_features), (16, 16)
     block(x, size, block.index)
-    with pytest.raises(ValueError, match="rpi_sa is not SwinIR's relative position index"):
+    with pytest.raises(ValueError, match="relative position index passed .* is not the one"):
         block(x, size, block.index.flip(0))
 
 
-def test_report_names_what_was_left():
-    report = flexops.accelerate(random_weights(NETWORKS["hat"][0](), torch.float32))
-    assert [name for name, _ in report.left] == ["layers.0.residual_group.overlap_attn",
-                                                 "layers.1.residual_group.overlap_attn"]
-    assert "OCAB" in str(report) and "channel-attention branch" in str(report)
+def test_hat_overlapping_blocks():
+    """HAT's OCABs are fused on their own layers, with HAT's own overlapping index (whose negative
+    entries wrap), and refuse another index; accelerated in training mode, their gradients are HAT's."""
+    theirs = random_weights(NETWORKS["hat"][0](), torch.float64).train()
+    ours = copy.deepcopy(theirs)
+    table = ours.layers[0].residual_group.overlap_attn.relative_position_bias_table
+    report = flexops.accelerate(ours)
+    assert ("layers.1.residual_group.overlap_attn", "OCAB -> FusedOverlapBlock (overlapping window attention)") \
+        in report.replaced and "channel-attention branch" in str(report)
+    block = ours.layers[0].residual_group.overlap_attn
+    assert isinstance(block, FusedOverlapBlock) and block.training
+    assert torch.equal(overlap_position_index(8, 12), theirs.relative_position_index_OCA)
+    assert block.relative_position_bias_table is table  # the same Parameter, not a copy
+    x = torch.rand(2, 3, 16, 24, dtype=torch.float64)
+    ours(x).square().sum().backward()
+    theirs(x).square().sum().backward()
+    their_parameters = dict(theirs.named_parameters())
+    for name, mine in ours.named_parameters():
+        torch.testing.assert_close(mine.grad, their_parameters[name].grad, rtol=1e-9, atol=1e-12, msg=name)
+    tokens, size = torch.rand(1, 16 * 16, block.mlp.fc1.in_features, dtype=torch.float64), (16, 16)
+    with pytest.raises(ValueError, match="relative position index passed .* is not the one"):
+        block(tokens, size, block.index.flip(1))
 
 
 def test_attention_dropout_is_left():
