@@ -18,8 +18,8 @@ SwinIR and TASNet); "PSNR dB" of the bf16 output against the fp32 output on the 
 bf16, each in a new process with the network and input built first (the first call, as a user's
 script sees it); "bf16 peak x": bf16 peak / fp32 peak (goal <= 0.6x; flexops' CPU ops widen bf16 to
 fp32 at their boundary, csrc/cpu/in_float32.h, so each holds fp32 copies of its input and output
-beside the bf16 ones, in kept blocks of each size: where those ops carry the activations, as in
-TASNet, bf16's peak exceeds fp32's); "compiled x" eager / torch.compile time in fp32 (goal >= 1.0x:
+beside the bf16 ones, in kept blocks of each size; masked_conv2d's forward converts per band
+instead, so TASNet's activations stay bf16); "compiled x" eager / torch.compile time in fp32 (goal >= 1.0x:
 compiling never slows a network); for tunable NAFNet also "compiled vs baked": its compiled time
 over its compiled baked twin's (goal within 10 %).
 

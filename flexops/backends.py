@@ -20,7 +20,8 @@ import torch
 NAMES = ("reference", "cpu", "cuda", "triton")
 DTYPES = {
     "reference": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-    # float16 and bfloat16 run the float32 kernels on their widened tensors (csrc/cpu/in_float32.h).
+    # float16 and bfloat16 run the float32 kernels on their widened tensors (csrc/cpu/in_float32.h), or
+    # (masked_conv2d's forward) a float32 kernel that widens them per band.
     "cpu": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
     "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
     "triton": (torch.float16, torch.bfloat16, torch.float32),

@@ -14,7 +14,7 @@ import flexops
 from flexops import backends, reference
 from flexops.ops import masked_conv2d
 
-from shapes import assert_grads_match, case_id, layout, random_conv_cases
+from shapes import assert_grads_match, case_id, layout, low_precision_tolerance, random_conv_cases
 
 DENSITIES = ("none", "one", "random")  # no channel, a single channel, 12.5-100% of the channels
 
@@ -98,6 +98,21 @@ def test_cpu_float32_matches_reference(case):
     check_against_reference("cpu", case, torch.float32, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CPU_CASES[:20], ids=task_case_id)
+def test_cpu_low_precision_matches_reference(case, dtype):
+    """Random shapes and layouts in bfloat16 and float16 (the direct kernel where the output is
+    contiguous, float32 kernels behind a widening boundary where it is channels-last), against the
+    float64 reference on the same rounded values."""
+    (x, weight, bias, in_mask, out_mask), conv = make_args(case, dtype)
+    out = masked_conv2d(x, weight, bias, in_mask, out_mask, *conv)
+    expected = reference.masked_conv2d(*(t if t is None else t.double() for t in (x, weight, bias)), in_mask,
+                                       out_mask, *conv)
+    assert out.dtype == dtype and out.shape == expected.shape
+    atol, rtol = low_precision_tolerance(dtype, case["in_channels"] * case["kernel"][0] * case["kernel"][1])
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
+
+
 @pytest.mark.parametrize("case", TRITON_CASES, ids=task_case_id)
 def test_triton_matches_reference(case):
     check_against_reference("triton", case, torch.float32, atol=1e-4, rtol=1e-4)
@@ -118,15 +133,17 @@ DIRECT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", DIRECT_CASES, ids=lambda c: "b{}_m{}_c{}x{}_{}x{}".format(*c[:6]))
 def test_cpu_blocks_and_bands(case, dtype):
+    """bfloat16 and float16 too: the direct kernel widens them as it gathers and packs, accumulates in
+    float32 and rounds each output once, so it equals the float32 kernel on the same values, rounded."""
     batch, tasks, cin, cout, height, width, kernel, stride, padding, dilation, strided = case
     generator = torch.Generator().manual_seed(cin * cout)
-    x = torch.randn(batch, cin, height, 2 * width if strided else width, generator=generator, dtype=dtype)
+    x = torch.randn(batch, cin, height, 2 * width if strided else width, generator=generator).to(dtype)
     x = x[..., ::2] if strided else x
-    weight = torch.randn(cout, cin, *kernel, generator=generator, dtype=dtype)
-    bias = torch.randn(cout, generator=generator, dtype=dtype)
+    weight = torch.randn(cout, cin, *kernel, generator=generator).to(dtype)
+    bias = torch.randn(cout, generator=generator).to(dtype)
     in_mask = torch.rand(tasks, cin, generator=generator) < 0.4
     out_mask = torch.rand(tasks, cout, generator=generator) < 0.4
     if tasks > 3:
@@ -134,9 +151,16 @@ def test_cpu_blocks_and_bands(case, dtype):
         in_mask[1] = False
         out_mask[2] = False
     out = masked_conv2d(x, weight, bias, in_mask, out_mask, stride, padding, dilation)
+    assert out.dtype == dtype
+    if dtype in (torch.bfloat16, torch.float16):
+        widened = masked_conv2d(x.float(), weight.float(), bias.float(), in_mask, out_mask, stride, padding, dilation)
+        torch.testing.assert_close(out, widened.to(dtype), atol=0, rtol=0)
+        x, weight, bias, dtype = x.double(), weight.double(), bias.double(), torch.float64
+        atol, rtol = low_precision_tolerance(out.dtype, cin * kernel[0] * kernel[1])
+    else:
+        atol = rtol = 1e-4 if dtype == torch.float32 else 1e-10
     expected = reference.masked_conv2d(x, weight, bias, in_mask, out_mask, stride, padding, dilation)
-    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
-    torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(out.to(dtype), expected, atol=atol, rtol=rtol)
     assert bool((out[~out_mask.expand(out.shape[0], -1)] == 0).all())
 
 

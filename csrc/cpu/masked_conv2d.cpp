@@ -16,6 +16,7 @@
 // The output and the backward's gradients come from kept blocks (cpu/kept_memory.h): with many tasks
 // the output is many maps large, and a fresh mapping of it cost more than the convolutions.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
@@ -24,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -162,8 +164,11 @@ struct Geometry {
   int64_t band_input_rows() const { return (kBandRows - 1) * sh + (kh - 1) * dh + 1; }
 };
 
-// What the vector code needs for one band: rows [y0, y1) of one output sample.
-template <typename T>
+// What the vector code needs for one band: rows [y0, y1) of one output sample, whose elements are S.
+// The kernel computes in T (float for bfloat16 and float16: the band's inputs and weights are
+// widened as they are gathered and packed, and each output rounded once as it is stored, so a half
+// type costs no float32 copy of the input or the output).
+template <typename S, typename T = at::opmath_type<S>>
 struct Band {
   const Geometry* g;
   const T* rows;     // gathered input, [active in][band_input_rows][kw][pitch]: entry x of
@@ -172,7 +177,7 @@ struct Band {
   const T* bias;     // per active output, or null
   const int64_t* out_channels;
   int64_t in_count, out_count;
-  T* output;  // the sample's [Cout, Ho, Wo]
+  S* output;  // the sample's [Cout, Ho, Wo]
   int64_t y0, y1;
 };
 
@@ -209,8 +214,8 @@ template <typename T, typename Vec>
 // R active outputs x V vectors of output row y from column x0 (valid of them inside the row): the
 // R * V accumulators stay in registers while the active inputs and taps run, each step loading V
 // vectors of gathered input and broadcasting R weights.
-template <typename T, int B, int R, int V>
-[[gnu::always_inline]] inline void block(const Band<T>& band, const T* w, int64_t first, int64_t y,
+template <typename S, int B, int R, int V, typename T = at::opmath_type<S>>
+[[gnu::always_inline]] inline void block(const Band<S>& band, const T* w, int64_t first, int64_t y,
                                          int64_t x0, int64_t valid) {
   using Vec = typename VecOf<T, B>::type;
   constexpr int64_t L = B / sizeof(T);
@@ -242,10 +247,14 @@ template <typename T, int B, int R, int V>
     }
   }
   for (int r = 0; r < R; ++r) {
-    T* dst = band.output + (band.out_channels[first + r] * g.out_height + y) * g.out_width + x0;
+    S* dst = band.output + (band.out_channels[first + r] * g.out_height + y) * g.out_width + x0;
     for (int v = 0; v < V; ++v) {
       const int64_t lanes = std::min(L, valid - v * L);
-      if (lanes == L && reinterpret_cast<uintptr_t>(dst + v * L) % B == 0) {
+      if constexpr (!std::is_same_v<S, T>) {
+        for (int64_t lane = 0; lane < lanes; ++lane) {
+          dst[v * L + lane] = S(acc[r][v][lane]);  // rounded to nearest even
+        }
+      } else if (lanes == L && reinterpret_cast<uintptr_t>(dst + v * L) % B == 0) {
         stream(dst + v * L, acc[r][v]);
       } else {
         __builtin_memcpy(dst + v * L, &acc[r][v], lanes * sizeof(T));
@@ -255,31 +264,31 @@ template <typename T, int B, int R, int V>
 }
 
 // block<r, v> for runtime r <= R and v <= V.
-template <typename T, int B, int R, int V>
-[[gnu::always_inline]] inline void block_v(int v, const Band<T>& band, const T* w, int64_t first,
+template <typename S, int B, int R, int V, typename T = at::opmath_type<S>>
+[[gnu::always_inline]] inline void block_v(int v, const Band<S>& band, const T* w, int64_t first,
                                            int64_t y, int64_t x0, int64_t valid) {
   if constexpr (V > 1) {
     if (v < V) {
-      return block_v<T, B, R, V - 1>(v, band, w, first, y, x0, valid);
+      return block_v<S, B, R, V - 1>(v, band, w, first, y, x0, valid);
     }
   }
-  block<T, B, R, V>(band, w, first, y, x0, valid);
+  block<S, B, R, V>(band, w, first, y, x0, valid);
 }
 
-template <typename T, int B, int R, int V>
-[[gnu::always_inline]] inline void block_rv(int r, int v, const Band<T>& band, const T* w,
+template <typename S, int B, int R, int V, typename T = at::opmath_type<S>>
+[[gnu::always_inline]] inline void block_rv(int r, int v, const Band<S>& band, const T* w,
                                             int64_t first, int64_t y, int64_t x0, int64_t valid) {
   if constexpr (R > 1) {
     if (r < R) {
-      return block_rv<T, B, R - 1, V>(r, v, band, w, first, y, x0, valid);
+      return block_rv<S, B, R - 1, V>(r, v, band, w, first, y, x0, valid);
     }
   }
-  block_v<T, B, R, V>(v, band, w, first, y, x0, valid);
+  block_v<S, B, R, V>(v, band, w, first, y, x0, valid);
 }
 
-template <typename T, int B, int R, int V>
-[[gnu::always_inline]] inline void band_body(const Band<T>& band) {
-  constexpr int64_t L = B / sizeof(T);
+template <typename S, int B, int R, int V>
+[[gnu::always_inline]] inline void band_body(const Band<S>& band) {
+  constexpr int64_t L = B / sizeof(at::opmath_type<S>);
   const Geometry& g = *band.g;
   const int64_t taps = band.in_count * g.kh * g.kw;
   for (int64_t y = band.y0; y < band.y1; ++y) {
@@ -288,7 +297,7 @@ template <typename T, int B, int R, int V>
       for (int64_t first = 0; first < band.out_count; first += R) {
         const int r = static_cast<int>(std::min<int64_t>(R, band.out_count - first));
         const int v = static_cast<int>((valid + L - 1) / L);
-        block_rv<T, B, R, V>(r, v, band, band.weights + first * taps, first, y, x0, valid);
+        block_rv<S, B, R, V>(r, v, band, band.weights + first * taps, first, y, x0, valid);
       }
     }
   }
@@ -297,40 +306,40 @@ template <typename T, int B, int R, int V>
 // The vector code built for the baseline ISA and, on x86-64 with GCC, for AVX2 + FMA and for
 // AVX-512, picked at run time. Block sizes fill the vector registers: R * V accumulators plus V
 // inputs and a broadcast (24 + 4 + 1 of AVX-512's 32, 12 + 3 + 1 of AVX2's and SSE's 16).
-template <typename T>
+template <typename S>
 struct Kernel {
   int block_outputs;  // R: the weights are packed in blocks of this many active outputs
-  void (*run)(const Band<T>&);
+  void (*run)(const Band<S>&);
 };
 
-template <typename T>
-void band_baseline(const Band<T>& band) {
-  band_body<T, 16, 4, 3>(band);
+template <typename S>
+void band_baseline(const Band<S>& band) {
+  band_body<S, 16, 4, 3>(band);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-template <typename T>
-__attribute__((target("arch=x86-64-v3"))) void band_avx2(const Band<T>& band) {
-  band_body<T, 32, 4, 3>(band);
+template <typename S>
+__attribute__((target("arch=x86-64-v3"))) void band_avx2(const Band<S>& band) {
+  band_body<S, 32, 4, 3>(band);
 }
 
-template <typename T>
-__attribute__((target("arch=x86-64-v4"))) void band_avx512(const Band<T>& band) {
-  band_body<T, 64, 6, 4>(band);
+template <typename S>
+__attribute__((target("arch=x86-64-v4"))) void band_avx512(const Band<S>& band) {
+  band_body<S, 64, 6, 4>(band);
 }
 #endif
 
-template <typename T>
-Kernel<T> pick_kernel() {
+template <typename S>
+Kernel<S> pick_kernel() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   if (__builtin_cpu_supports("x86-64-v4")) {
-    return {6, &band_avx512<T>};
+    return {6, &band_avx512<S>};
   }
   if (__builtin_cpu_supports("x86-64-v3")) {
-    return {4, &band_avx2<T>};
+    return {4, &band_avx2<S>};
   }
 #endif
-  return {4, &band_baseline<T>};
+  return {4, &band_baseline<S>};
 }
 
 // Sets n elements to 0 with streaming stores where the ISA has them: most of a sparse task's output
@@ -363,12 +372,12 @@ int64_t ceil_div(int64_t n, int64_t d) {  // d > 0
   return n <= 0 ? -(-n / d) : (n + d - 1) / d;
 }
 
-// The band's input rows of the active channels of one input sample, laid out as Band::rows wants,
-// zero where the convolution reads padding.
-template <typename T>
+// The band's input rows of the active channels of one input sample, laid out as Band::rows wants
+// (widened to T), zero where the convolution reads padding.
+template <typename S, typename T = at::opmath_type<S>>
 void gather(const Geometry& g, const at::Tensor& input, int64_t sample,
             const std::vector<int64_t>& channels, int64_t y0, T* rows) {
-  const T* base = input.data_ptr<T>() + sample * input.stride(0);
+  const S* base = input.data_ptr<S>() + sample * input.stride(0);
   const int64_t sc = input.stride(1), sy = input.stride(2), sx = input.stride(3);
   const int64_t count = g.band_input_rows(), top = y0 * g.sh - g.ph;
   for (const int64_t channel : channels) {
@@ -383,7 +392,7 @@ void gather(const Geometry& g, const at::Tensor& input, int64_t sample,
         const int64_t shift = kx * g.dw - g.pw;
         const int64_t a = std::clamp<int64_t>(ceil_div(-shift, g.sw), 0, g.out_width);
         const int64_t b = std::clamp<int64_t>(ceil_div(g.width - shift, g.sw), a, g.out_width);
-        const T* src = base + channel * sc + iy * sy;
+        const S* src = base + channel * sc + iy * sy;
         std::fill(rows, rows + a, T(0));
         if (g.sw == 1 && sx == 1) {
           std::copy(src + a + shift, src + b + shift, rows + a);
@@ -398,11 +407,11 @@ void gather(const Geometry& g, const at::Tensor& input, int64_t sample,
   }
 }
 
-// The weights of the task's active channels in Band::weights's layout.
-template <typename T>
+// The weights of the task's active channels in Band::weights's layout (widened to T).
+template <typename S, typename T = at::opmath_type<S>>
 void pack(const Geometry& g, const at::Tensor& weight, const std::vector<int64_t>& ins,
           const std::vector<int64_t>& outs, int block_outputs, T* packed) {
-  const T* w = weight.data_ptr<T>();
+  const S* w = weight.data_ptr<S>();
   const int64_t so = weight.stride(0), si = weight.stride(1);
   const int64_t sy = weight.stride(2), sx = weight.stride(3);
   const int64_t out_count = static_cast<int64_t>(outs.size());
@@ -420,7 +429,7 @@ void pack(const Geometry& g, const at::Tensor& weight, const std::vector<int64_t
   }
 }
 
-template <typename T>
+template <typename S, typename T = at::opmath_type<S>>
 void forward_direct(const at::Tensor& input, const at::Tensor& weight,
                     const std::optional<at::Tensor>& bias, const at::Tensor& in_mask,
                     const at::Tensor& out_mask, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -446,12 +455,12 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight,
     }
   }
   const bool has_bias = bias.has_value() && bias->defined();
-  const Kernel<T> kernel = pick_kernel<T>();
+  const Kernel<S> kernel = pick_kernel<S>();
   const int64_t samples = output.size(0), bands = (g.out_height + kBandRows - 1) / kBandRows;
   const size_t bias_size = (max_out + 15) / 16 * 16;
   const size_t weights_size = max_out * max_in * g.kh * g.kw;
   const size_t rows_size = max_in * g.band_input_rows() * g.kw * g.pitch;
-  T* out = output.data_ptr<T>();
+  S* out = output.data_ptr<S>();
   const int64_t sample_size = g.out_channels * g.out_height * g.out_width;
 
   // Item i is band i / samples of sample i % samples: each thread's range spans every task, so a
@@ -459,8 +468,8 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight,
   at::parallel_for(0, samples * bands, 1, [&](int64_t begin, int64_t end) {
     // This range's scratch, from a kept block (cpu/kept_memory.h; 64-byte aligned): a TASNet layer of 64
     // channels at 480x320 needs 2.6 MB, which a fresh mapping would fault in every call.
-    const at::Tensor scratch =
-        cpu::kept_empty({static_cast<int64_t>(bias_size + weights_size + rows_size)}, output.options());
+    const at::Tensor scratch = cpu::kept_empty({static_cast<int64_t>(bias_size + weights_size + rows_size)},
+                                               output.options().dtype(c10::CppTypeToScalarType<T>::value));
     T* const packed_bias = scratch.data_ptr<T>();
     T* const packed = packed_bias + bias_size;
     T* const rows = packed + weights_size;
@@ -469,7 +478,7 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight,
       const int64_t n = i % samples, y0 = i / samples * kBandRows;
       const int64_t y1 = std::min(g.out_height, y0 + kBandRows);
       const size_t in_row = ins.size() == 1 ? 0 : n, out_row = outs.size() == 1 ? 0 : n;
-      T* const sample_out = out + n * sample_size;
+      S* const sample_out = out + n * sample_size;
       for (const int64_t c : inactive[out_row]) {
         clear(sample_out + (c * g.out_height + y0) * g.out_width, (y1 - y0) * g.out_width);
       }
@@ -478,16 +487,16 @@ void forward_direct(const at::Tensor& input, const at::Tensor& weight,
       }
       if (packed_for != static_cast<int64_t>(in_row * outs.size() + out_row)) {
         packed_for = static_cast<int64_t>(in_row * outs.size() + out_row);
-        pack(g, weight, ins[in_row], outs[out_row], kernel.block_outputs, packed);
+        pack<S>(g, weight, ins[in_row], outs[out_row], kernel.block_outputs, packed);
         if (has_bias) {
-          const T* b = bias->data_ptr<T>();
+          const S* b = bias->data_ptr<S>();
           for (size_t j = 0; j < outs[out_row].size(); ++j) {
             packed_bias[j] = b[outs[out_row][j] * bias->stride(0)];
           }
         }
       }
-      gather(g, input, input.size(0) == 1 ? 0 : n, ins[in_row], y0, rows);
-      const Band<T> band{&g, rows, packed, has_bias ? packed_bias : nullptr, outs[out_row].data(),
+      gather<S>(g, input, input.size(0) == 1 ? 0 : n, ins[in_row], y0, rows);
+      const Band<S> band{&g, rows, packed, has_bias ? packed_bias : nullptr, outs[out_row].data(),
                          static_cast<int64_t>(ins[in_row].size()),
                          static_cast<int64_t>(outs[out_row].size()), sample_out, y0, y1};
       kernel.run(band);
@@ -504,17 +513,27 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
       masked::checked_output_size("masked_conv2d", input, weight, bias, in_mask, out_mask, stride, padding, dilation);
   const at::MemoryFormat format = output_memory_format(input);
   at::Tensor output = cpu::kept_empty(size, input.options(), format);
-  const bool direct = format == at::MemoryFormat::Contiguous;
-  if (direct && input.scalar_type() == at::kFloat) {
-    forward_direct<float>(input, weight, bias, in_mask, out_mask, stride, padding, dilation,
-                          output);
-  } else if (direct && input.scalar_type() == at::kDouble) {
-    forward_direct<double>(input, weight, bias, in_mask, out_mask, stride, padding, dilation,
-                           output);
+  if (format == at::MemoryFormat::Contiguous) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "masked_conv2d", [&] {
+      forward_direct<scalar_t>(input, weight, bias, in_mask, out_mask, stride, padding, dilation, output);
+    });
   } else {
     forward_onednn(input, weight, bias, in_mask, out_mask, stride, padding, dilation, output);
   }
   return output;
+}
+
+// bfloat16 and float16 forwards with contiguous outputs run in the direct kernel, which converts per
+// band; the rest (channels-last outputs, the backward) are widened at the boundary (cpu/in_float32.h).
+at::Tensor masked_conv2d_cpu_any_dtype(const at::Tensor& input, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, const at::Tensor& in_mask,
+                                       const at::Tensor& out_mask, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+  if (output_memory_format(input) == at::MemoryFormat::Contiguous) {
+    return masked_conv2d_cpu(input, weight, bias, in_mask, out_mask, stride, padding, dilation);
+  }
+  return cpu::InFloat32<&masked_conv2d_cpu>::call(input, weight, bias, in_mask, out_mask, stride, padding,
+                                                  dilation);
 }
 
 // Gradients with respect to (input, weight, bias); bias's is empty when bias is None. Tasks run one
@@ -554,7 +573,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flexops, CPU, m) {
-  m.impl("masked_conv2d", &cpu::InFloat32<&masked_conv2d_cpu>::call);
+  m.impl("masked_conv2d", &masked_conv2d_cpu_any_dtype);
   m.impl("masked_conv2d_backward", &cpu::InFloat32<&masked_conv2d_backward_cpu>::call);
 }
 
