@@ -10,7 +10,7 @@ import flexops
 from flexops import backends, reference
 from flexops.ops import tunable_conv2d
 
-from shapes import assert_grads_match, case_id, layout, random_conv_cases
+from shapes import assert_grads_match, case_id, layout, low_precision_tolerance, random_conv_cases
 
 CPU_CASES = random_conv_cases(40, seed=1)
 # Depthwise kernels (one input channel per output channel) on contiguous images with output rows of
@@ -89,6 +89,27 @@ def test_cpu_float32_matches_reference(case):
 @pytest.mark.parametrize("case", BLENDED_POINTWISE_CASES, ids=case_id)
 def test_cpu_blended_pointwise_matches_reference(case):
     check_against_reference("cpu", case, torch.float32, atol=1e-4, rtol=1e-4, per_sample=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_sample"])
+@pytest.mark.parametrize("case", CPU_CASES[:12] + DEPTHWISE_CASES[:4], ids=case_id)
+def test_cpu_low_precision_matches_reference(case, shared, dtype):
+    """bfloat16 and float16 on CPU: with one alpha the p kernels are blended from the half type into
+    float32, per sample every argument is widened at the boundary; either way the output equals the
+    float32 op's on the same rounded values, rounded once, and lies within the dtype's tolerance of
+    the float64 reference."""
+    p, _, with_bias = variant(case)
+    (x, weight, bias, alpha), conv = make_args(case, torch.float32, shared, with_bias, p)
+    rounded = [t if t is None else t.to(dtype) for t in (x, weight, bias, alpha)]
+    out = tunable_conv2d(*rounded, *conv)
+    widened = tunable_conv2d(*(t if t is None else t.float() for t in rounded), *conv)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, widened.to(dtype), atol=0, rtol=0)
+    expected = reference.tunable_conv2d(*(t if t is None else t.double() for t in rounded), *conv)
+    kh, kw = case["kernel"]
+    atol, rtol = low_precision_tolerance(dtype, p * case["in_channels"] // case["groups"] * kh * kw)
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("case", TRITON_CASES, ids=case_id)

@@ -239,6 +239,31 @@ inline std::pair<at::Tensor, at::Tensor> pointwise_backward(const at::Tensor& gr
   return {grad_input, grad_kernels.view({kernels.size(0), -1})};
 }
 
+// The convolution of input with one kernel blended from weight's p kernels (weight gives the
+// shape: [p, Cout, Cin / groups, kh, kw]; kernel [1, numel of one kernel], blended_bias [Cout] or
+// none): the forward of a call with one alpha for the batch, once it has blended.
+inline at::Tensor convolve_blended(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& kernel,
+                                   const std::optional<at::Tensor>& blended_bias, at::IntArrayRef out_size,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                   int64_t groups, const Platform& platform) {
+  const auto out_format = output_memory_format(input);
+  if (direct_depthwise(platform, input, weight, groups, out_size[3])) {
+    at::Tensor output = platform.empty(out_size, input.options(), out_format);
+    platform.depthwise(input, kernel.view(depthwise_kernel_shape(weight)),
+                       blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), stride, padding, dilation, output);
+    return output;
+  }
+  if (pointwise(weight, stride, padding, groups) && platform.shared_pointwise_as_matmul) {
+    at::Tensor output = platform.empty(out_size, input.options(), out_format);
+    pointwise_forward(input, kernel.view({1, weight.size(1), weight.size(2)}),
+                      blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), output, platform);
+    return output;
+  }
+  return at::convolution(input, kernel.view(weight.sizes().slice(1)), blended_bias, stride, padding, dilation, false,
+                         {0, 0}, groups)
+      .contiguous(out_format);
+}
+
 // Outputs follow output_memory_format (common/layout.h) whichever way the convolution ran.
 inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
@@ -249,30 +274,17 @@ inline at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
   const int64_t batch = input.size(0);
   const auto kernel_shape = weight.sizes().slice(1);  // [Cout, Cin / groups, kh, kw]
   const bool has_bias = bias.has_value() && bias->defined();
-  const bool is_pointwise = pointwise(weight, stride, padding, groups);
-  const auto out_format = output_memory_format(input);
-  const bool is_direct_depthwise = direct_depthwise(platform, input, weight, groups, out_size[3]);
   if (alpha.dim() == 1) {
     const at::Tensor kernel = platform.blend(weight, alpha);
     const std::optional<at::Tensor> blended_bias =
         has_bias ? std::optional<at::Tensor>(platform.blend(*bias, alpha).view({-1}))
                  : std::nullopt;
-    if (is_direct_depthwise) {
-      at::Tensor output = platform.empty(out_size, input.options(), out_format);
-      platform.depthwise(input, kernel.view(depthwise_kernel_shape(weight)),
-                         blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), stride, padding, dilation, output);
-      return output;
-    }
-    if (is_pointwise && platform.shared_pointwise_as_matmul) {
-      at::Tensor output = platform.empty(out_size, input.options(), out_format);
-      pointwise_forward(input, kernel.view({1, weight.size(1), weight.size(2)}),
-                        blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), output, platform);
-      return output;
-    }
-    return at::convolution(input, kernel.view(kernel_shape), blended_bias, stride, padding, dilation,
-                           false, {0, 0}, groups)
-        .contiguous(out_format);
+    return convolve_blended(input, weight, kernel, blended_bias, out_size, stride, padding, dilation, groups,
+                            platform);
   }
+  const bool is_pointwise = pointwise(weight, stride, padding, groups);
+  const auto out_format = output_memory_format(input);
+  const bool is_direct_depthwise = direct_depthwise(platform, input, weight, groups, out_size[3]);
   if (batch == 0) {
     return at::empty(out_size, input.options().memory_format(out_format));
   }

@@ -2,6 +2,7 @@
 // kept memory, shared pointwise kernels as matrix products, depthwise kernels on wide contiguous
 // images by a direct loop, the rest through oneDNN's convolution.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -21,9 +22,9 @@ namespace flexops {
 namespace cpu {
 
 // Declared in cpu/blend_range.h, which says what it computes and why it is written so.
-template <typename scalar_t>
+template <typename param_t, typename scalar_t>
 FLEXOPS_ALSO_AVX2 void blend_range(
-    const scalar_t* params, const scalar_t* alpha, scalar_t* out, int64_t rows, int64_t p, int64_t numel,
+    const param_t* params, const scalar_t* alpha, scalar_t* out, int64_t rows, int64_t p, int64_t numel,
     int64_t begin, int64_t end) {
   constexpr int64_t kChunk = 2048;
   for (int64_t start = begin; start < end; start += kChunk) {
@@ -31,44 +32,44 @@ FLEXOPS_ALSO_AVX2 void blend_range(
     for (int64_t r = 0; r < rows; ++r) {
       scalar_t* __restrict dst = out + r * numel;
       const scalar_t* row_alpha = alpha + r * p;
-      const scalar_t* __restrict first = params;
+      const param_t* __restrict first = params;
       const scalar_t a0 = row_alpha[0];
       int64_t i = 1;
       if (p >= 2) {
-        const scalar_t* __restrict second = params + numel;
+        const param_t* __restrict second = params + numel;
         const scalar_t a1 = row_alpha[1];
         for (int64_t k = start; k < stop; ++k) {
-          dst[k] = a0 * first[k] + a1 * second[k];
+          dst[k] = a0 * scalar_t(first[k]) + a1 * scalar_t(second[k]);
         }
         i = 2;
       } else {
         for (int64_t k = start; k < stop; ++k) {
-          dst[k] = a0 * first[k];
+          dst[k] = a0 * scalar_t(first[k]);
         }
       }
       for (; i + 1 < p; i += 2) {
-        const scalar_t* __restrict src = params + i * numel;
-        const scalar_t* __restrict next = src + numel;
+        const param_t* __restrict src = params + i * numel;
+        const param_t* __restrict next = src + numel;
         const scalar_t ai = row_alpha[i], aj = row_alpha[i + 1];
         for (int64_t k = start; k < stop; ++k) {
-          dst[k] += ai * src[k] + aj * next[k];
+          dst[k] += ai * scalar_t(src[k]) + aj * scalar_t(next[k]);
         }
       }
       if (i < p) {
-        const scalar_t* __restrict src = params + i * numel;
+        const param_t* __restrict src = params + i * numel;
         const scalar_t ai = row_alpha[i];
         for (int64_t k = start; k < stop; ++k) {
-          dst[k] += ai * src[k];
+          dst[k] += ai * scalar_t(src[k]);
         }
       }
     }
   }
 }
 
-template void blend_range<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
-                                 int64_t);
-template void blend_range<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, int64_t,
-                                  int64_t);
+template void blend_range(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t);
+template void blend_range(const double*, const double*, double*, int64_t, int64_t, int64_t, int64_t, int64_t);
+template void blend_range(const at::BFloat16*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t);
+template void blend_range(const at::Half*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t);
 
 }  // namespace cpu
 
@@ -90,8 +91,8 @@ tunable::PerSample per_sample_strategy(const at::Tensor& weight) {
 
 // out[r] = sum_i alpha[r, i] * params[i] for every row r, on the intra-op threads once the kernel
 // is large enough to share.
-template <typename scalar_t>
-void blend_rows(const scalar_t* params, const scalar_t* alpha, scalar_t* out, int64_t rows, int64_t p,
+template <typename param_t, typename scalar_t>
+void blend_rows(const param_t* params, const scalar_t* alpha, scalar_t* out, int64_t rows, int64_t p,
                 int64_t numel) {
   const int64_t grain = std::max<int64_t>(2048, 65536 / std::max<int64_t>(rows, 1));
   at::parallel_for(0, numel, grain, [&](int64_t begin, int64_t end) {
@@ -100,15 +101,18 @@ void blend_rows(const scalar_t* params, const scalar_t* alpha, scalar_t* out, in
 }
 
 // Blended kernels come from kept blocks (cpu/kept_memory.h) like the results: a 64x64x3x3 fp32
-// kernel is 147 KB, and mapping it afresh every call costs more than blending it.
+// kernel is 147 KB, and mapping it afresh every call costs more than blending it. The blend is in
+// alpha's dtype: the params' own, or float32 for bfloat16 and float16 params (tunable_conv2d_cpu_any_dtype).
 at::Tensor blend_cpu(const at::Tensor& params, const at::Tensor& alpha) {
   const int64_t p = params.size(0), numel = params.numel() / p;
   const at::Tensor rows = alpha.reshape({-1, p}).contiguous();
-  at::Tensor out = cpu::kept_empty({rows.size(0), numel}, params.options());
+  at::Tensor out = cpu::kept_empty({rows.size(0), numel}, alpha.options());
   const at::Tensor source = params.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(params.scalar_type(), "tunable_conv2d_blend", [&] {
-    blend_rows(source.const_data_ptr<scalar_t>(), rows.const_data_ptr<scalar_t>(),
-               out.mutable_data_ptr<scalar_t>(), rows.size(0), p, numel);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params.scalar_type(), "tunable_conv2d_blend", [&] {
+    using blend_t = at::opmath_type<scalar_t>;
+    TORCH_INTERNAL_ASSERT(rows.scalar_type() == c10::CppTypeToScalarType<blend_t>::value);
+    blend_rows(source.const_data_ptr<scalar_t>(), rows.const_data_ptr<blend_t>(), out.mutable_data_ptr<blend_t>(),
+               rows.size(0), p, numel);
   });
   return out;
 }
@@ -302,6 +306,31 @@ at::Tensor tunable_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   return tunable::forward(input, weight, bias, alpha, stride, padding, dilation, groups, kCpu);
 }
 
+// bfloat16 and float16 with one alpha for the batch (inference with one setting): the p kernels, most
+// of a tunable network's bytes, are blended from their own type into one float32 kernel, without a
+// float32 copy of all p (for NAFNet's 512 -> 1024 layers at p = 2, 4 MB a call, kept per size).
+// The input, the bias and alpha are widened and the output rounded at the boundary, as for every
+// other call (cpu/in_float32.h), and the values are those: the blend widens each weight exactly.
+at::Tensor tunable_conv2d_cpu_any_dtype(const at::Tensor& input, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
+                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                       int64_t groups) {
+  if (!cpu::widening::is_half_type(input.scalar_type()) || alpha.dim() != 1) {
+    return cpu::InFloat32<&tunable_conv2d_cpu>::call(input, weight, bias, alpha, stride, padding, dilation, groups);
+  }
+  // The arguments as they came (one dtype for all, or an error naming the odd one).
+  const auto out_size =
+      tunable::checked_output_size("tunable_conv2d", input, weight, bias, alpha, stride, padding, dilation, groups);
+  const at::Tensor alpha32 = alpha.to(at::kFloat);
+  const at::Tensor kernel = blend_cpu(weight, alpha32);
+  const std::optional<at::Tensor> blended_bias =
+      bias.has_value() && bias->defined() ? std::optional<at::Tensor>(blend_cpu(*bias, alpha32).view({-1}))
+                                          : std::nullopt;
+  const at::Tensor output = tunable::convolve_blended(cpu::widening::widen(input), weight, kernel, blended_bias,
+                                                      out_size, stride, padding, dilation, groups, kCpu);
+  return cpu::widening::narrow(output, input.scalar_type());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tunable_conv2d_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& alpha, at::IntArrayRef stride,
@@ -313,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tunable_conv2d_backwa
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flexops, CPU, m) {
-  m.impl("tunable_conv2d", &cpu::InFloat32<&tunable_conv2d_cpu>::call);
+  m.impl("tunable_conv2d", &tunable_conv2d_cpu_any_dtype);
   m.impl("tunable_conv2d_backward", &cpu::InFloat32<&tunable_conv2d_backward_cpu>::call);
 }
 
