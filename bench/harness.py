@@ -113,12 +113,16 @@ def _ms(seconds):
 
 _FIRST_CALLS = textwrap.dedent("""
     import importlib.util, json, pathlib, sys, time, torch
-    path, factory, args, name, grad, calls = json.loads(sys.argv[1])
+    path, factory, args, name, grad, calls, warm = json.loads(sys.argv[1])
     sys.path.insert(0, str(pathlib.Path(path).parent))  # the bench directory, for `harness`
     spec = importlib.util.spec_from_file_location("bench_module", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    fn = getattr(module, factory)(*args)[name]
+    fns = getattr(module, factory)(*args)
+    fn = fns[name]
+    if warm is not None:
+        with torch.inference_mode(not grad):
+            fns[warm]()
 
 
     def kib(field):  # a field of /proc/self/status in KiB
@@ -149,19 +153,21 @@ it, and how far its first call raised the process's peak resident memory above t
 before it, in bytes (None where the OS cannot say: Linux only)."""
 
 
-def first_calls(module_file, factory, args, names, grad=False, calls=4):
+def first_calls(module_file, factory, args, names, grad=False, calls=4, warm=None):
     """What a user's script sees: {name: Fresh}, each function timed in a new process of its own, so
     that none warms memory or caches for another.
 
     `factory(*args)`, a function of the bench module `module_file`, builds {name: fn} in that process
     (what it builds there before the first call, such as a network and its input, is not counted in
     the peak); args must be JSON values. Without `grad` the calls run under inference_mode, as in
-    `compare`.
+    `compare`. `warm`: the name of another of its functions, called once before them (not timed or
+    counted), e.g. the same network on a small input: the first call's peak is then what its size
+    costs, without the library code and caches that any first call maps in.
     """
     result = {}
     module_file = pathlib.Path(module_file).resolve()
     for name in names:
-        job = json.dumps([str(module_file), factory, list(args), name, grad, calls])
+        job = json.dumps([str(module_file), factory, list(args), name, grad, calls, warm])
         # Started in the bench directory: from the repository root, `python -c` would import the source
         # tree's flexops/ (without the zoo, which installs as flexops.models) instead of the installed one.
         done = in_new_process([sys.executable, "-c", _FIRST_CALLS, job], f"{name}: first calls",
