@@ -158,15 +158,6 @@ class FusedSwinBlock(SwinTransformerBlock):
         return window_attention(qkv, self.attn.num_heads, self.window_size, self.shift_size, bias, scale, active,
                                 SWIN_MASK_VALUE)
 
-    def residuals(self, tokens, attended, alphas):
-        """The zoo block's; in inference (no autograd, eval mode: dropout and drop path are the
-        identity) each sum is added into the branch's fresh output, as y + x is x + y exactly, instead
-        of into a newly mapped map (a page fault per 4 KiB, as for KeptLinear)."""
-        if torch.is_grad_enabled() or self.training:
-            return super().residuals(tokens, attended, alphas)
-        tokens = self.attn.proj(attended).view_as(tokens).add_(tokens)
-        return self.mlp(self.norm2(tokens)).add_(tokens)
-
     def bias_and_scale(self):
         """The attention's bias [heads, N, N] and the logits' scale."""
         return _gathered_bias(self.attn.relative_position_bias_table, self.index), self.attn.scale
