@@ -1,6 +1,6 @@
 #pragma once
 // The CPU blend of p kernels, shared by tunable_conv2d's blends (cpu/tunable_conv2d.cpp, where it is
-// defined for float and double) and the product that blends its panels as it packs them
+// defined) and the product that blends its panels as it packs them
 // (cpu/blended_pointwise.cpp).
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>

@@ -1,17 +1,17 @@
 // Channel-masked convolution on CPU. Work is proportional to active inputs x active outputs per
 // task.
 //
-// Forward with contiguous float or double output: a direct kernel. One work item is one output
-// sample's band of output rows. It gathers the band's input rows of the task's active input
-// channels into a per-thread buffer, zero-padded and with each kernel column's offset (and the
-// stride) applied, so that the inner loop is plain vector loads; packs the task's weights of its
-// active channels into a per-thread buffer; and writes the active output channels straight into the
-// output, clearing the inactive ones. Both buffers are kept blocks (cpu/kept_memory.h). The gather + oneDNN path
-// it replaces allocated 128 KB-32 MB intermediates per task and call, which glibc maps and faults
-// in afresh until its mmap threshold adapts: a fresh process paid ~85 ms per call for what a warmed
-// one did in 26 ms (27 tasks, 25% of 64 -> 64 channels, 128x128). The direct kernel was faster in
+// Forward with a contiguous output (float, double, bfloat16, float16): a direct kernel. One work
+// item is one output sample's band of output rows. It gathers the band's input rows of the task's
+// active input channels into a per-thread buffer, zero-padded and with each kernel column's offset
+// (and the stride) applied, so that the inner loop is plain vector loads; packs the task's weights
+// of its active channels into a per-thread buffer; and writes the active output channels straight
+// into the output, clearing the inactive ones. Both buffers are kept blocks (cpu/kept_memory.h).
+// The gather + oneDNN path it replaces allocated 128 KB-32 MB intermediates per task and call,
+// which glibc maps and faults in afresh until its mmap threshold adapts: a fresh process paid
+// ~85 ms per call for what a warmed one did in 26 ms (27 tasks, 25% of 64 -> 64 channels, 128x128). The direct kernel was faster in
 // every case measured, all channels on included (64 -> 64, 160x240, one thread: 108-116 ms for 4
-// maps, oneDNN 180-208 ms); channels-last outputs and other dtypes keep the gather + oneDNN path.
+// maps, oneDNN 180-208 ms); channels-last outputs keep the gather + oneDNN path.
 //
 // The output and the backward's gradients come from kept blocks (cpu/kept_memory.h): with many tasks
 // the output is many maps large, and a fresh mapping of it cost more than the convolutions.
@@ -69,7 +69,7 @@ at::Tensor select_channels(const at::Tensor& t, int64_t dim, const at::Tensor& i
   return index.numel() == t.size(dim) ? t : t.index_select(dim, index);
 }
 
-// --- The gather + oneDNN path: channels-last outputs and dtypes other than float and double. ---
+// --- The gather + oneDNN path: channels-last outputs (half types widened to float32 before it). ---
 
 void forward_onednn(const at::Tensor& input, const at::Tensor& weight,
                     const std::optional<at::Tensor>& bias, const at::Tensor& in_mask,
