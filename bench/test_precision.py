@@ -22,15 +22,17 @@ changes; the 16x16 one takes that out, and what is left is what the image's size
 "bf16 peak x": bf16 peak / fp32 peak (goal <= 0.6x; flexops' CPU ops widen bf16 to fp32 at their
 boundary, csrc/cpu/in_float32.h, so each holds fp32 copies of its input and output beside the bf16
 ones, in kept blocks of each size; masked_conv2d's forward converts per band instead, so TASNet's
-activations stay bf16, and tunable_conv2d blends its kernels from bf16; where fp32's peak is under 8 MB
-at the default size, pages and allocator blocks decide the ratio, so it is left to --paper-sizes); "compiled x" eager / torch.compile time in fp32 (goal >= 1.0x:
-compiling never slows a network); for tunable NAFNet also "compiled vs baked": its compiled time
-over its compiled baked twin's (goal within 10 %).
+activations stay bf16, and tunable_conv2d blends its kernels from bf16; where fp32's peak is under
+8 MB at the default size, pages and allocator blocks decide the ratio, so it is left to
+--paper-sizes); "compiled x" eager / torch.compile time in fp32 (goal >= 1.0x: compiling never slows
+a network); for tunable NAFNet also "compiled vs baked": its compiled time over its compiled baked
+twin's (goal within 10 %).
 
 Sizes fit the module into about 2.5 minutes on 2 cores, smaller than the issue's (SwinIR 128x128,
 TASNet 480x320; IR-NAS at 32x32, where ATen's bf16 convolutions on a CPU without AVX-512 BF16 take 2 s
-a call) except tunable NAFNet's (128x128: at 64x64 its peaks are a few MB); each row names its size. Inductor compiles take 30-150 s per network on 2 cores, so
-the compiled columns run with --paper-sizes only, which also runs the issue's sizes. bf16 cells are
+a call) except tunable NAFNet's (128x128: at 64x64 its peaks are a few MB); each row names its size.
+Inductor compiles take 30-150 s per network on 2 cores, so the compiled columns run with
+--paper-sizes only, which also runs the issue's sizes. bf16 cells are
 skipped (with the reason) where flexops' CPU ops do not take bfloat16.
 """
 
