@@ -112,7 +112,7 @@ def _ms(seconds):
 
 
 _FIRST_CALLS = textwrap.dedent("""
-    import importlib.util, json, pathlib, sys, time, torch
+    import ctypes, importlib.util, json, pathlib, sys, time, torch
     path, factory, args, name, grad, calls, warm = json.loads(sys.argv[1])
     sys.path.insert(0, str(pathlib.Path(path).parent))  # the bench directory, for `harness`
     spec = importlib.util.spec_from_file_location("bench_module", path)
@@ -130,6 +130,10 @@ _FIRST_CALLS = textwrap.dedent("""
             return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
+    try:  # heap memory freed so far goes back to the OS (glibc), so that it does not absorb the call's growth
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:  # the peak resident size (VmHWM) restarts from the current one (Linux; writing "5" resets it)
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
@@ -150,7 +154,8 @@ _FIRST_CALLS = textwrap.dedent("""
 Fresh = collections.namedtuple("Fresh", "first following peak_bytes")
 Fresh.__doc__ = """A function run in a new process: seconds of its first call, best seconds of the calls after
 it, and how far its first call raised the process's peak resident memory above the resident memory
-before it, in bytes (None where the OS cannot say: Linux only)."""
+before it (heap memory freed before the call returned to the OS first), in bytes (None where the OS
+cannot say: Linux only)."""
 
 
 def first_calls(module_file, factory, args, names, grad=False, calls=4, warm=None):

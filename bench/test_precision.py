@@ -16,9 +16,11 @@ Columns: "fp32 ms" best round; "noise" fp32 timed twice; "bf16 x" fp32 / bf16 ti
 SwinIR and TASNet); "PSNR dB" of the bf16 output against the fp32 output on the sample photos in
 [0, 1] (goal >= 45 dB); "peak MB": how far one inference at the row's size raises the peak resident
 memory, fp32 / bf16, each in a new process with the network and input built first and one 16x16
-inference run before it. The first inference of a process maps in library code and caches (10-20 MB
-for tunable NAFNet, measured layer by layer, in either dtype), which would hide what the dtype
-changes; the 16x16 one takes that out, and what is left is what the image's size costs.
+inference run before it, and the heap memory freed so far returned to the OS (glibc's malloc_trim:
+otherwise what building the network and loading the photos freed absorbs part of the growth, by
+chance). The first inference of a process maps in library code and caches (10-20 MB for tunable
+NAFNet, measured layer by layer, in either dtype), which would hide what the dtype changes; the
+16x16 one takes that out, and what is left is what the image's size costs.
 "bf16 peak x": bf16 peak / fp32 peak (goal <= 0.6x; flexops' CPU ops widen bf16 to fp32 at their
 boundary, csrc/cpu/in_float32.h, so each holds fp32 copies of its input and output beside the bf16
 ones, in kept blocks of each size; masked_conv2d's forward converts per band instead, so TASNet's
