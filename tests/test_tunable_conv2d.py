@@ -93,12 +93,13 @@ def test_cpu_blended_pointwise_matches_reference(case):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_sample"])
-@pytest.mark.parametrize("case", CPU_CASES[:12] + DEPTHWISE_CASES[:4], ids=case_id)
+@pytest.mark.parametrize("case", CPU_CASES[:12] + DEPTHWISE_CASES[:4] + BLENDED_POINTWISE_CASES, ids=case_id)
 def test_cpu_low_precision_matches_reference(case, shared, dtype):
     """bfloat16 and float16 on CPU: with one alpha the p kernels are blended from the half type into
-    float32, per sample every argument is widened at the boundary; either way the output equals the
-    float32 op's on the same rounded values, rounded once, and lies within the dtype's tolerance of
-    the float64 reference."""
+    float32, and contiguous pointwise and direct depthwise convolutions widen their images tile by
+    tile (515 -> 7 channels at 16x16: two tiles of pixels); per sample every argument is widened at
+    the boundary. Either way the output equals the float32 op's on the same rounded values, rounded
+    once, and lies within the dtype's tolerance of the float64 reference."""
     p, _, with_bias = variant(case)
     (x, weight, bias, alpha), conv = make_args(case, torch.float32, shared, with_bias, p)
     rounded = [t if t is None else t.to(dtype) for t in (x, weight, bias, alpha)]

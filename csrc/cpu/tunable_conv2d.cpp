@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -148,34 +149,45 @@ DepthwisePlanes depthwise_planes(const at::Tensor& x, const at::Tensor& kernels,
 }
 
 // One image plane's depthwise convolution: each output row starts from the bias and gathers the
-// kernel's taps one after another (a pass over the row per tap, the row staying in L1).
-template <typename scalar_t>
-FLEXOPS_ALSO_AVX2 void depthwise_plane(const DepthwisePlanes& g, const scalar_t* image, const scalar_t* kernel,
-                                       scalar_t bias, scalar_t* out) {
+// kernel's taps one after another (a pass over the row per tap, the row staying in L1). Images of
+// bfloat16 or float16 (storage_t) sum each row in float32 (compute_t, as the kernel and bias are) in
+// `scratch`, one row long, and round it once into the output: no float32 copy of the image or result.
+template <typename storage_t, typename compute_t = at::opmath_type<storage_t>>
+FLEXOPS_ALSO_AVX2 void depthwise_plane(const DepthwisePlanes& g, const storage_t* image, const compute_t* kernel,
+                                       compute_t bias, storage_t* out, compute_t* scratch) {
+  constexpr bool in_place = std::is_same_v<storage_t, compute_t>;
   const int64_t kernel_w = static_cast<int64_t>(g.columns.size()), stride_w = g.stride_w;
   const TapColumn* columns = g.columns.data();
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    scalar_t* __restrict row = out + oh * g.out_w;
+    compute_t* __restrict row;
+    if constexpr (in_place) {
+      row = out + oh * g.out_w;
+    } else {
+      row = scratch;
+    }
     std::fill(row, row + g.out_w, bias);
     for (int64_t i = 0; i < g.kernel_h; ++i) {
       const int64_t ih = oh * g.stride_h - g.padding_h + i * g.dilation_h;
       if (ih < 0 || ih >= g.height) {
         continue;
       }
-      const scalar_t* __restrict source = image + ih * g.width;
+      const storage_t* __restrict source = image + ih * g.width;
       for (int64_t j = 0; j < kernel_w; ++j) {
-        const scalar_t tap = kernel[i * kernel_w + j];
+        const compute_t tap = kernel[i * kernel_w + j];
         const auto [shift, first, last] = columns[j];
         if (stride_w == 1) {
           for (int64_t ow = first; ow < last; ++ow) {
-            row[ow] += tap * source[ow + shift];
+            row[ow] += tap * compute_t(source[ow + shift]);
           }
         } else {
           for (int64_t ow = first; ow < last; ++ow) {
-            row[ow] += tap * source[ow * stride_w + shift];
+            row[ow] += tap * compute_t(source[ow * stride_w + shift]);
           }
         }
       }
+    }
+    if constexpr (!in_place) {
+      std::copy(row, row + g.out_w, out + oh * g.out_w);
     }
   }
 }
@@ -245,16 +257,19 @@ void depthwise_cpu(const at::Tensor& input, const at::Tensor& kernels, const at:
   const int64_t image_size = g.height * g.width, out_size = g.out_h * g.out_w;
   const int64_t kernel_size = taps.size(2) * taps.size(3);
   const bool has_bias = biases.defined();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tunable_conv2d_depthwise", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "tunable_conv2d_depthwise", [&] {
+    using compute_t = at::opmath_type<scalar_t>;
+    TORCH_INTERNAL_ASSERT(taps.scalar_type() == c10::CppTypeToScalarType<compute_t>::value);
     const scalar_t* images = x.const_data_ptr<scalar_t>();
-    const scalar_t* kernel_data = taps.const_data_ptr<scalar_t>();
-    const scalar_t* bias_data = has_bias ? biases.const_data_ptr<scalar_t>() : nullptr;
+    const compute_t* kernel_data = taps.const_data_ptr<compute_t>();
+    const compute_t* bias_data = has_bias ? biases.const_data_ptr<compute_t>() : nullptr;
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, g.planes, 1, [&](int64_t begin, int64_t end) {
+      std::vector<compute_t> scratch(std::is_same_v<scalar_t, compute_t> ? 0 : g.out_w);
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t kernel = g.kernel_of(plane);
         depthwise_plane(g, images + plane * image_size, kernel_data + kernel * kernel_size,
-                        has_bias ? bias_data[kernel] : scalar_t(0), out + plane * out_size);
+                        has_bias ? bias_data[kernel] : compute_t(0), out + plane * out_size, scratch.data());
       }
     });
   });
@@ -306,11 +321,45 @@ at::Tensor tunable_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   return tunable::forward(input, weight, bias, alpha, stride, padding, dilation, groups, kCpu);
 }
 
+// Floats in each of the two float32 tiles of half_type_pointwise: 512 KB, as few blocks of one size
+// as the pool (cpu/kept_memory.h) keeps for every layer.
+constexpr int64_t kTileFloats = int64_t(1) << 17;
+
+// A shared pointwise kernel [Cout, Cin] (float32, blended) on contiguous bfloat16 or float16 images,
+// into `output` of their dtype: tiles of pixels are widened, multiplied in float32 and rounded into
+// the output. Whole float32 copies of the images and the result would stay in the pool after the
+// call, beside the half-type tensors, and defeat the point of the half type: for tunable NAFNet at
+// 128x128 they held 18 MB.
+void half_type_pointwise(const at::Tensor& input, const at::Tensor& kernel, const std::optional<at::Tensor>& bias,
+                         at::Tensor& output) {
+  const int64_t in_channels = kernel.size(1), out_channels = kernel.size(0);
+  const int64_t pixels = input.size(2) * input.size(3);
+  const int64_t channels = std::max<int64_t>({in_channels, out_channels, 1});
+  const int64_t tile_floats = std::max(kTileFloats, channels), tile = tile_floats / channels;
+  const at::TensorOptions float32 = input.options().dtype(at::kFloat);
+  const at::Tensor x_tiles = cpu::kept_empty({tile_floats}, float32), y_tiles = cpu::kept_empty({tile_floats}, float32);
+  const at::Tensor x = tunable::pixel_matrices(input.contiguous(), false);
+  at::Tensor y = tunable::pixel_matrices(output, false);
+  for (int64_t b = 0; b < x.size(0); ++b) {
+    for (int64_t start = 0; start < pixels; start += tile) {
+      const int64_t width = std::min(tile, pixels - start);
+      at::Tensor x_tile = x_tiles.narrow(0, 0, in_channels * width).view({in_channels, width});
+      at::Tensor y_tile = y_tiles.narrow(0, 0, out_channels * width).view({out_channels, width});
+      x_tile.copy_(x[b].narrow(1, start, width));
+      bias ? at::addmm_out(y_tile, bias->unsqueeze(1), kernel, x_tile) : at::mm_out(y_tile, kernel, x_tile);
+      y[b].narrow(1, start, width).copy_(y_tile);
+    }
+  }
+}
+
 // bfloat16 and float16 with one alpha for the batch (inference with one setting): the p kernels, most
 // of a tunable network's bytes, are blended from their own type into one float32 kernel, without a
 // float32 copy of all p (for NAFNet's 512 -> 1024 layers at p = 2, 4 MB a call, kept per size).
-// The input, the bias and alpha are widened and the output rounded at the boundary, as for every
-// other call (cpu/in_float32.h), and the values are those: the blend widens each weight exactly.
+// Contiguous images of pointwise kernels (half_type_pointwise) and of the direct depthwise loop
+// (depthwise_plane) are widened tile by tile or row by row, and their results rounded as they are
+// written. Other convolutions widen the input at the boundary, as every other call does
+// (cpu/in_float32.h). The values are those either way: the blend widens each weight exactly, and a
+// tile's products are the float32 op's.
 at::Tensor tunable_conv2d_cpu_any_dtype(const at::Tensor& input, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -326,6 +375,19 @@ at::Tensor tunable_conv2d_cpu_any_dtype(const at::Tensor& input, const at::Tenso
   const std::optional<at::Tensor> blended_bias =
       bias.has_value() && bias->defined() ? std::optional<at::Tensor>(blend_cpu(*bias, alpha32).view({-1}))
                                           : std::nullopt;
+  if (output_memory_format(input) == at::MemoryFormat::Contiguous) {
+    if (tunable::pointwise(weight, stride, padding, groups)) {
+      at::Tensor output = cpu::kept_empty(out_size, input.options());
+      half_type_pointwise(input, kernel.view({weight.size(1), weight.size(2)}), blended_bias, output);
+      return output;
+    }
+    if (tunable::direct_depthwise(kCpu, input, weight, groups, out_size[3])) {
+      at::Tensor output = cpu::kept_empty(out_size, input.options());
+      depthwise_cpu(input, kernel.view(tunable::depthwise_kernel_shape(weight)),
+                    blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), stride, padding, dilation, output);
+      return output;
+    }
+  }
   const at::Tensor output = tunable::convolve_blended(cpu::widening::widen(input), weight, kernel, blended_bias,
                                                       out_size, stride, padding, dilation, groups, kCpu);
   return cpu::widening::narrow(output, input.scalar_type());
