@@ -31,6 +31,7 @@ from torch import nn
 from flexops.models import checks
 from flexops.models.registry import register
 from flexops.models.train import read_torch_file
+from flexops.nn.dense import Conv2d, Linear
 from flexops.nn.tunable import run_layer, value
 from flexops.nn.window_attention import WindowAttention, relative_position_index
 from flexops.reference.window_attention import shift_regions
@@ -79,9 +80,9 @@ class Mlp(nn.Module):
 
     def __init__(self, in_features, hidden_features, drop=0.0):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x, alphas=None):
@@ -230,10 +231,10 @@ class BasicLayer(nn.Module):
 
 def _residual_conv(dim, resi_connection):
     if resi_connection == "1conv":
-        return nn.Conv2d(dim, dim, 3, 1, 1)
-    return nn.Sequential(nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
-                         nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(0.2, inplace=True),
-                         nn.Conv2d(dim // 4, dim, 3, 1, 1))
+        return Conv2d(dim, dim, 3, 1, 1)
+    return nn.Sequential(Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
+                         Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(0.2, inplace=True),
+                         Conv2d(dim // 4, dim, 3, 1, 1))
 
 
 def as_image(tokens):
@@ -285,9 +286,9 @@ class Upsample(nn.Sequential):
         layers = []
         if scale & (scale - 1) == 0:
             for _ in range(int(math.log2(scale))):
-                layers += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
+                layers += [Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
         elif scale == 3:
-            layers += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
+            layers += [Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
         else:
             raise ValueError(f"upscale must be a power of 2 or 3 for upsampler 'pixelshuffle', got {scale}")
         super().__init__(*layers)
@@ -297,7 +298,7 @@ class UpsampleOneStep(nn.Sequential):
     """Conv 3x3 to scale^2 * out channels, PixelShuffle(scale) (the lightweight SR tail)."""
 
     def __init__(self, scale, num_feat, num_out_ch):
-        super().__init__(nn.Conv2d(num_feat, scale**2 * num_out_ch, 3, 1, 1), nn.PixelShuffle(scale))
+        super().__init__(Conv2d(num_feat, scale**2 * num_out_ch, 3, 1, 1), nn.PixelShuffle(scale))
 
 
 class Reconstruction:
@@ -309,20 +310,20 @@ class Reconstruction:
         self.norm = norm_layer(embed_dim)
         self.conv_after_body = _residual_conv(embed_dim, resi_connection)
         if upsampler == "pixelshuffle":
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.conv_before_upsample = nn.Sequential(Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
             self.upsample = Upsample(upscale, num_feat)
-            self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+            self.conv_last = Conv2d(num_feat, num_out_ch, 3, 1, 1)
         elif upsampler == "pixelshuffledirect":
             self.upsample = UpsampleOneStep(upscale, embed_dim, num_out_ch)
         elif upsampler == "nearest+conv":
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
-            self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+            self.conv_before_upsample = nn.Sequential(Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.conv_up1 = Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_up2 = Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_hr = Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_last = Conv2d(num_feat, num_out_ch, 3, 1, 1)
             self.lrelu = nn.LeakyReLU(0.2, inplace=True)
         else:
-            self.conv_last = nn.Conv2d(embed_dim, num_out_ch, 3, 1, 1)
+            self.conv_last = Conv2d(embed_dim, num_out_ch, 3, 1, 1)
 
     def reconstruct(self, tokens, x_first, x, alphas=None):
         """Deep features [B, H, W, C], shallow features x_first [B, C, H, W] and the normalised input x
@@ -465,7 +466,7 @@ class SwinIR(Reconstruction, nn.Module):
         self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1) if in_chans == 3 else torch.zeros(1, 1, 1, 1),
                              persistent=False)
         self.patches_resolution = tuple(s // patch_size for s in _pair(img_size))
-        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.conv_first = Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = nn.Module()  # the official PatchEmbed only flattens; its one parameter holder
         self.patch_embed.norm = norm_layer(embed_dim) if patch_norm else nn.Identity()
         if ape:

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from flexops.models import data
 from flexops.models.registry import create
+from flexops.nn import dense
 from flexops.ops import ArgumentError
 
 CHECKPOINT_FORMAT = 1
@@ -253,15 +254,15 @@ def check_memory(model, loss_fn, sample, batch_size, step, device, optimizer_slo
 
 def cpu_has_bf16():
     """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX, as oneDNN sees it)."""
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dense.NATIVE_ON_CPU[torch.bfloat16]
 
 
 @functools.cache
 def _warn_emulated_bf16():
     """Once per process: a run asks for bf16 where the CPU would emulate it."""
-    warnings.warn("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): PyTorch's bf16 layers run in "
-                  "emulation here, several times slower than fp32 (the zoo's SwinIR 7.7x on an AVX2 CPU); use "
-                  "fp32 for speed")
+    warnings.warn("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): flexops' kernels and the zoo's "
+                  "Linear and Conv2d layers compute bf16 in float32 here (PyTorch's would emulate it, several "
+                  "times slower), so bf16 saves memory but not time; use fp32 for speed")
 
 
 def autocast(precision, device):

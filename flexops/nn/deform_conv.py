@@ -15,6 +15,7 @@ from torch.nn.modules.utils import _pair
 
 from flexops.nn import _inputs
 from flexops.nn._init import default_init_
+from flexops.nn.dense import Conv2d
 from flexops.ops._args import fx_leaf_layer
 from flexops.ops.deform_conv2d import deform_conv2d
 
@@ -92,7 +93,7 @@ class ModulatedDeformConv2d(DeformConv2d):
         self.offset_groups = offset_groups
         self.mask_activation = mask_activation
         points = self.kernel_size[0] * self.kernel_size[1]
-        self.conv_offset = nn.Conv2d(in_channels, 3 * offset_groups * points, self.kernel_size, self.stride,
+        self.conv_offset = Conv2d(in_channels, 3 * offset_groups * points, self.kernel_size, self.stride,
                                      self.padding, self.dilation)
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)

@@ -7,7 +7,8 @@ project's 2-core VM that made SwinIR-M's qkv projection 14.5 ms instead of 10.3 
 and the MLP's GELU, writing a second fresh map, twice as slow as in place. Without autograd the
 output comes from flexops' kept blocks instead (csrc/cpu/kept_memory.h), addmm writes the product
 into it and GELU runs on it in place: the same operations, so the same result. With gradients, on
-other devices, under autocast and in compiled code it is F.linear (then F.gelu).
+other devices, under autocast, in compiled code and in a half type this CPU runs only in float32
+(flexops.nn.dense) it is flexops.nn.dense.Linear's forward (then F.gelu).
 """
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import flexops.ops  # noqa: F401  (loads flexops._C, which registers flexops::kept_empty_like)
+from flexops.nn import dense
 
 
 @torch.library.register_fake("flexops::kept_empty_like")
@@ -22,7 +24,7 @@ def _fake_kept_empty_like(like, size):
     return like.new_empty(size)
 
 
-class KeptLinear(nn.Linear):
+class KeptLinear(dense.Linear):
     """nn.Linear on an existing layer's Parameters (not copies; the state_dict keys stay), then GELU
     when `gelu` is its `approximate` ("none" or "tanh"), None for none; its CPU inference output
     lives in kept memory."""
@@ -35,8 +37,8 @@ class KeptLinear(nn.Linear):
 
     def forward(self, x):
         if (x.device.type != "cpu" or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")
-                or torch.compiler.is_compiling()):
-            out = F.linear(x, self.weight, self.bias)
+                or torch.compiler.is_compiling() or dense.emulated_half_type(x) is not None):
+            out = super().forward(x)
             return out if self.gelu is None else F.gelu(out, approximate=self.gelu)
         out = torch.ops.flexops.kept_empty_like(x, [*x.shape[:-1], self.out_features])
         rows, flat_out = x.reshape(-1, self.in_features), out.view(-1, self.out_features)

@@ -18,6 +18,7 @@ from torch import nn
 
 from flexops.nn import _inputs
 from flexops.nn._init import default_init_
+from flexops.nn.dense import Linear
 from flexops.ops._args import ArgumentError, conv_params, fx_leaf, fx_leaf_layer
 from flexops.ops.tunable_conv2d import tunable_conv2d, tunable_conv2d_unchecked
 
@@ -86,7 +87,7 @@ class _Tunable(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.num_params = num_params
         self.mode = mode
-        self.mlp = nn.Linear(num_params, num_params) if mode == "mlp" else None
+        self.mlp = Linear(num_params, num_params) if mode == "mlp" else None
 
     def alpha(self, omega, batch=None):
         """alpha for omega [p] or [B, p] (checked, B = `batch` when given), or the one an `Alphas` holds

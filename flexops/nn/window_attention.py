@@ -4,6 +4,7 @@ that turn FlexIR's per-token or per-region early exit into the op's window mask 
 import torch
 from torch import nn
 
+from flexops.nn.dense import Linear
 from flexops.ops._args import ArgumentError, fx_leaf, fx_leaf_layer
 from flexops.ops.window_attention import window_attention
 
@@ -125,8 +126,8 @@ class WindowAttention(nn.Module):
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def relative_position_bias(self, table=None):

@@ -17,6 +17,7 @@ from torch import nn
 from flexops.models import checks
 from flexops.models.cresmd import cost
 from flexops.models.registry import register
+from flexops.nn.dense import Conv2d, Linear
 
 
 def _official_init_(module, scale=0.1):
@@ -34,9 +35,9 @@ class ResidualBlockCRes(nn.Module):
 
     def __init__(self, nf=64, cond_dim=3):
         super().__init__()
-        self.conv1 = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.conv2 = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.local_scale = nn.Linear(cond_dim, nf)
+        self.conv1 = Conv2d(nf, nf, 3, 1, 1)
+        self.conv2 = Conv2d(nf, nf, 3, 1, 1)
+        self.local_scale = Linear(cond_dim, nf)
 
 
 def _add_scaled(base, out, scale):
@@ -82,13 +83,13 @@ class CResMD(nn.Module):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}")
         self.in_nc, self.nf, self.nb, self.cond_dim = in_nc, nf, nb, cond_dim
-        self.global_scale = nn.Linear(cond_dim, out_nc)
-        self.conv_first = nn.Conv2d(in_nc, nf, 3, 2, 1)
+        self.global_scale = Linear(cond_dim, out_nc)
+        self.conv_first = Conv2d(in_nc, nf, 3, 2, 1)
         self.recon_trunk = nn.Sequential(*[ResidualBlockCRes(nf, cond_dim) for _ in range(nb)])
-        self.upconv = nn.Conv2d(nf, nf * 4, 3, 1, 1)
+        self.upconv = Conv2d(nf, nf * 4, 3, 1, 1)
         self.pixel_shuffle = nn.PixelShuffle(2)
-        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.conv_last = nn.Conv2d(nf, out_nc, 3, 1, 1)
+        self.HRconv = Conv2d(nf, nf, 3, 1, 1)
+        self.conv_last = Conv2d(nf, out_nc, 3, 1, 1)
         _official_init_(self)
 
     @property

@@ -15,6 +15,7 @@ from flexops.models import data
 from flexops.models import train as training
 from flexops.models.flexir.network import FlexIR
 from flexops.models.swinir import SwinIR
+from flexops.nn.dense import Conv2d
 
 ALPHA = 0.1
 CHARBONNIER_EPS = 1e-3
@@ -44,8 +45,8 @@ class ChannelScoring(nn.Module):
     def __init__(self, channels, reduction=16):
         super().__init__()
         hidden = max(1, channels // reduction)
-        self.theta = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
-                                   nn.Conv2d(hidden, channels, 1, bias=False))
+        self.theta = nn.Sequential(Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
+                                   Conv2d(hidden, channels, 1, bias=False))
 
     def forward(self, features):
         average = self.theta(F.adaptive_avg_pool2d(features, 1))

@@ -14,6 +14,7 @@ from flexops.models import checks
 from flexops.models.irnas.ops import OPS, check_op_name
 from flexops.models.irnas.viterbi import check_path
 from flexops.models.registry import register
+from flexops.nn.dense import Conv2d
 
 # An illustrative genotype (the zoo's irnas.md, section 5): the searched one of the paper (its Fig. 6)
 # is published only as a picture. Per node: two (op, input) pairs; input 0 = h_{l-2}, 1 = h_{l-1},
@@ -62,7 +63,7 @@ class FixedCell(nn.Module):
 
 
 def _conv_bn(inp, out, kernel_size=1, relu_after=False):
-    layers = [nn.Conv2d(inp, out, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(out)]
+    layers = [Conv2d(inp, out, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(out)]
     return nn.Sequential(*layers, nn.ReLU()) if relu_after else nn.Sequential(*layers)
 
 
@@ -85,7 +86,7 @@ class ASPP(nn.Module):
     def __init__(self, inp, out=ASPP_CHANNELS, rates=ASPP_RATES):
         super().__init__()
         self.atrous = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(inp, inp, 3, padding=r, dilation=r, groups=inp, bias=False), nn.BatchNorm2d(inp),
+            nn.Sequential(Conv2d(inp, inp, 3, padding=r, dilation=r, groups=inp, bias=False), nn.BatchNorm2d(inp),
                           nn.ReLU(), *_conv_bn(inp, out, relu_after=True))
             for r in rates
         )
@@ -139,7 +140,7 @@ class IRNASNet(nn.Module):
             self.cells.append(FixedCell(self.genotype, width_l))
             channels = [channels[1], nodes * width_l]
         self.aspp = ASPP(channels[1])
-        self.out = nn.Conv2d(ASPP_CHANNELS, in_chans, 3, padding=1)
+        self.out = Conv2d(ASPP_CHANNELS, in_chans, 3, padding=1)
 
     def forward(self, x):
         checks.image_batch(x, self.in_chans)

@@ -21,6 +21,7 @@ Example::
 from torch import nn
 
 from flexops.nn.deform_conv import ModulatedDeformConv2d
+from flexops.nn.dense import Conv2d
 
 OP_NAMES = ("conv", "sep", "dil", "def", "skip", "none")
 
@@ -28,7 +29,7 @@ OP_NAMES = ("conv", "sep", "dil", "def", "skip", "none")
 def _relu_conv_bn(channels, affine, dilation=1):
     return nn.Sequential(
         nn.ReLU(),
-        nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False),
+        Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False),
         nn.BatchNorm2d(channels, affine=affine),
     )
 
@@ -36,8 +37,8 @@ def _relu_conv_bn(channels, affine, dilation=1):
 def _separable(channels, affine):
     layers = []
     for _ in range(2):
-        layers += [nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-                   nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels, affine=affine)]
+        layers += [nn.ReLU(), Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+                   Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels, affine=affine)]
     return nn.Sequential(*layers)
 
 

@@ -17,6 +17,7 @@ from flexops.models import checks
 from flexops.models.irnas.ops import OP_NAMES, OPS
 from flexops.models.irnas.viterbi import NUM_WIDTHS, beta_rows, trellis, viterbi
 from flexops.models.registry import register
+from flexops.nn.dense import Conv2d
 
 _NONE = OP_NAMES.index("none")
 
@@ -86,7 +87,7 @@ def cell_genotype(weights, nodes):
 
 
 def _conv_bn(inp, out, kernel_size):
-    return nn.Sequential(nn.Conv2d(inp, out, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(out))
+    return nn.Sequential(Conv2d(inp, out, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(out))
 
 
 class Router(nn.Module):
@@ -148,7 +149,7 @@ class SuperNet(nn.Module):
             moves = [m for m in range(3) if 0 <= source + m - 1 < targets]
             self.routers.append(Router(nodes * widths[source], width, source, moves))
             mask.append([m not in moves for m in range(3)])
-        self.head = nn.Conv2d(nodes * sum(widths[:counts[-1]]), in_chans, 3, padding=1)
+        self.head = Conv2d(nodes * sum(widths[:counts[-1]]), in_chans, 3, padding=1)
         self.alpha = nn.Parameter(torch.ones(num_edges(nodes), len(OP_NAMES)))
         self.beta = nn.Parameter(torch.ones(len(mask), 3))
         self.register_buffer("impossible", torch.tensor(mask))

@@ -4,6 +4,8 @@ channel importances. The search form trains it; the deploy form reads its task m
 import torch
 from torch import nn
 
+from flexops.nn.dense import Linear
+
 
 class Controller(nn.Module):
     """One head per feature map: h_n(t) = Linear(D, hidden) -> ReLU -> Linear(hidden, C) (eq. 4).
@@ -15,7 +17,7 @@ class Controller(nn.Module):
     def __init__(self, cond_dim, num_maps, channels, hidden=64):
         super().__init__()
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(cond_dim, hidden), nn.ReLU(), nn.Linear(hidden, channels)) for _ in range(num_maps)
+            nn.Sequential(Linear(cond_dim, hidden), nn.ReLU(), Linear(hidden, channels)) for _ in range(num_maps)
         )
         for head in self.heads:
             nn.init.constant_(head[2].bias, 1.0)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops.nn.dense import Conv2d, Linear
+
 
 class Discriminator(nn.Module):
     """ESRGAN-style discriminator for images of any size: [B, 3, H, W] in [0, 1] -> [B] logits.
@@ -32,17 +34,17 @@ class Discriminator(nn.Module):
     def __init__(self, in_chans=3, width=64):
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]
-        layers = [nn.Conv2d(in_chans, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        layers = [Conv2d(in_chans, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
         previous = width
         for i, channels in enumerate(widths):
             if i > 0:  # the first stage keeps the first conv's width
-                layers += [nn.Conv2d(previous, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                layers += [Conv2d(previous, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
                            nn.LeakyReLU(0.2, inplace=True)]
-            layers += [nn.Conv2d(channels, channels, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels),
+            layers += [Conv2d(channels, channels, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels),
                        nn.LeakyReLU(0.2, inplace=True)]
             previous = channels
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Linear(previous, 100), nn.LeakyReLU(0.2, inplace=True), nn.Linear(100, 1))
+        self.classifier = nn.Sequential(Linear(previous, 100), nn.LeakyReLU(0.2, inplace=True), Linear(100, 1))
 
     def forward(self, x):
         if x.dim() != 4 or x.shape[-1] < 16 or x.shape[-2] < 16:

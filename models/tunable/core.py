@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from flexops.models import checks
+from flexops.nn.dense import Conv2d, Linear
 from flexops.nn.tunable import MODES, Alphas, TunableConv2d, TunableLinear, TunableParameter
 
 TUNABLE = (TunableConv2d, TunableLinear, TunableParameter)
@@ -48,13 +49,13 @@ class Layers:
         if self.tunable:
             return TunableConv2d(in_channels, out_channels, kernel_size, self.num_params, stride=stride,
                                  padding=padding, groups=groups, bias=bias, mode=self.mode)
-        return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+        return Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
                          bias=bias)
 
     def linear(self, in_features, out_features, bias=True):
         if self.tunable:
             return TunableLinear(in_features, out_features, self.num_params, bias=bias, mode=self.mode)
-        return nn.Linear(in_features, out_features, bias=bias)
+        return Linear(in_features, out_features, bias=bias)
 
     def param(self, shape, plain_shape=None, init=nn.init.zeros_):
         """A tunable tensor of `shape` (TunableParameter, p copies initialised by `init`), or the plain
