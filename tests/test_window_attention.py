@@ -156,6 +156,22 @@ def test_cpu_float32_matches_reference(case):
     check_against_reference("cpu", case, torch.float32, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CPU_CASES[:12] + CPU_CASES[-4:], ids=case_id)
+def test_cpu_low_precision_forward_is_float32_rounded_once(case, dtype):
+    """bfloat16 and float16 on CPU: the forward widens each window as it copies it and rounds the
+    output as it scatters it, so it equals the float32 op on the same rounded values, rounded once
+    (every layout, shift, active mask and bias kind among the cases)."""
+    qkv, bias, active = make_inputs(case, torch.float32)
+    qkv, bias = qkv.to(dtype), None if bias is None else bias.to(dtype)
+    args = (case["heads"], case["ws"], case["shift"])
+    with backends.use("cpu"):
+        out = window_attention(qkv, *args, bias, None, active)
+        widened = window_attention(qkv.float(), *args, None if bias is None else bias.float(), None, active)
+    assert out.dtype == dtype and out.is_contiguous()
+    torch.testing.assert_close(out, widened.to(dtype), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("case", TRITON_CASES, ids=case_id)
 def test_triton_matches_reference(case):
     check_against_reference("triton", case, torch.float32, atol=1e-4, rtol=1e-4)

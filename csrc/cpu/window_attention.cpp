@@ -13,8 +13,11 @@
 // the relative-position-bias gradient is summed per fixed block of windows and then over blocks in
 // order, so results do not depend on the thread count. The bias is [heads, N, N] for the batch or
 // [B, heads, N, N] per image; a per-image bias's blocks each hold windows of one image.
+// bfloat16 and float16: the forward widens each window as it copies it and rounds the output as it
+// scatters it, computing in float32; the backward widens its arguments whole (cpu/in_float32.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -246,9 +249,10 @@ void locate_tokens(const T* map, const Strides& s, const Window& win, int64_t to
 
 // The window's tokens, all `channels` of each, copied to rows[t, 0:channels], and token[t] pointed
 // at them. Whole token rows stream from memory far faster than the few cache lines of one head that
-// each gather reads; the heads then gather from cache.
-template <typename T>
-void copy_window(const T* map, const Strides& s, const Window& win, int64_t channels, int64_t tokens,
+// each gather reads; the heads then gather from cache. A bfloat16 or float16 map (S) is widened to
+// float32 (T) here, one window at a time.
+template <typename S, typename T>
+void copy_window(const S* map, const Strides& s, const Window& win, int64_t channels, int64_t tokens,
                  T* rows, const T** token) {
   for (int64_t t = 0; t < tokens; ++t) {
     token[t] = std::copy_n(map + win.offset(s, t), channels, rows + t * channels) - channels;
@@ -271,9 +275,10 @@ void gather_transposed(const T* const* token, int64_t channel0, int64_t head_dim
   }
 }
 
-template <typename T>
+// The rows back into the map's tokens at channel0 (rounded to the map's type S where it is narrower).
+template <typename T, typename S>
 void scatter(const T* rows, int64_t ld, const Window& win, int64_t channel0, int64_t head_dim,
-             int64_t tokens, const Strides& s, T* map) {
+             int64_t tokens, const Strides& s, S* map) {
   for (int64_t t = 0; t < tokens; ++t) {
     std::copy(rows + t * ld, rows + t * ld + head_dim, map + win.offset(s, t) + channel0);
   }
@@ -410,14 +415,17 @@ struct Task {
   }
 };
 
-template <typename T>
+// Maps of S, in float32 for bfloat16 and float16 (T, which the bias is in): each window is widened
+// as it is copied and its output rounded as it is scattered, so no float32 copy of the map or the
+// output is made (SwinIR-M's qkv map at 64x64 is 8.8 MB in float32).
+template <typename S, typename T = at::opmath_type<S>>
 void forward_kernel(const Tensor& qkv, const Tensor* bias, const std::optional<Tensor>& active,
                     const Geometry& g, double scale, double mask_value, Tensor& out) {
   const auto [on, off] = split_windows(g, active);
   const Strides in(qkv), os(out);
-  const T* map = qkv.const_data_ptr<T>();
+  const S* map = qkv.const_data_ptr<S>();
   const T* bias_data = bias ? bias->const_data_ptr<T>() : nullptr;
-  T* out_data = out.mutable_data_ptr<T>();
+  S* out_data = out.mutable_data_ptr<S>();
   const int64_t n = g.tokens, d = g.head_dim, c = g.channels();
 
   at::parallel_for(0, static_cast<int64_t>(on.size()) * g.heads, 1, [&](int64_t begin, int64_t end) {
@@ -546,8 +554,9 @@ Tensor window_attention_cpu(const Tensor& qkv, int64_t num_heads, int64_t window
   Tensor out = cpu::kept_empty({g.batch, g.height, g.width, g.channels()}, qkv.options());
   if (out.numel() == 0) return out;
   const Tensor map = unit_channel_stride(qkv);
-  const Tensor bias = rel_pos_bias ? rel_pos_bias->contiguous() : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "window_attention_cpu", [&] {
+  const at::ScalarType compute = at::toOpMathType(qkv.scalar_type());
+  const Tensor bias = rel_pos_bias ? rel_pos_bias->to(compute).contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "window_attention_cpu", [&] {
     forward_kernel<scalar_t>(map, rel_pos_bias ? &bias : nullptr, active, g, scale,
                              shift_mask_value(mask_value), out);
   });
@@ -579,7 +588,7 @@ std::tuple<Tensor, Tensor> window_attention_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flexops, CPU, m) {
-  m.impl("window_attention", &cpu::InFloat32<&window_attention_cpu>::call);
+  m.impl("window_attention", &window_attention_cpu);  // bfloat16 and float16 widened per window
   m.impl("window_attention_backward", &cpu::InFloat32<&window_attention_backward_cpu>::call);
 }
 
