@@ -21,6 +21,10 @@ SMALL = {
 TUNABLE = ("tunable_edsr", "tunable_nafnet", "tunable_stylenet", "tunable_swinir")
 # SwinIR's and FlexIR's options that are no tensors are fixed for the trace.
 OPTIONS = {"swinir": {"tile": None, "tile_overlap": 32, "max_memory": 2**32}, "flexir": {"pointer": None}}
+# Networks that choose their maps' memory layout per call (NAFNet runs channels-last on CPU except
+# for a setting per image; a traced graph keeps the layout as written): float32 sums in another
+# order, equal to a few units in the last place rather than bit for bit.
+LAYOUT_PER_CALL = {"tunable_nafnet"}
 
 
 def inputs(name):
@@ -40,5 +44,6 @@ def test_the_network_traces_and_the_graph_computes_the_same(name):
             expected, traced = net(*args), graph(*args)
         if name == "tasnet":
             expected, traced = expected.image, traced.image
-        torch.testing.assert_close(traced, expected, rtol=0, atol=0)
+        tolerance = 1e-5 if name in LAYOUT_PER_CALL else 0
+        torch.testing.assert_close(traced, expected, rtol=tolerance, atol=tolerance / 10)
 

@@ -620,3 +620,21 @@ def test_control_direction_on_a_tiny_resnet():
     assert to_clean[0] < to_clean[1] < to_clean[2], to_clean
     assert to_noisy[0] > to_noisy[1] > to_noisy[2], to_noisy
     assert to_clean[2] > psnr(noisy, clean) + 3  # omega = (1, 0) denoises
+
+
+def test_nafnet_runs_channels_last_on_cpu_except_batches_with_a_setting_per_image():
+    """NAFNet's maps are channels-last on CPU (faster there, eager and compiled), except for a batch
+    with a setting per image (whose pointwise kernels take contiguous images); either way the output
+    is contiguous and the two layouts compute the same to float32 rounding."""
+    net = TunableNAFNet(width=4, enc_blk_nums=(1,), middle_blk_num=1, dec_blk_nums=(1,)).eval()
+    seen = []
+    net.intro.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                                         and not args[0].is_contiguous()))
+    x, omega = torch.rand(2, 3, 16, 16), torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        outputs = [net(x, omega), net(x, omega.expand(2, -1)), net(x[:1], omega[None]), net.bake(omega)(x)]
+    assert seen == [True, False, True]
+    assert all(out.is_contiguous() for out in outputs)
+    for out in outputs[1:]:
+        torch.testing.assert_close(out, outputs[0][:len(out)], rtol=1e-5, atol=1e-6)

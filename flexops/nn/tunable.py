@@ -42,10 +42,12 @@ class Alphas:
     >>> y = conv2(conv1(x, alphas), alphas)          # == conv2(conv1(x, omega), omega)
     """
 
-    __slots__ = ("_by_layer",)
+    __slots__ = ("_by_layer", "per_sample")
 
     def __init__(self, layers, omega):
         traced = isinstance(omega, torch.fx.Proxy)
+        # Whether omega is [B, p] (one setting per image); None where torch.fx traces it (rank unknown).
+        self.per_sample = None if traced else omega.dim() == 2
         mlps = [(layer, layer._modules.get("mlp")) for layer in layers]
         mlp = [(layer, _weight_and_bias(linear, traced)) for layer, linear in mlps if linear is not None]
         self._by_layer = {layer: omega for layer, linear in mlps if linear is None}
