@@ -147,7 +147,11 @@ def _runs_channels_last(x, alphas):
     a graph is captured for export, which stays as the network is written."""
     if checks.traced(x) or x.device.type != "cpu":
         return False
-    return alphas is None or not alphas.per_sample or x.shape[0] == 1
+    if alphas is None:  # the plain network
+        return True
+    # run() takes an Alphas, or omega itself (each layer then computes its own alpha).
+    per_sample = alphas.dim() == 2 if isinstance(alphas, torch.Tensor) else alphas.per_sample
+    return not per_sample or x.shape[0] == 1
 
 
 @register("tunable_nafnet")
