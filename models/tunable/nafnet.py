@@ -140,11 +140,12 @@ def _runs_channels_last(x, alphas):
     """Whether NAFNet runs on channels-last maps (CPU): LayerNorm2d's per-pixel means then read
     contiguous channels and oneDNN's convolutions need no reorders. Measured at 128x128 on 2 threads:
     plain NAFNet-SIDD-width32 123.6 -> 117.0 ms (batch 4: 646 -> 467 ms), tunable with a new shared
-    omega 139.6 -> 123.0 ms, and compiled 123.5 -> 109.5 ms, where its compiled baked twin took 111.9
-    ms (inductor gives the plain network's convolutions channels-last maps itself, not the tunable
-    op's). Not for a batch with a setting per image, whose pointwise kernels are blended as they are
-    packed on contiguous images only (cpu/blended_pointwise.cpp): 457 -> 684 ms at batch 4; nor while
-    a graph is captured for export, which stays as the network is written."""
+    omega 139.6 -> 123.0 ms; compiled, 123.5 -> 109.5 ms in one run (inductor gives the plain
+    network's convolutions channels-last maps itself, not the tunable op's), though over 25 rounds
+    it still read 11-15 % above its compiled baked twin. Not for a batch with a setting per image,
+    whose pointwise kernels are blended as they are packed on contiguous images only
+    (cpu/blended_pointwise.cpp): 457 -> 684 ms at batch 4; nor while a graph is captured for export,
+    which stays as the network is written."""
     if checks.traced(x) or x.device.type != "cpu":
         return False
     if alphas is None:  # the plain network
