@@ -624,8 +624,8 @@ def test_control_direction_on_a_tiny_resnet():
 
 def test_nafnet_runs_channels_last_on_cpu_except_batches_with_a_setting_per_image():
     """NAFNet's maps are channels-last on CPU (faster there, eager and compiled), except for a batch
-    with a setting per image (whose pointwise kernels take contiguous images); either way the output
-    is contiguous and the two layouts compute the same to float32 rounding."""
+    with a setting per image and in a half type (whose kernels convert contiguous images per tile);
+    the output is contiguous and the two layouts compute the same to float32 rounding."""
     net = TunableNAFNet(width=4, enc_blk_nums=(1,), middle_blk_num=1, dec_blk_nums=(1,)).eval()
     seen = []
     net.intro.register_forward_pre_hook(
@@ -636,5 +636,8 @@ def test_nafnet_runs_channels_last_on_cpu_except_batches_with_a_setting_per_imag
         outputs = [net(x, omega), net(x, omega.expand(2, -1)), net(x[:1], omega[None]), net.bake(omega)(x)]
     assert seen == [True, False, True]
     assert all(out.is_contiguous() for out in outputs)
+    with torch.no_grad():
+        net.to(torch.bfloat16)(x.bfloat16(), omega.bfloat16())  # a half type: contiguous maps
+    assert seen[-1] is False
     for out in outputs[1:]:
         torch.testing.assert_close(out, outputs[0][:len(out)], rtol=1e-5, atol=1e-6)

@@ -144,9 +144,14 @@ def _runs_channels_last(x, alphas):
     network's convolutions channels-last maps itself, not the tunable op's), though over 25 rounds
     it still read 11-15 % above its compiled baked twin. Not for a batch with a setting per image,
     whose pointwise kernels are blended as they are packed on contiguous images only
-    (cpu/blended_pointwise.cpp): 457 -> 684 ms at batch 4; nor while a graph is captured for export,
-    which stays as the network is written."""
+    (cpu/blended_pointwise.cpp): 457 -> 684 ms at batch 4; nor in a half type (cast whole or under
+    autocast), where the tunable op widens contiguous images tile by tile but channels-last ones
+    whole (bf16 peak at 128x128: 21 MB contiguous, 29 MB channels-last); nor while a graph is
+    captured for export, which stays as the network is written."""
     if checks.traced(x) or x.device.type != "cpu":
+        return False
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    if dtype not in (torch.float32, torch.float64):
         return False
     if alphas is None:  # the plain network
         return True
