@@ -26,7 +26,8 @@ boundary, csrc/cpu/in_float32.h, so each holds fp32 copies of its input and outp
 ones, in kept blocks of each size; masked_conv2d's forward converts per band instead, so TASNet's
 activations stay bf16, tunable_conv2d blends its kernels from bf16 and widens pointwise and
 depthwise images per tile, and the zoo's dense layers widen slice by slice, flexops/nn/dense.py;
-where fp32's peak is under 8 MB, pages and allocator blocks decide the ratio, so it is not judged); "compiled x" eager / torch.compile time in fp32 (goal >= 1.0x: compiling never slows
+where fp32's peak is under 8 MB, pages and allocator blocks decide the ratio, so it is not judged);
+"compiled x" eager / torch.compile time in fp32 (goal >= 1.0x: compiling never slows
 a network); for tunable NAFNet also "compiled vs baked": its compiled time over its compiled baked
 twin's (goal within 10 %).
 

@@ -31,12 +31,17 @@ NATIVE_ON_CPU = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
                  torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported()}
 
 
+def cpu_compute_dtype(x):
+    """The dtype a CPU layer computes `x` in: CPU autocast's where it is on, else x's own."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+
+
 def emulated_half_type(x):
     """The half type a dense layer would run `x` in on this CPU without native arithmetic for it
-    (x's dtype, or CPU autocast's), or None where PyTorch's own kernel is the one to run."""
+    (cpu_compute_dtype), or None where PyTorch's own kernel is the one to run."""
     if x.device.type != "cpu":
         return None
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    dtype = cpu_compute_dtype(x)
     return dtype if NATIVE_ON_CPU.get(dtype) is False else None
 
 

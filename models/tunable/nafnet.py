@@ -16,6 +16,7 @@ from torch import nn
 from flexops.models import checks
 from flexops.models.registry import register
 from flexops.models.tunable.core import Layers, TunableNetwork
+from flexops.nn import dense
 from flexops.nn.tunable import run_layer, value
 
 
@@ -150,8 +151,7 @@ def _runs_channels_last(x, alphas):
     captured for export, which stays as the network is written."""
     if checks.traced(x) or x.device.type != "cpu":
         return False
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    if dtype not in (torch.float32, torch.float64):
+    if dense.cpu_compute_dtype(x) not in (torch.float32, torch.float64):
         return False
     if alphas is None:  # the plain network
         return True
