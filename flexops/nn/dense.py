@@ -53,7 +53,24 @@ def _widened(t):
     return None if t is None else t.float()
 
 
-class Linear(nn.Linear):
+class _Float32WhereEmulated:
+    """The forward both layers share; each layer supplies `_whole(x, weight, bias)` (its float32
+    math on whole tensors), `_in_slices(x, weight, bias, dtype)` (the same written slice by slice
+    into a `dtype` output) and `_sliceable(x)` (whether its slices can serve x)."""
+
+    @fx_leaf_layer  # one call_module node under torch.fx, as torch.nn's own layers
+    def forward(self, x):
+        dtype = emulated_half_type(x)
+        if dtype is None:
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            weight, bias = self.weight.float(), _widened(self.bias)
+            if torch.is_grad_enabled() or torch.compiler.is_compiling() or not self._sliceable(x):
+                return self._whole(x.float(), weight, bias).to(dtype)
+            return self._in_slices(x, weight, bias, dtype)
+
+
+class Linear(_Float32WhereEmulated, nn.Linear):
     """nn.Linear; a half-type forward on a CPU without native arithmetic for it runs in float32.
 
     Args:
@@ -63,25 +80,24 @@ class Linear(nn.Linear):
     >>> y = layer(x.to(torch.bfloat16))   # bf16 output; on an AVX2 CPU computed in float32
     """
 
-    @fx_leaf_layer  # one call_module node under torch.fx, as torch.nn's own layers
-    def forward(self, x):
-        dtype = emulated_half_type(x)
-        if dtype is None:
-            return super().forward(x)
-        with torch.autocast("cpu", enabled=False):
-            weight, bias = self.weight.float(), _widened(self.bias)
-            if torch.is_grad_enabled() or torch.compiler.is_compiling():
-                return F.linear(x.float(), weight, bias).to(dtype)
-            rows = x.reshape(-1, self.in_features)
-            out = torch.empty(*x.shape[:-1], self.out_features, dtype=dtype)
-            out_rows = out.view(-1, self.out_features)
-            step = max(1, SLICE_BYTES // (4 * (self.in_features + self.out_features)))
-            for start in range(0, rows.shape[0], step):
-                out_rows[start:start + step] = F.linear(rows[start:start + step].float(), weight, bias)
-            return out
+    def _sliceable(self, x):
+        return True
+
+    def _whole(self, x, weight, bias):
+        return F.linear(x, weight, bias)
+
+    def _in_slices(self, x, weight, bias, dtype):
+        """x's rows widened and multiplied a slice at a time."""
+        rows = x.reshape(-1, self.in_features)
+        out = torch.empty(*x.shape[:-1], self.out_features, dtype=dtype)
+        out_rows = out.view(-1, self.out_features)
+        step = max(1, SLICE_BYTES // (4 * (self.in_features + self.out_features)))
+        for start in range(0, rows.shape[0], step):
+            out_rows[start:start + step] = F.linear(rows[start:start + step].float(), weight, bias)
+        return out
 
 
-class Conv2d(nn.Conv2d):
+class Conv2d(_Float32WhereEmulated, nn.Conv2d):
     """nn.Conv2d; a half-type forward on a CPU without native arithmetic for it runs in float32.
 
     Args:
@@ -92,19 +108,14 @@ class Conv2d(nn.Conv2d):
     >>> y = conv(x.to(torch.bfloat16))   # bf16 output; on an AVX2 CPU computed in float32
     """
 
-    @fx_leaf_layer  # one call_module node under torch.fx, as torch.nn's own layers
-    def forward(self, x):
-        dtype = emulated_half_type(x)
-        if dtype is None:
-            return super().forward(x)
-        with torch.autocast("cpu", enabled=False):
-            weight, bias = self.weight.float(), _widened(self.bias)
-            if (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dim() != 4 or x.numel() == 0
-                    or isinstance(self.padding, str) or self.padding_mode != "zeros"):
-                return self._conv_forward(x.float(), weight, bias).to(dtype)
-            return self._in_bands(x, weight, bias, dtype)
+    def _sliceable(self, x):
+        return (x.dim() == 4 and x.numel() > 0 and not isinstance(self.padding, str)
+                and self.padding_mode == "zeros")
 
-    def _in_bands(self, x, weight, bias, dtype):
+    def _whole(self, x, weight, bias):
+        return self._conv_forward(x, weight, bias)
+
+    def _in_slices(self, x, weight, bias, dtype):
         """The convolution of x [B, Cin, H, W] (zero padding given as numbers) in bands of output
         rows: each band's input rows (zero rows where they pass the image's edge) are widened,
         convolved in float32 and written into the half-type output."""
@@ -113,7 +124,7 @@ class Conv2d(nn.Conv2d):
         out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         out_w = (width + 2 * pw - dw * (self.kernel_size[1] - 1) - 1) // sw + 1
         if out_h <= 0 or out_w <= 0:
-            return self._conv_forward(x.float(), weight, bias).to(dtype)  # PyTorch's error
+            return self._whole(x.float(), weight, bias).to(dtype)  # PyTorch's error
         last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         out = torch.empty(batch, self.out_channels, out_h, out_w, dtype=dtype,
                           memory_format=torch.channels_last if last else torch.contiguous_format)
