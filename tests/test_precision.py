@@ -93,6 +93,46 @@ def test_low_precision_matches_float64_reference(name, backend, dtype):
         torch.testing.assert_close(g.double(), w, atol=atol, rtol=rtol)
 
 
+# The ops whose forward hands its products to oneDNN in the half type where the CPU multiplies in it
+# (cpu::half_type_products): tunable_conv2d with one alpha for the batch, deform_conv2d.
+HALF_TYPE_PRODUCTS = {  # (case, the products summed into one output)
+    "tunable_conv2d": (lambda: tunable_case()._replace(
+        inputs=(torch.randn(1, 16, 5, 5).contiguous(memory_format=torch.channels_last), torch.randn(2, 4, 16, 3, 3),
+                torch.randn(2, 4), torch.tensor([0.3, 0.7])),
+        reduction=4 * 5 * 5 * 16 * 9), 2 * 16 * 9),  # alpha's gradient: every output's 16 * 3 * 3 products
+    "deform_conv2d": (deform_case, 2 * 9),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", HALF_TYPE_PRODUCTS)
+def test_cpu_half_type_products(name, dtype, monkeypatch):
+    """FLEXOPS_CPU_HALF_PRODUCTS=native (what a CPU whose oneDNN multiplies in the half type gets on
+    its own) runs the forward's products in the half type: another result than the widened path's,
+    within the dtype's tolerance of the float64 reference, gradients included (the backward widens)."""
+    make_case, forward_reduction = HALF_TYPE_PRODUCTS[name]
+    case = make_case()
+    rounded = leaves(case.inputs, dtype)
+    monkeypatch.setenv("FLEXOPS_CPU_HALF_PRODUCTS", "float32")
+    widened = case.op(*rounded)
+    monkeypatch.setenv("FLEXOPS_CPU_HALF_PRODUCTS", "native")
+    got = values_and_grads(case.op, rounded)
+    with backends.use("reference"):
+        want = values_and_grads(case.op, leaves(rounded, torch.float64))
+    assert not torch.equal(got[0], widened)
+    for g, w, reduction in zip(got, want, [forward_reduction] + [case.reduction] * len(case.inputs)):
+        assert g.dtype == dtype
+        atol, rtol = low_precision_tolerance(dtype, reduction)
+        torch.testing.assert_close(g.double(), w, atol=atol, rtol=rtol)
+
+
+def test_cpu_half_type_products_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("FLEXOPS_CPU_HALF_PRODUCTS", "fast")
+    case = deform_case()
+    with pytest.raises(RuntimeError, match="FLEXOPS_CPU_HALF_PRODUCTS must be native, float32 or auto, not 'fast'"):
+        case.op(*leaves(case.inputs, torch.bfloat16))
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_opcheck_bfloat16(name):
     """The compiled op; its Triton twin has the same fake kernel and autograd (flexops.ops._register)

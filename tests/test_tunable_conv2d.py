@@ -94,12 +94,14 @@ def test_cpu_blended_pointwise_matches_reference(case):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_sample"])
 @pytest.mark.parametrize("case", CPU_CASES[:12] + DEPTHWISE_CASES[:4] + BLENDED_POINTWISE_CASES, ids=case_id)
-def test_cpu_low_precision_matches_reference(case, shared, dtype):
-    """bfloat16 and float16 on CPU: with one alpha the p kernels are blended from the half type into
-    float32, and contiguous pointwise and direct depthwise convolutions widen their images tile by
-    tile (515 -> 7 channels at 16x16: two tiles of pixels); per sample every argument is widened at
-    the boundary. Either way the output equals the float32 op's on the same rounded values, rounded
-    once, and lies within the dtype's tolerance of the float64 reference."""
+def test_cpu_low_precision_matches_reference(case, shared, dtype, monkeypatch):
+    """bfloat16 and float16 on CPU without half-type products (as on a CPU whose oneDNN lacks them):
+    with one alpha the p kernels are blended from the half type into float32, and contiguous
+    pointwise and direct depthwise convolutions widen their images tile by tile (515 -> 7 channels at
+    16x16: two tiles of pixels); per sample every argument is widened at the boundary. Either way the
+    output equals the float32 op's on the same rounded values, rounded once, and lies within the
+    dtype's tolerance of the float64 reference."""
+    monkeypatch.setenv("FLEXOPS_CPU_HALF_PRODUCTS", "float32")
     p, _, with_bias = variant(case)
     (x, weight, bias, alpha), conv = make_args(case, torch.float32, shared, with_bias, p)
     rounded = [t if t is None else t.to(dtype) for t in (x, weight, bias, alpha)]
@@ -110,6 +112,33 @@ def test_cpu_low_precision_matches_reference(case, shared, dtype):
     expected = reference.tunable_conv2d(*(t if t is None else t.double() for t in rounded), *conv)
     kh, kw = case["kernel"]
     atol, rtol = low_precision_tolerance(dtype, p * case["in_channels"] // case["groups"] * kh * kw)
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CPU_CASES[:12] + DEPTHWISE_CASES[:4] + BLENDED_POINTWISE_CASES, ids=case_id)
+def test_cpu_half_type_products_match_reference(case, dtype, monkeypatch):
+    """Where oneDNN multiplies in the half type (forced here, so on any CPU): one alpha's blended
+    kernel and bias are rounded to it once and the convolution runs in it, with float32 accumulation
+    (the direct depthwise loop, which makes no products to hand over, keeps its float32 kernel). The
+    output lies within the dtype's tolerance of the float64 reference on that kernel, and of the
+    reference on the p kernels."""
+    monkeypatch.setenv("FLEXOPS_CPU_HALF_PRODUCTS", "native")
+    p, _, with_bias = variant(case)
+    (x, weight, bias, alpha), conv = make_args(case, torch.float32, True, with_bias, p)
+    x, weight, bias, alpha = (t if t is None else t.to(dtype) for t in (x, weight, bias, alpha))
+    out = tunable_conv2d(x, weight, bias, alpha, *conv)
+    assert out.dtype == dtype
+    kernel_dtype = torch.float32 if case in DEPTHWISE_CASES else dtype
+    blend = lambda params: torch.tensordot(alpha.float(), params.float(), 1).to(kernel_dtype).double()[None]  # noqa: E731
+    one = torch.ones(1, dtype=torch.float64)
+    on_rounded = reference.tunable_conv2d(x.double(), blend(weight), None if bias is None else blend(bias), one, *conv)
+    expected = reference.tunable_conv2d(*(t if t is None else t.double() for t in (x, weight, bias, alpha)), *conv)
+    kh, kw = case["kernel"]
+    reduction = case["in_channels"] // case["groups"] * kh * kw
+    atol, rtol = low_precision_tolerance(dtype, reduction)
+    torch.testing.assert_close(out.double(), on_rounded, atol=atol, rtol=rtol)
+    atol, rtol = low_precision_tolerance(dtype, p * reduction)
     torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
 
 

@@ -262,11 +262,11 @@ void for_each_sampling_point(const Shape& s, const Tile& tile, const scalar_t* o
 }
 
 // The four corners of a sampling point as rows of the NHWC input (`zeros` for a corner outside)
-// and their weights.
+// and their weights (float32 for half-type rows).
 template <typename scalar_t>
 struct CornerRows {
   const scalar_t* row[4];
-  scalar_t weight[4];
+  at::opmath_type<scalar_t> weight[4];
 };
 
 template <typename scalar_t, typename acc_t>
@@ -275,7 +275,7 @@ CornerRows<scalar_t> corner_rows(const BilinearCorners<acc_t>& c, const acc_t* w
   CornerRows<scalar_t> r;
   for (int q = 0; q < 4; ++q) {
     r.row[q] = c.index[q] >= 0 ? image + c.index[q] * channels : zeros;
-    r.weight[q] = scalar_t(weight[q]);
+    r.weight[q] = weight[q];
   }
   return r;
 }
@@ -286,17 +286,18 @@ CornerRows<scalar_t> corner_rows(const BilinearCorners<acc_t>& c, const acc_t* w
 
 // dst[c] = mask * sum_q weight[q] * row[q][c] for c in [begin, end). The mask multiplies the
 // sampled value, as in torchvision: folded into the corner weights, an infinite mask would meet a
-// zero weight and give NaN where torchvision gives inf.
-template <typename scalar_t>
+// zero weight and give NaN where torchvision gives inf. Half-type values are computed in float32
+// and rounded once.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 __attribute__((noinline)) void blend(scalar_t* __restrict dst, const CornerRows<scalar_t>& r,
-                                     scalar_t mask, int64_t begin, int64_t end) {
+                                     acc_t mask, int64_t begin, int64_t end) {
   const scalar_t* __restrict r0 = r.row[0];
   const scalar_t* __restrict r1 = r.row[1];
   const scalar_t* __restrict r2 = r.row[2];
   const scalar_t* __restrict r3 = r.row[3];
-  const scalar_t w0 = r.weight[0], w1 = r.weight[1], w2 = r.weight[2], w3 = r.weight[3];
+  const acc_t w0 = r.weight[0], w1 = r.weight[1], w2 = r.weight[2], w3 = r.weight[3];
   for (int64_t c = begin; c < end; ++c) {
-    dst[c] = mask * (w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c]);
+    dst[c] = scalar_t(mask * (w0 * acc_t(r0[c]) + w1 * acc_t(r1[c]) + w2 * acc_t(r2[c]) + w3 * acc_t(r3[c])));
   }
 }
 
@@ -415,7 +416,7 @@ void forward_kernel(const Shape& s, const scalar_t* input, Strided<const scalar_
             const auto rows =
                 corner_rows(corners, corners.weight, image, zeros.data(), s.in_channels);
             for (size_t r = r0; r < r1; ++r) {
-              blend(columns + p * s.row + runs[r].column + k * s.group_in, rows, scalar_t(m),
+              blend(columns + p * s.row + runs[r].column + k * s.group_in, rows, m,
                     runs[r].begin, runs[r].end);
             }
           });
@@ -639,7 +640,9 @@ Tensor deform_conv2d_cpu(const Tensor& input, const Tensor& offset, const Tensor
   const Tensor bias_ = bias ? bias->contiguous() : Tensor();
   const Tensor offset_ = with_flat_pixels(offset);
   const Tensor mask_ = mask ? with_flat_pixels(*mask) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d", [&] {
+  // Half types come here only where oneDNN multiplies in them (cpu::half_type_products; elsewhere
+  // InFloat32 widens them): columns in the half type, products accumulated in float32.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "deform_conv2d", [&] {
     const Tensor image = to_nhwc<scalar_t>(input);
     forward_kernel<scalar_t>(
         s, image.const_data_ptr<scalar_t>(), Strided<const scalar_t>(offset_),
@@ -696,7 +699,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> deform_conv2d_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(flexops, CPU, m) {
-  m.impl("deform_conv2d", &cpu::InFloat32<&deform_conv2d_cpu>::call);
+  m.impl("deform_conv2d", &cpu::InFloat32<&deform_conv2d_cpu, /*native_products=*/true>::call);
   m.impl("deform_conv2d_backward", &cpu::InFloat32<&deform_conv2d_backward_cpu>::call);
 }
 

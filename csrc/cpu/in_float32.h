@@ -11,13 +11,21 @@
 // 128x128 took 4081 ms in bf16 against 47 ms in float32, a 16384x180 by 180x540 product 1450 ms
 // against 81 ms.
 //
+// Where the CPU does have them (half_type_products below), an op whose bulk is matrix products and
+// convolutions (tunable_conv2d, deform_conv2d forward) runs in the half type instead: oneDNN then
+// multiplies with the CPU's bf16/fp16 dot-product instructions, accumulating in float32.
+//
 // InFloat32<&op>::call has op's signature and registers in its place. It widens only when the
 // first floating-point tensor argument is bfloat16 or float16 and every other floating-point tensor
 // argument has the same dtype; otherwise it calls op unchanged, whose argument checks then name
-// the mismatch (or which runs float32/float64 as before).
+// the mismatch (or which runs float32/float64 as before). InFloat32<&op, true> calls op unchanged
+// also where half_type_products says the CPU multiplies in that half type: op then serves it.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 #include <tuple>
 #include <utility>
 
@@ -28,6 +36,11 @@ namespace flexops::cpu {
 namespace widening {
 
 inline bool is_half_type(at::ScalarType dtype) { return dtype == at::kBFloat16 || dtype == at::kHalf; }
+
+// What PyTorch's own check answers (torch.ops.mkldnn._is_mkldnn_bf16_supported and _fp16_).
+inline bool onednn_says(const char* check) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(check, "").typed<bool()>().call();
+}
 
 // The dtype that all floating-point tensor arguments share, as far as seen.
 struct SharedDtype {
@@ -82,15 +95,33 @@ std::tuple<Ts...> narrow(const std::tuple<Ts...>& results, at::ScalarType dtype)
 
 }  // namespace widening
 
-template <auto op>
+// Whether oneDNN multiplies `dtype` (bfloat16 or float16) with this CPU's own instructions (AVX-512
+// and its BF16 or FP16 extensions, AMX), as PyTorch's check says; flexops.nn.dense follows the same
+// rule. The environment variable FLEXOPS_CPU_HALF_PRODUCTS, read on every call, overrides it:
+// "native" or "float32" ("auto" or unset: the check). The tests force each path on any CPU; on one
+// without the instructions ATen's portable loops serve "native" products, correctly but slowly.
+inline bool half_type_products(at::ScalarType dtype) {
+  if (const char* forced = std::getenv("FLEXOPS_CPU_HALF_PRODUCTS")) {
+    const std::string_view choice(forced);
+    if (choice == "native") return true;
+    if (choice == "float32") return false;
+    TORCH_CHECK(choice.empty() || choice == "auto",
+                "FLEXOPS_CPU_HALF_PRODUCTS must be native, float32 or auto, not '", choice, "'");
+  }
+  static const bool bf16 = widening::onednn_says("mkldnn::_is_mkldnn_bf16_supported");
+  static const bool fp16 = widening::onednn_says("mkldnn::_is_mkldnn_fp16_supported");
+  return dtype == at::kBFloat16 ? bf16 : dtype == at::kHalf && fp16;
+}
+
+template <auto op, bool native_products = false>
 struct InFloat32;
 
-template <typename Result, typename... Args, Result (*op)(Args...)>
-struct InFloat32<op> {
+template <typename Result, typename... Args, Result (*op)(Args...), bool native_products>
+struct InFloat32<op, native_products> {
   static Result call(Args... args) {
     widening::SharedDtype shared;
     (shared.see(args), ...);
-    if (!shared.half_type()) {
+    if (!shared.half_type() || (native_products && half_type_products(*shared.first))) {
       return op(args...);
     }
     return widening::narrow(op(widening::widen(args)...), *shared.first);

@@ -355,11 +355,13 @@ void half_type_pointwise(const at::Tensor& input, const at::Tensor& kernel, cons
 // bfloat16 and float16 with one alpha for the batch (inference with one setting): the p kernels, most
 // of a tunable network's bytes, are blended from their own type into one float32 kernel, without a
 // float32 copy of all p (for NAFNet's 512 -> 1024 layers at p = 2, 4 MB a call, kept per size).
-// Contiguous images of pointwise kernels (half_type_pointwise) and of the direct depthwise loop
-// (depthwise_plane) are widened tile by tile or row by row, and their results rounded as they are
-// written. Other convolutions widen the input at the boundary, as every other call does
-// (cpu/in_float32.h). The values are those either way: the blend widens each weight exactly, and a
-// tile's products are the float32 op's.
+// Contiguous images of the direct depthwise loop (depthwise_plane) are widened row by row and
+// their results rounded as they are written. Where oneDNN multiplies in the half type
+// (cpu::half_type_products) every other convolution is its, on the blended kernel rounded once.
+// Elsewhere contiguous images of pointwise kernels (half_type_pointwise) are widened tile by tile,
+// and other convolutions widen the input at the boundary, as every other call does
+// (cpu/in_float32.h). The values are the float32 op's on the rounded inputs, rounded once: the
+// blend widens each weight exactly, and a tile's products are the float32 op's.
 at::Tensor tunable_conv2d_cpu_any_dtype(const at::Tensor& input, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -375,22 +377,28 @@ at::Tensor tunable_conv2d_cpu_any_dtype(const at::Tensor& input, const at::Tenso
   const std::optional<at::Tensor> blended_bias =
       bias.has_value() && bias->defined() ? std::optional<at::Tensor>(blend_cpu(*bias, alpha32).view({-1}))
                                           : std::nullopt;
-  if (output_memory_format(input) == at::MemoryFormat::Contiguous) {
-    if (tunable::pointwise(weight, stride, padding, groups)) {
-      at::Tensor output = cpu::kept_empty(out_size, input.options());
-      half_type_pointwise(input, kernel.view({weight.size(1), weight.size(2)}), blended_bias, output);
-      return output;
-    }
-    if (tunable::direct_depthwise(kCpu, input, weight, groups, out_size[3])) {
-      at::Tensor output = cpu::kept_empty(out_size, input.options());
-      depthwise_cpu(input, kernel.view(tunable::depthwise_kernel_shape(weight)),
-                    blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), stride, padding, dilation, output);
-      return output;
-    }
+  const bool contiguous = output_memory_format(input) == at::MemoryFormat::Contiguous;
+  if (contiguous && tunable::direct_depthwise(kCpu, input, weight, groups, out_size[3])) {
+    at::Tensor output = cpu::kept_empty(out_size, input.options());
+    depthwise_cpu(input, kernel.view(tunable::depthwise_kernel_shape(weight)),
+                  blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), stride, padding, dilation, output);
+    return output;
+  }
+  const at::ScalarType dtype = input.scalar_type();
+  if (cpu::half_type_products(dtype)) {  // oneDNN multiplies in the half type: the blend rounded to it once
+    const std::optional<at::Tensor> rounded_bias =
+        blended_bias ? std::optional<at::Tensor>(blended_bias->to(dtype)) : std::nullopt;
+    return tunable::convolve_blended(input, weight, kernel.to(dtype), rounded_bias, out_size, stride, padding,
+                                     dilation, groups, kCpu);
+  }
+  if (contiguous && tunable::pointwise(weight, stride, padding, groups)) {
+    at::Tensor output = cpu::kept_empty(out_size, input.options());
+    half_type_pointwise(input, kernel.view({weight.size(1), weight.size(2)}), blended_bias, output);
+    return output;
   }
   const at::Tensor output = tunable::convolve_blended(cpu::widening::widen(input), weight, kernel, blended_bias,
                                                       out_size, stride, padding, dilation, groups, kCpu);
-  return cpu::widening::narrow(output, input.scalar_type());
+  return cpu::widening::narrow(output, dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tunable_conv2d_backward_cpu(
