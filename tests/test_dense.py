@@ -1,6 +1,10 @@
 """flexops.nn.dense: Linear and Conv2d are torch.nn's layers, except that a half-type CPU forward
 where oneDNN does not run that type computes in float32 and rounds once."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -23,6 +27,21 @@ def emulated(request, monkeypatch):
     """Runs a test as on a CPU with native half types, and as on one without (this one may be either)."""
     monkeypatch.setattr(dense, "NATIVE_ON_CPU", {torch.bfloat16: not request.param, torch.float16: not request.param})
     return request.param
+
+
+@pytest.mark.parametrize("choice, native", [("native", "True True"), ("float32", "False False"), ("fast", None)])
+def test_setting_forces_the_choice(choice, native):
+    """FLEXOPS_CPU_HALF_PRODUCTS, read at import in a new process, forces the layers' choice as it
+    does the CPU kernels'; another value is an error that names it."""
+    code = "import torch, flexops.nn.dense as d; print(d.NATIVE_ON_CPU[torch.bfloat16], d.NATIVE_ON_CPU[torch.float16])"
+    done = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FLEXOPS_CPU_HALF_PRODUCTS": choice})
+    if native is None:
+        assert done.returncode != 0
+        assert "FLEXOPS_CPU_HALF_PRODUCTS must be native, float32 or auto, not 'fast'" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == native
 
 
 def test_same_parameters_and_float32_results(emulated):
