@@ -94,12 +94,13 @@ def test_low_precision_matches_float64_reference(name, backend, dtype):
 
 
 # The ops whose forward hands its products to oneDNN in the half type where the CPU multiplies in it
-# (cpu::half_type_products): tunable_conv2d with one alpha for the batch, deform_conv2d.
+# (cpu::half_type_products): tunable_conv2d (one alpha for the batch, or one per sample), deform_conv2d.
 HALF_TYPE_PRODUCTS = {  # (case, the products summed into one output)
     "tunable_conv2d": (lambda: tunable_case()._replace(
         inputs=(torch.randn(1, 16, 5, 5).contiguous(memory_format=torch.channels_last), torch.randn(2, 4, 16, 3, 3),
                 torch.randn(2, 4), torch.tensor([0.3, 0.7])),
         reduction=4 * 5 * 5 * 16 * 9), 2 * 16 * 9),  # alpha's gradient: every output's 16 * 3 * 3 products
+    "tunable_conv2d per sample": (tunable_case, 2 * 4 * 9),
     "deform_conv2d": (deform_case, 2 * 9),
 }
 

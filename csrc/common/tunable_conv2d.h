@@ -188,10 +188,9 @@ inline void pointwise_forward(const at::Tensor& input, const at::Tensor& kernels
                : at::mv_out(out_vector, kernels[b], vectors[b]);
     }
   } else {
-    last ? at::bmm_out(y, x, kernels.transpose(1, 2)) : at::bmm_out(y, kernels, x);
-    if (has_bias) {
-      y.add_(biases.unsqueeze(last ? 1 : 2));
-    }
+    // The bias joins the product before it is stored: one rounding of a half-type output.
+    const at::Tensor lhs = last ? x : kernels, rhs = last ? kernels.transpose(1, 2) : x;
+    has_bias ? at::baddbmm_out(y, biases.unsqueeze(last ? 1 : 2).expand_as(y), lhs, rhs) : at::bmm_out(y, lhs, rhs);
   }
 }
 

@@ -314,6 +314,18 @@ constexpr tunable::Platform kCpu{&per_sample_strategy, /*samples_in_parallel=*/t
                                  /*shared_pointwise_as_matmul=*/true, /*one_pixel_as_matvec=*/true, &depthwise_cpu,
                                  &depthwise_backward_cpu, /*depthwise_min_width=*/96, &cpu::blended_pointwise};
 
+// Kernels for products in a half type: blended in float32 (each weight widened exactly) and rounded once.
+at::Tensor blend_rounded_cpu(const at::Tensor& params, const at::Tensor& alpha) {
+  return cpu::widening::kept_copy(blend_cpu(params, alpha.to(at::kFloat)), params.scalar_type());
+}
+
+// kCpu for half types where oneDNN multiplies in them (cpu::half_type_products): every convolution
+// is the platform's, on rounded kernels (the direct depthwise loop and the blending product take
+// float32 kernels).
+constexpr tunable::Platform kCpuHalfProducts{&per_sample_strategy, /*samples_in_parallel=*/true, &blend_rounded_cpu,
+                                             &cpu::kept_empty, /*shared_pointwise_as_matmul=*/true,
+                                             /*one_pixel_as_matvec=*/true, nullptr, nullptr, 0, nullptr};
+
 at::Tensor tunable_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                               at::IntArrayRef stride, at::IntArrayRef padding,
@@ -352,44 +364,45 @@ void half_type_pointwise(const at::Tensor& input, const at::Tensor& kernel, cons
   }
 }
 
-// bfloat16 and float16 with one alpha for the batch (inference with one setting): the p kernels, most
-// of a tunable network's bytes, are blended from their own type into one float32 kernel, without a
-// float32 copy of all p (for NAFNet's 512 -> 1024 layers at p = 2, 4 MB a call, kept per size).
-// Contiguous images of the direct depthwise loop (depthwise_plane) are widened row by row and
-// their results rounded as they are written. Where oneDNN multiplies in the half type
-// (cpu::half_type_products) every other convolution is its, on the blended kernel rounded once.
-// Elsewhere contiguous images of pointwise kernels (half_type_pointwise) are widened tile by tile,
-// and other convolutions widen the input at the boundary, as every other call does
-// (cpu/in_float32.h). The values are the float32 op's on the rounded inputs, rounded once: the
-// blend widens each weight exactly, and a tile's products are the float32 op's.
+// bfloat16 and float16. Where oneDNN multiplies in the half type (cpu::half_type_products) the
+// convolutions are its, on kernels blended in float32 and rounded once (kCpuHalfProducts), but for
+// one alpha's direct depthwise loop, which makes no products to hand over. Elsewhere, with one alpha
+// for the batch (inference with one setting), the p kernels, most of a tunable network's bytes, are
+// blended from their own type into one float32 kernel, without a float32 copy of all p (for NAFNet's
+// 512 -> 1024 layers at p = 2, 4 MB a call, kept per size); contiguous images of pointwise kernels
+// (half_type_pointwise) and of the direct depthwise loop (depthwise_plane) are widened tile by tile
+// or row by row, and their results rounded as they are written; other convolutions, and every one
+// with an alpha per sample, widen the input at the boundary (cpu/in_float32.h). The values are the
+// float32 op's on the rounded inputs, rounded once: the blend widens each weight exactly, and a
+// tile's products are the float32 op's.
 at::Tensor tunable_conv2d_cpu_any_dtype(const at::Tensor& input, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias, const at::Tensor& alpha,
                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                        int64_t groups) {
-  if (!cpu::widening::is_half_type(input.scalar_type()) || alpha.dim() != 1) {
+  const at::ScalarType dtype = input.scalar_type();
+  const bool half = cpu::widening::is_half_type(dtype), native = half && cpu::half_type_products(dtype);
+  if (!half || (alpha.dim() != 1 && !native)) {
     return cpu::InFloat32<&tunable_conv2d_cpu>::call(input, weight, bias, alpha, stride, padding, dilation, groups);
   }
   // The arguments as they came (one dtype for all, or an error naming the odd one).
   const auto out_size =
       tunable::checked_output_size("tunable_conv2d", input, weight, bias, alpha, stride, padding, dilation, groups);
+  const bool contiguous = output_memory_format(input) == at::MemoryFormat::Contiguous;
+  const bool depthwise_loop =
+      alpha.dim() == 1 && contiguous && tunable::direct_depthwise(kCpu, input, weight, groups, out_size[3]);
+  if (native && !depthwise_loop) {
+    return tunable::forward(input, weight, bias, alpha, stride, padding, dilation, groups, kCpuHalfProducts);
+  }
   const at::Tensor alpha32 = alpha.to(at::kFloat);
   const at::Tensor kernel = blend_cpu(weight, alpha32);
   const std::optional<at::Tensor> blended_bias =
       bias.has_value() && bias->defined() ? std::optional<at::Tensor>(blend_cpu(*bias, alpha32).view({-1}))
                                           : std::nullopt;
-  const bool contiguous = output_memory_format(input) == at::MemoryFormat::Contiguous;
-  if (contiguous && tunable::direct_depthwise(kCpu, input, weight, groups, out_size[3])) {
+  if (depthwise_loop) {
     at::Tensor output = cpu::kept_empty(out_size, input.options());
     depthwise_cpu(input, kernel.view(tunable::depthwise_kernel_shape(weight)),
                   blended_bias ? blended_bias->unsqueeze(0) : at::Tensor(), stride, padding, dilation, output);
     return output;
-  }
-  const at::ScalarType dtype = input.scalar_type();
-  if (cpu::half_type_products(dtype)) {  // oneDNN multiplies in the half type: the blend rounded to it once
-    const std::optional<at::Tensor> rounded_bias =
-        blended_bias ? std::optional<at::Tensor>(blended_bias->to(dtype)) : std::nullopt;
-    return tunable::convolve_blended(input, weight, kernel.to(dtype), rounded_bias, out_size, stride, padding,
-                                     dilation, groups, kCpu);
   }
   if (contiguous && tunable::pointwise(weight, stride, padding, groups)) {
     at::Tensor output = cpu::kept_empty(out_size, input.options());
