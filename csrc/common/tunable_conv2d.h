@@ -188,9 +188,19 @@ inline void pointwise_forward(const at::Tensor& input, const at::Tensor& kernels
                : at::mv_out(out_vector, kernels[b], vectors[b]);
     }
   } else {
-    // The bias joins the product before it is stored: one rounding of a half-type output.
     const at::Tensor lhs = last ? x : kernels, rhs = last ? kernels.transpose(1, 2) : x;
-    has_bias ? at::baddbmm_out(y, biases.unsqueeze(last ? 1 : 2).expand_as(y), lhs, rhs) : at::bmm_out(y, lhs, rhs);
+    const at::Tensor bias_columns = has_bias ? biases.unsqueeze(last ? 1 : 2) : at::Tensor();
+    if (has_bias && at::isReducedFloatingType(y.scalar_type())) {
+      // A half-type output takes the bias inside the product: rounded once, not twice.
+      at::baddbmm_out(y, bias_columns.expand_as(y), lhs, rhs);
+    } else {
+      // In float32 adding it afterwards is faster (CPU, 4 x 32 -> 64 x 16384 pixels: 4.2-6.7 against
+      // 6.3-7.5 ms): baddbmm first copies the expanded bias into the output.
+      at::bmm_out(y, lhs, rhs);
+      if (has_bias) {
+        y.add_(bias_columns);
+      }
+    }
   }
 }
 
