@@ -11,9 +11,9 @@
 // 128x128 took 4081 ms in bf16 against 47 ms in float32, a 16384x180 by 180x540 product 1450 ms
 // against 81 ms.
 //
-// Where the CPU does have them (half_type_products below), an op whose bulk is matrix products and
-// convolutions (tunable_conv2d, deform_conv2d forward) runs in the half type instead: oneDNN then
-// multiplies with the CPU's bf16/fp16 dot-product instructions, accumulating in float32.
+// Where the CPU does have them (half_type_products below), the forwards whose bulk is matrix
+// products and convolutions (tunable_conv2d, deform_conv2d) run in the half type instead: oneDNN
+// then multiplies with the CPU's bf16/fp16 dot-product instructions, accumulating in float32.
 //
 // InFloat32<&op>::call has op's signature and registers in its place. It widens only when the
 // first floating-point tensor argument is bfloat16 or float16 and every other floating-point tensor
