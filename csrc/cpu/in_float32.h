@@ -98,8 +98,9 @@ std::tuple<Ts...> narrow(const std::tuple<Ts...>& results, at::ScalarType dtype)
 // Whether oneDNN multiplies `dtype` (bfloat16 or float16) with this CPU's own instructions (AVX-512
 // and its BF16 or FP16 extensions, AMX), as PyTorch's check says. The environment variable
 // FLEXOPS_CPU_HALF_PRODUCTS, read on every call, overrides it: "native" or "float32" ("auto" or
-// unset: the check). flexops.nn.dense follows the same rule (reading the variable once). The tests force each path on any CPU; on one
-// without the instructions ATen's portable loops serve "native" products, correctly but slowly.
+// unset: the check). flexops.nn.dense asks it once, at import (flexops._C.cpu_half_type_products).
+// The tests force each path on any CPU; on one without the instructions ATen's portable loops serve
+// "native" products, correctly but slowly.
 inline bool half_type_products(at::ScalarType dtype) {
   if (const char* forced = std::getenv("FLEXOPS_CPU_HALF_PRODUCTS")) {
     const std::string_view choice(forced);

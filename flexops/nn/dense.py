@@ -20,30 +20,19 @@ and output would raise the peak memory above the float32 network's (the IR-NAS n
 ran at 0.74x). Training and compiled code (where inductor fuses the conversions) take it whole.
 """
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexops import _C
 from flexops.ops._args import fx_leaf_layer
 
 
-def _native_on_cpu():
-    """{half type: whether oneDNN runs it on this CPU} (else ATen's slow portable loops would), as
-    PyTorch's check says, or as FLEXOPS_CPU_HALF_PRODUCTS=native|float32 forces it: the setting
-    flexops' CPU kernels read too (csrc/cpu/in_float32.h), here when this module is imported (compiled
-    code would not see a later change)."""
-    choice = os.environ.get("FLEXOPS_CPU_HALF_PRODUCTS", "auto")
-    if choice not in ("native", "float32", "auto", ""):
-        raise ValueError(f"FLEXOPS_CPU_HALF_PRODUCTS must be native, float32 or auto, not {choice!r}")
-    checks = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
-              torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}
-    return {dtype: choice == "native" if choice in ("native", "float32") else check()
-            for dtype, check in checks.items()}
-
-
-NATIVE_ON_CPU = _native_on_cpu()
+# {half type: whether oneDNN runs it on this CPU} (else ATen's slow portable loops would): the rule
+# flexops' CPU kernels follow (csrc/cpu/in_float32.h: PyTorch's check, or FLEXOPS_CPU_HALF_PRODUCTS
+# forcing native or float32), asked once, when this module is imported (compiled code would not see a
+# later change of the variable).
+NATIVE_ON_CPU = dict(zip((torch.bfloat16, torch.float16), _C.cpu_half_type_products()))
 
 
 def cpu_compute_dtype(x):
